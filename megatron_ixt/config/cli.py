@@ -1,0 +1,142 @@
+"""Command line and YAML loading, generated from the dataclasses in ``schema.py``.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < flags on the command line.
+Every leaf field ``foo_bar`` is the flag ``--foo-bar``; booleans are switches (Megatron-LM
+style: ``--bf16``, ``--sequence-parallel``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from megatron_ixt.config.schema import SECTIONS, Config
+
+
+class ConfigError(Exception):
+    """A configuration the run cannot start with. The message names the flags involved;
+    entry points print it on one line and exit with status 2."""
+
+    exit_code = 2
+
+
+def _leaf_type(tp: Any) -> Any:
+    """``Optional[int]`` -> ``int``; ``list`` stays ``list``."""
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def leaf_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Every leaf of the tree: ``name -> (section, field, python type)``. Leaf names are
+    unique across sections, which is what lets flags and flat YAML keys stay short."""
+    leaves: dict[str, tuple[str, dataclasses.Field, Any]] = {}
+    for section_field in dataclasses.fields(Config):
+        section_cls = section_field.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(section_cls)
+        for f in dataclasses.fields(section_cls):
+            assert f.name not in leaves, f"duplicate config leaf {f.name}"
+            leaves[f.name] = (section_field.name, f, _leaf_type(hints[f.name]))
+    return leaves
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return "--" + (field.metadata.get("flag") or field.name.replace("_", "-"))
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage (hundreds of flags) before an error; we want the
+    error alone, on one line, with argparse's exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(prog=prog, description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the fields below.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Print the resolved configuration and the parallel layout, then exit.")
+    groups = {name: parser.add_argument_group(name) for name in SECTIONS}
+    for name, (section, field, tp) in leaf_fields().items():
+        kwargs: dict[str, Any] = {"dest": name, "help": field.metadata["help"], "default": argparse.SUPPRESS}
+        if tp is bool:
+            kwargs["action"] = "store_true"
+        elif tp is list:
+            kwargs["nargs"] = field.metadata.get("nargs") or "+"
+        else:
+            kwargs["type"] = tp
+            if field.metadata.get("choices"):
+                kwargs["choices"] = field.metadata["choices"]
+        groups[section].add_argument(flag_name(field), **kwargs)
+    return parser
+
+
+def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+    if value is None:
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is list and isinstance(value, (str, int, float)):
+        return str(value).split()
+    if tp is list and isinstance(value, list):
+        return [str(v) for v in value]
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: '{name}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML config into ``{leaf: value}``. Accepts sections (``model: {num_layers: 4}``)
+    or flat leaves (``num_layers: 4``); keys may use dashes like the flags."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of fields, got {type(raw).__name__}")
+    leaves = leaf_fields()
+    values: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        name = key.replace("-", "_")
+        if name not in leaves:
+            raise ConfigError(f"--config {path}: unknown field '{key}'")
+        values[name] = _coerce(name, value, leaves[name][2], f"--config {path}")
+
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                put(sub_key, sub_value)
+        else:
+            put(key, value)
+    return values
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse.Namespace]:
+    """Resolve the configuration from defaults, ``--config`` and flags. Returns the config
+    and the parsed namespace (for entry-point options such as ``--dry-run``)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    values = load_yaml(ns.config) if ns.config else {}
+    leaves = leaf_fields()
+    for name in leaves:
+        if hasattr(ns, name):
+            values[name] = getattr(ns, name)
+    cfg = Config()
+    for name, value in values.items():
+        setattr(getattr(cfg, leaves[name][0]), name, value)
+    return cfg, ns
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

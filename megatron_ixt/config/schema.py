@@ -1,0 +1,176 @@
+"""The configuration tree.
+
+One dataclass per concern; every leaf is named after the Megatron-LM argument it mirrors,
+so ``--tensor-model-parallel-size`` on the command line, ``tensor_model_parallel_size:``
+in a YAML file and ``cfg.parallel.tensor_model_parallel_size`` in code are the same thing.
+The command line is generated from these classes (``megatron_ixt.config.cli``); each
+field's ``help`` metadata is its documentation there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def arg(default: Any, help: str, *, choices: Optional[tuple] = None, nargs: Optional[str] = None,
+        flag: Optional[str] = None) -> Any:
+    """A config field: its default, its help text and, optionally, fixed choices, ``nargs``
+    for list-valued flags, or a flag name that differs from the field name."""
+    meta = {"help": help, "choices": choices, "nargs": nargs, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = arg(4, "Number of transformer layers.")
+    hidden_size: int = arg(128, "Transformer hidden size.")
+    ffn_hidden_size: Optional[int] = arg(None, "MLP hidden size (default: 4 x hidden size).")
+    num_attention_heads: int = arg(4, "Number of attention heads.")
+    num_query_groups: Optional[int] = arg(None, "Key/value head groups for grouped-query attention (default: one per head).")
+    group_query_attention: bool = arg(False, "Use grouped-query attention with --num-query-groups.")
+    kv_channels: Optional[int] = arg(None, "Projection size per head (default: hidden/heads).")
+    seq_length: int = arg(256, "Sequence length of a training sample.")
+    max_position_embeddings: Optional[int] = arg(None, "Maximum positions for learned absolute embeddings (default: seq-length).")
+    position_embedding_type: str = arg("learned_absolute", "Position embedding.", choices=("rope", "learned_absolute"))
+    rotary_base: int = arg(10000, "RoPE base.")
+    rotary_percent: float = arg(1.0, "Fraction of each head's channels that RoPE rotates.")
+    normalization: str = arg("LayerNorm", "Normalization layer.", choices=("RMSNorm", "LayerNorm"))
+    norm_epsilon: float = arg(1e-5, "Epsilon of the normalization layers.")
+    swiglu: bool = arg(False, "SwiGLU MLP (gated SiLU) instead of GeLU.")
+    disable_bias_linear: bool = arg(False, "No biases in linear layers.")
+    untie_embeddings_and_output_weights: bool = arg(False, "Separate input embedding and output layer weights.")
+    init_method_std: float = arg(0.02, "Standard deviation of the weight initialisation.")
+    hidden_dropout: float = arg(0.0, "Dropout after attention and MLP.")
+    attention_dropout: float = arg(0.0, "Dropout on attention probabilities.")
+    vocab_size: Optional[int] = arg(None, "Vocabulary size for the NullTokenizer/mock data (otherwise taken from the tokenizer).")
+    make_vocab_size_divisible_by: int = arg(128, "Pad the vocabulary to a multiple of this times TP size.")
+    transformer_impl: Optional[str] = arg(None, "Layer implementation (default: transformer_engine when importable, else local).",
+                                          choices=("transformer_engine", "local"))
+    bf16: bool = arg(False, "Train in BF16 mixed precision (fp32 master weights).")
+    fp8_format: Optional[str] = arg(None, "FP8 format (needs Transformer Engine).", choices=("e4m3", "hybrid"), flag="fp8-format")
+    fp8_recipe: str = arg("delayed", "FP8 scaling recipe.", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))
+    fp8_margin: int = arg(0, "Scaling margin for FP8.")
+    fp8_amax_history_len: int = arg(1024, "Amax history length for delayed scaling.")
+    fp8_amax_compute_algo: str = arg("max", "Amax from history.", choices=("max", "most_recent"))
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = arg(1, "Tensor-parallel degree (TP).")
+    pipeline_model_parallel_size: int = arg(1, "Pipeline-parallel degree (PP).")
+    num_layers_per_virtual_pipeline_stage: Optional[int] = arg(None, "Layers per virtual stage: turns on the interleaved 1F1B schedule.")
+    sequence_parallel: bool = arg(False, "Shard activations along the sequence inside TP regions (needs TP > 1).")
+    distributed_backend: Optional[str] = arg(None, "Process-group backend (default: nccl on CUDA, gloo on CPU).", choices=("nccl", "gloo"))
+    distributed_timeout_minutes: int = arg(10, "Timeout of collective operations.")
+
+
+@dataclass
+class DataConfig:
+    data_path: list = arg([], "Indexed dataset prefixes, optionally weighted: '0.7 A 0.3 B'.", nargs="*")
+    mock_data: bool = arg(False, "Train on megatron-core's mock GPT dataset (random tokens).")
+    split: str = arg("969,30,1", "Train/valid/test split weights over each dataset's documents.")
+    data_cache_path: Optional[str] = arg(None, "Where dataset index caches go (a path every rank sees).")
+    tokenizer_type: str = arg("NullTokenizer", "Tokenizer.", choices=("NullTokenizer", "SentencePieceTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer"))
+    tokenizer_model: Optional[str] = arg(None, "SentencePiece model or tokenizer.json.")
+    vocab_file: Optional[str] = arg(None, "GPT-2 BPE vocabulary (encoder.json).")
+    merge_file: Optional[str] = arg(None, "GPT-2 BPE merges (vocab.bpe).")
+    reset_position_ids: bool = arg(False, "Restart position ids at each document boundary.")
+    reset_attention_mask: bool = arg(False, "No attention across document boundaries inside a sample.")
+    eod_mask_loss: bool = arg(False, "No loss on end-of-document tokens.")
+    num_workers: int = arg(0, "DataLoader worker processes.")
+
+
+@dataclass
+class OptimizerConfig:
+    optimizer: str = arg("adam", "Optimizer (Adam with decoupled weight decay, i.e. AdamW).", choices=("adam", "sgd"))
+    lr: float = arg(3e-4, "Peak learning rate.")
+    min_lr: float = arg(0.0, "Learning rate at the end of decay.")
+    lr_decay_style: str = arg("cosine", "Decay after warm-up.", choices=("constant", "linear", "cosine", "inverse-square-root", "WSD"))
+    lr_decay_iters: Optional[int] = arg(None, "Iterations to decay over (default: --train-iters).")
+    lr_warmup_iters: int = arg(0, "Linear warm-up iterations.")
+    lr_warmup_fraction: Optional[float] = arg(None, "Warm-up as a fraction of the decay iterations (overrides --lr-warmup-iters).")
+    lr_wsd_decay_iters: Optional[int] = arg(None, "WSD: iterations of the final decay phase.")
+    lr_wsd_decay_style: str = arg("linear", "WSD: shape of the final decay.", choices=("linear", "cosine", "exponential", "minus_sqrt"))
+    weight_decay: float = arg(0.01, "Decoupled weight decay.")
+    adam_beta1: float = arg(0.9, "Adam beta1.")
+    adam_beta2: float = arg(0.95, "Adam beta2.")
+    adam_eps: float = arg(1e-8, "Adam epsilon.")
+    clip_grad: float = arg(1.0, "Clip gradients to this global L2 norm (0 disables).")
+    use_distributed_optimizer: bool = arg(False, "Shard optimizer state over data-parallel ranks (ZeRO-1; NCCL only).")
+    overlap_grad_reduce: bool = arg(False, "Overlap the data-parallel gradient reduction with backward.")
+    overlap_param_gather: bool = arg(False, "Overlap the distributed optimizer's parameter all-gather with forward.")
+
+
+@dataclass
+class TrainingConfig:
+    micro_batch_size: int = arg(2, "Samples per micro-batch per data-parallel rank.")
+    global_batch_size: Optional[int] = arg(None, "Samples per iteration over all ranks (default: micro batch x DP).")
+    train_iters: int = arg(100, "Training iterations.")
+    seed: int = arg(1234, "Random seed.")
+    eval_interval: int = arg(1000, "Validate every this many iterations (0: never).")
+    eval_iters: int = arg(10, "Validation iterations each time.")
+    exit_interval: Optional[int] = arg(None, "Exit after the iteration that is a multiple of this.")
+    exit_duration_in_mins: Optional[float] = arg(None, "Save and exit after this many minutes of training.")
+    exit_on_missing_checkpoint: bool = arg(False, "Fail if --load finds no checkpoint.")
+    skip_nan_iterations: int = arg(3, "Stop after this many consecutive iterations with a NaN/Inf loss or grad norm.")
+    deterministic_mode: bool = arg(False, "Deterministic kernels (slower on GPU).")
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = arg(None, "Checkpoint directory to save into.")
+    load: Optional[str] = arg(None, "Checkpoint directory to resume from.")
+    save_interval: Optional[int] = arg(None, "Save every this many iterations.")
+    no_load_optim: bool = arg(False, "Do not load optimizer state.")
+    no_load_rng: bool = arg(False, "Do not load RNG state.")
+    finetune: bool = arg(False, "Load weights only and reset iteration and sample counters.")
+    keep_last_n: Optional[int] = arg(None, "Keep only the newest N checkpoints.")
+    async_save: bool = arg(False, "Write checkpoints in the background (torch_dist format).")
+    ckpt_format: str = arg("torch_dist", "Checkpoint format.", choices=("torch_dist",))
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = arg(10, "Print a metrics line every this many iterations.")
+    tensorboard_dir: Optional[str] = arg(None, "Write TensorBoard scalars here.")
+    log_file: Optional[str] = arg(None, "Also append the metrics as JSON lines to this file.")
+
+
+@dataclass
+class IXTConfig:
+    ixt_prefix_loss: str = arg("include", "Train on feedback-prefix tokens ('include', as the IXT paper) or mask them ('exclude', as MeCo).",
+                               choices=("include", "exclude"))
+    ixt_feedback_dropout: float = arg(0.05, "Fraction of annotated documents whose prefix is dropped (unconditional mode).")
+    ixt_repeat_prefix: bool = arg(False, "Re-insert a document's prefix where it continues in a new sample.")
+    ixt_cooldown_fraction: float = arg(0.0, "Train the last fraction of iterations without prefixes (MeCo cooldown).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ixt: IXTConfig = field(default_factory=IXTConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        cfg = cls()
+        for section, leaves in values.items():
+            target = getattr(cfg, section)
+            for name, value in leaves.items():
+                setattr(target, name, value)
+        return cfg
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))

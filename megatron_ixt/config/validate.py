@@ -1,0 +1,99 @@
+"""Checks that a configuration can run on the given world, before any process group exists.
+
+Every error names the flags involved, so the fix is obvious from one line.
+"""
+
+from __future__ import annotations
+
+from megatron_ixt.config.cli import ConfigError
+from megatron_ixt.config.schema import Config
+
+TE_INSTALL_HINT = ("install Transformer Engine (pip install --no-build-isolation 'transformer_engine[pytorch]') "
+                   "or use an NGC PyTorch container, which ships it")
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    return world_size // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
+
+
+def validate(cfg: Config, world_size: int, *, cuda: bool, te_available: bool) -> None:
+    """Raise :class:`ConfigError` on the first problem found; also fills derived defaults
+    (``global_batch_size``, ``num_query_groups``, ``transformer_impl``, ``lr_decay_iters``)."""
+    m, p, t, o = cfg.model, cfg.parallel, cfg.training, cfg.optimizer
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if tp < 1 or pp < 1:
+        raise ConfigError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by --tensor-model-parallel-size ({tp}) "
+                          f"x --pipeline-model-parallel-size ({pp})")
+    dp = world_size // (tp * pp)
+
+    if m.num_layers % pp:
+        raise ConfigError(f"--num-layers ({m.num_layers}) is not divisible by --pipeline-model-parallel-size ({pp})")
+    if p.num_layers_per_virtual_pipeline_stage is not None:
+        v = p.num_layers_per_virtual_pipeline_stage
+        if pp < 2:
+            raise ConfigError("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2")
+        if v < 1 or (m.num_layers // pp) % v:
+            raise ConfigError(f"layers per pipeline stage ({m.num_layers // pp} = --num-layers / --pipeline-model-parallel-size) "
+                              f"is not divisible by --num-layers-per-virtual-pipeline-stage ({v})")
+    if m.num_attention_heads % tp:
+        raise ConfigError(f"--num-attention-heads ({m.num_attention_heads}) is not divisible by --tensor-model-parallel-size ({tp})")
+    if m.num_query_groups is not None and not m.group_query_attention:
+        m.group_query_attention = True
+    if m.group_query_attention:
+        if m.num_query_groups is None:
+            raise ConfigError("--group-query-attention needs --num-query-groups")
+        if m.num_attention_heads % m.num_query_groups:
+            raise ConfigError(f"--num-attention-heads ({m.num_attention_heads}) is not divisible by --num-query-groups ({m.num_query_groups})")
+        if m.num_query_groups % tp:
+            raise ConfigError(f"--num-query-groups ({m.num_query_groups}) is not divisible by --tensor-model-parallel-size ({tp})")
+    if m.hidden_size % m.num_attention_heads and m.kv_channels is None:
+        raise ConfigError(f"--hidden-size ({m.hidden_size}) is not divisible by --num-attention-heads ({m.num_attention_heads}); set --kv-channels")
+
+    if t.global_batch_size is None:
+        t.global_batch_size = t.micro_batch_size * dp
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(f"--global-batch-size ({t.global_batch_size}) is not divisible by --micro-batch-size "
+                          f"({t.micro_batch_size}) x data-parallel size ({dp})")
+    if p.sequence_parallel and tp == 1:
+        raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+
+    backend = p.distributed_backend or ("nccl" if cuda else "gloo")
+    if backend == "nccl" and not cuda:
+        raise ConfigError("--distributed-backend nccl needs CUDA; use gloo on CPU")
+    if o.use_distributed_optimizer and backend != "nccl":
+        raise ConfigError("--use-distributed-optimizer needs NCCL (gloo has no reduce-scatter); "
+                          "drop the flag on CPU")
+    if o.overlap_param_gather and not o.use_distributed_optimizer:
+        raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
+
+    if m.transformer_impl is None:
+        m.transformer_impl = "transformer_engine" if te_available else "local"
+    if m.transformer_impl == "transformer_engine" and not te_available:
+        raise ConfigError(f"--transformer-impl transformer_engine: Transformer Engine is not importable; {TE_INSTALL_HINT}, "
+                          "or pass --transformer-impl local")
+    if m.fp8_format is not None:
+        if not te_available:
+            raise ConfigError(f"--fp8-format {m.fp8_format} needs Transformer Engine: {TE_INSTALL_HINT}")
+        if m.transformer_impl != "transformer_engine":
+            raise ConfigError("--fp8-format needs --transformer-impl transformer_engine")
+
+    if o.lr_decay_iters is None:
+        o.lr_decay_iters = max(t.train_iters, 1)
+    warmup = int(o.lr_warmup_fraction * o.lr_decay_iters) if o.lr_warmup_fraction is not None else o.lr_warmup_iters
+    if warmup >= o.lr_decay_iters:
+        raise ConfigError(f"warm-up ({warmup} iterations from --lr-warmup-iters/--lr-warmup-fraction) must be shorter "
+                          f"than --lr-decay-iters ({o.lr_decay_iters}; default --train-iters)")
+    if o.lr_decay_style == "WSD" and o.lr_wsd_decay_iters is None:
+        raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    if not (0.0 <= cfg.ixt.ixt_feedback_dropout <= 1.0):
+        raise ConfigError(f"--ixt-feedback-dropout must be in [0, 1], got {cfg.ixt.ixt_feedback_dropout}")
+    if not (0.0 <= cfg.ixt.ixt_cooldown_fraction <= 1.0):
+        raise ConfigError(f"--ixt-cooldown-fraction must be in [0, 1], got {cfg.ixt.ixt_cooldown_fraction}")
+    if not cfg.data.mock_data and not cfg.data.data_path:
+        raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
+    if cfg.data.mock_data and cfg.data.tokenizer_type == "NullTokenizer" and m.vocab_size is None:
+        raise ConfigError("--mock-data with --tokenizer-type NullTokenizer needs --vocab-size")
+    if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:
+        raise ConfigError("--save-interval needs --save DIR")

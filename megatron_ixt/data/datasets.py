@@ -1,0 +1,110 @@
+"""Training data: megatron-core datasets behind one interface, and the micro-batch stream
+each data-parallel rank consumes.
+
+The pipeline, end to end:
+1. ``build_datasets``: ``BlendedMegatronDatasetBuilder`` builds train/valid/test splits
+   (mock, plain GPT, or IXT datasets) from ``--data-path``/``--split``; rank 0 builds the
+   index caches, the others load them.
+2. ``PretrainingSampler``: the global sample order is fixed; each iteration takes the next
+   ``global_batch_size`` samples, each DP rank its own contiguous slice of each micro-batch.
+   The position is ``consumed_samples``, so a resumed run continues exactly.
+3. ``micro_batches``: a DataLoader over that sampler yields dicts of tensors
+   (``tokens``, ``labels``, ``loss_mask``, ``position_ids``, optional ``attention_mask``
+   and, for IXT, ``prefix_mask``/``quality``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.utils import get_blend_from_list
+
+from megatron_ixt.config.schema import Config
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_sizes(cfg: Config) -> list[int]:
+    """Samples each split must provide: all training iterations, and validation for every
+    evaluation plus one at the end."""
+    t = cfg.training
+    train = t.train_iters * t.global_batch_size
+    evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
+    valid = evals * t.eval_iters * t.global_batch_size
+    return [train, valid, t.eval_iters * t.global_batch_size]
+
+
+def gpt_dataset_config(cfg: Config, tokenizer, config_cls=GPTDatasetConfig, **extra) -> GPTDatasetConfig:
+    d = cfg.data
+    return config_cls(
+        random_seed=cfg.training.seed,
+        sequence_length=cfg.model.seq_length,
+        blend=None if d.mock_data else get_blend_from_list(d.data_path),
+        split=d.split,
+        path_to_cache=d.data_cache_path,
+        tokenizer=tokenizer,
+        reset_position_ids=d.reset_position_ids,
+        reset_attention_mask=d.reset_attention_mask,
+        eod_mask_loss=d.eod_mask_loss,
+        # The causal mask is implicit in the attention kernels; a materialised [s, s] mask is
+        # only needed when documents inside a sample must not see each other.
+        create_attention_mask=d.reset_attention_mask,
+        **extra,
+    )
+
+
+def build_datasets(cfg: Config, tokenizer, dataset_cls=None, config=None):
+    """(train, valid, test) datasets; ``None`` for an empty split."""
+    if dataset_cls is None:
+        dataset_cls = MockGPTDataset if cfg.data.mock_data else GPTDataset
+    if config is None:
+        config = gpt_dataset_config(cfg, tokenizer)
+    # Every rank reads its own micro-batches (TP peers read the same ones), so every rank
+    # needs the datasets. The builder itself builds the index caches on rank 0 first and
+    # lets the others load them after a barrier.
+    builder = BlendedMegatronDatasetBuilder(dataset_cls, dataset_sizes(cfg), lambda: True, config)
+    return builder.build()
+
+
+class PretrainingSampler:
+    """Megatron-LM's pretraining sampler: sequential over the (already shuffled) dataset,
+    starting at ``consumed_samples``; yields this DP rank's indices of each micro-batch."""
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int,
+                 data_parallel_rank: int, data_parallel_size: int) -> None:
+        self.total_samples = total_samples
+        self.consumed_samples = consumed_samples
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank = data_parallel_rank
+        self.step = micro_batch_size * data_parallel_size
+
+    def __len__(self) -> int:
+        return (self.total_samples - self.consumed_samples) // self.step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.consumed_samples + self.dp_rank * self.micro_batch_size
+        for base in range(start, self.total_samples - self.step + 1 + self.dp_rank * self.micro_batch_size, self.step):
+            yield list(range(base, base + self.micro_batch_size))
+
+
+def micro_batches(cfg: Config, dataset, consumed_samples: int) -> Optional[Iterator[dict]]:
+    """An endless-enough iterator of this rank's micro-batches, or None without a dataset."""
+    if dataset is None or len(dataset) == 0:
+        return None
+    sampler = PretrainingSampler(
+        total_samples=len(dataset),
+        consumed_samples=consumed_samples,
+        micro_batch_size=cfg.training.micro_batch_size,
+        data_parallel_rank=parallel_state.get_data_parallel_rank(),
+        data_parallel_size=parallel_state.get_data_parallel_world_size(),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
+    )
+    return iter(loader)

@@ -1,0 +1,125 @@
+"""Build megatron-core's ``GPTModel`` from the configuration.
+
+Returns one model chunk per virtual pipeline stage held by this rank (one chunk without
+interleaving), as megatron-core's schedules expect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+from megatron_ixt.config.schema import Config
+from megatron_ixt.model.norms import TorchNorm
+
+logger = logging.getLogger(__name__)
+
+
+def padded_vocab_size(vocab_size: int, cfg: Config) -> int:
+    """Megatron-LM pads the vocabulary so that each TP shard of the embedding is a
+    multiple of ``make_vocab_size_divisible_by`` (keeps GEMMs aligned)."""
+    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_model_parallel_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def transformer_config(cfg: Config) -> TransformerConfig:
+    m, p = cfg.model, cfg.parallel
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if m.bf16 else torch.float32
+    vpp = None
+    if p.num_layers_per_virtual_pipeline_stage:
+        vpp = m.num_layers // p.pipeline_model_parallel_size // p.num_layers_per_virtual_pipeline_stage
+    kwargs = dict(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups if m.group_query_attention else None,
+        kv_channels=m.kv_channels,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        normalization=m.normalization,
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=m.swiglu,
+        activation_func=F.silu if m.swiglu else F.gelu,
+        add_bias_linear=not m.disable_bias_linear,
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=vpp,
+        sequence_parallel=p.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=m.bf16,
+        # Weights are initialised on the CPU on CPU runs only; on CUDA directly on the device.
+        use_cpu_initialization=not cuda,
+        # Per-token loss: the schedule sums (loss * mask) and token counts over micro-batches
+        # and data-parallel ranks, so every layout computes exactly the same mean.
+        calculate_per_token_loss=True,
+        # Fused kernels (apex/TE/jit) are CUDA-only; megatron-core's unfused paths are the same math.
+        masked_softmax_fusion=cuda,
+        bias_activation_fusion=cuda and (m.swiglu or not m.disable_bias_linear),
+        bias_dropout_fusion=cuda,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        deterministic_mode=cfg.training.deterministic_mode,
+    )
+    if m.fp8_format is not None:
+        kwargs.update(fp8=m.fp8_format, fp8_recipe=m.fp8_recipe, fp8_margin=m.fp8_margin,
+                      fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo=m.fp8_amax_compute_algo)
+    return TransformerConfig(**kwargs)
+
+
+def _layer_spec(cfg: Config, config: TransformerConfig, vp_stage: Optional[int]):
+    """The decoder block spec. Transformer Engine's spec fuses norms into its linears; the
+    local spec is pure PyTorch, with sequence-parallel-aware norms (``model/norms.py``)."""
+    if cfg.model.transformer_impl == "transformer_engine":
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    layer = get_gpt_layer_local_spec(normalization=cfg.model.normalization)
+    layer = dataclasses.replace(
+        layer, submodules=dataclasses.replace(layer.submodules, input_layernorm=TorchNorm, pre_mlp_layernorm=TorchNorm)
+    )
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchNorm)
+
+
+def build_model_chunks(cfg: Config, vocab_size: int) -> list[GPTModel]:
+    """One ``GPTModel`` per virtual pipeline stage on this rank, on the current device."""
+    config = transformer_config(cfg)
+    vpp = config.virtual_pipeline_model_parallel_size
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=_layer_spec(cfg, config, stage),
+            vocab_size=padded_vocab_size(vocab_size, cfg),
+            max_sequence_length=cfg.model.max_position_embeddings or cfg.model.seq_length,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
+            position_embedding_type=cfg.model.position_embedding_type,
+            rotary_percent=cfg.model.rotary_percent,
+            rotary_base=cfg.model.rotary_base,
+            vp_stage=stage,
+        )
+        if torch.cuda.is_available():
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
+    return chunks
+
+
+def count_parameters(chunks) -> int:
+    return sum(p.numel() for chunk in chunks for p in chunk.parameters())

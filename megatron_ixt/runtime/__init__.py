@@ -1,0 +1,1 @@
+"""Distributed initialisation, the parallel layout, and the CPU compatibility layer."""

@@ -1,0 +1,26 @@
+"""Console logging: rank 0 reports setup, the last rank reports losses (it holds them, as in
+Megatron-LM); other ranks print warnings and errors only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+
+def setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    level = logging.INFO if rank in (0, world - 1) else logging.WARNING
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s rank {rank}] %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # megatron-core announces every missing optional kernel package at import; one line in
+    # the run's header says the same (see pretrain_ixt.py).
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*not installed.*")
+    warnings.filterwarnings("ignore", message=".*Falling back to.*")
+    for noisy in ("megatron.core", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,1 @@
+"""The training loop and its pieces: model/optimizer setup, the step, metrics, checkpoints."""

@@ -1,0 +1,319 @@
+"""Checkpoints: megatron-core ``dist_checkpointing`` (``torch_dist``), saved atomically.
+
+Layout (Megatron-LM's)::
+
+    <save>/iter_0000100/            model + optimizer shards, common.pt, metadata.json
+    <save>/iter_0000100/config.yaml the resolved configuration the checkpoint was made with
+    <save>/latest_checkpointed_iteration.txt
+
+A save goes to ``iter_0000100.partial`` first. Only when every rank has written its shards
+does rank 0 fsync the folder, rename it into place and then replace the ``latest`` marker
+(itself written to a temporary file, fsynced and renamed). A process killed at any point
+leaves the previous checkpoint and the marker intact; leftover ``.partial`` folders are
+removed, with a warning, at the next start.
+
+Because the format is sharded by tensor *names and global shapes*, a checkpoint saved with
+one TP/PP layout loads into another (megatron-core reshards on load).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_ixt.config.cli import ConfigError
+from megatron_ixt.config.schema import Config
+
+logger = logging.getLogger("megatron_ixt")
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+PARTIAL_SUFFIX = ".partial"
+# Exit status after a signal-triggered save: "temporary failure, run me again" (EX_TEMPFAIL),
+# distinct from success (0), errors (1) and configuration errors (2).
+EXIT_CODE_PREEMPTED = 75
+# Model fields that change parameter shapes or semantics: a mismatch makes a checkpoint unloadable.
+MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                      "kv_channels", "swiglu", "normalization", "position_embedding_type",
+                      "untie_embeddings_and_output_weights", "disable_bias_linear")
+
+
+def checkpoint_name(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_tracker(root: str) -> Optional[int]:
+    path = os.path.join(root, TRACKER_FILE)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise ConfigError(f"{path}: expected an iteration number, found {text!r}")
+    return int(text)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(dirpath)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def clean_partial_checkpoints(root: str) -> list[str]:
+    """Remove folders left by interrupted saves (rank 0 only); returns what was removed."""
+    removed = []
+    if torch.distributed.get_rank() == 0 and os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            if name.endswith(PARTIAL_SUFFIX):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                removed.append(name)
+                logger.warning("removed incomplete checkpoint %s (a save was interrupted)", os.path.join(root, name))
+    torch.distributed.barrier()
+    return removed
+
+
+def _rng_state() -> ShardedObject:
+    """Every rank's RNG states, as one sharded object indexed by (pp, tp, dp) rank."""
+    state = {
+        "random": random.getstate(),
+        "np_random": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    shape = (parallel_state.get_pipeline_model_parallel_world_size(),
+             parallel_state.get_tensor_model_parallel_world_size(),
+             parallel_state.get_data_parallel_world_size())
+    offset = (parallel_state.get_pipeline_model_parallel_rank(),
+              parallel_state.get_tensor_model_parallel_rank(),
+              parallel_state.get_data_parallel_rank())
+    return ShardedObject("rng_state", state, shape, offset, replica_id=0)
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["np_random"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _model_sharded_state_dict(model) -> dict:
+    """Keys as Megatron-LM writes them: ``model`` (``model0``, ``model1``... per virtual
+    stage), from the modules inside the DDP wrappers."""
+    if len(model) == 1:
+        return {"model": model[0].module.sharded_state_dict()}
+    return {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
+
+
+def _padded_vocab(model) -> int:
+    return model[0].module.vocab_size
+
+
+def _layout() -> dict:
+    return {"tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+            "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+            "data_parallel_size": parallel_state.get_data_parallel_world_size()}
+
+
+class Saver:
+    """Saves checkpoints and turns SIGTERM/SIGUSR1 into "save, then exit"."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.root = cfg.checkpoint.save
+        self._signal_received: Optional[int] = None
+        self._async_queue = None
+        if self.root:
+            if torch.distributed.get_rank() == 0:
+                os.makedirs(self.root, exist_ok=True)
+            clean_partial_checkpoints(self.root)
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, self._on_signal)
+        if cfg.checkpoint.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._async_queue = AsyncCallsQueue()
+
+    def _on_signal(self, signum, frame) -> None:
+        # Only record it: the loop finishes the current iteration, then saves and exits.
+        self._signal_received = signum
+
+    def preemption_requested(self) -> bool:
+        """Collective: true on all ranks if any rank received the signal (ranks may get it
+        at slightly different times; they must all stop at the same iteration)."""
+        if not self.root:
+            return False
+        flag = torch.tensor([1.0 if self._signal_received else 0.0],
+                            device="cuda" if torch.cuda.is_available() else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def save(self, model, optimizer, scheduler, state) -> Optional[str]:
+        if not self.root:
+            return None
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
+        start = time.perf_counter()
+        final = checkpoint_name(self.root, state.iteration)
+        partial = final + PARTIAL_SUFFIX
+        if torch.distributed.get_rank() == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+        torch.distributed.barrier()
+
+        sharded = _model_sharded_state_dict(model)
+        if optimizer is not None:
+            sharded["optimizer"] = optimizer.sharded_state_dict(sharded)
+        sharded.update({
+            "opt_param_scheduler": scheduler.state_dict(),
+            "iteration": state.iteration,
+            "train_state": {k: v for k, v in vars(state).items() if k != "history"},
+            "config": self.cfg.to_dict(),
+            "layout": _layout(),
+            "padded_vocab_size": _padded_vocab(model),
+            "rng_state": _rng_state(),
+            "checkpoint_version": 1,
+        })
+        request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)
+
+        def publish() -> None:
+            if torch.distributed.get_rank() == 0:
+                with open(os.path.join(partial, "config.yaml"), "w") as f:
+                    yaml.safe_dump(self.cfg.to_dict(), f, sort_keys=False)
+                _fsync_tree(partial)
+                if os.path.isdir(final):  # re-saving the same iteration (e.g. after a resume)
+                    shutil.rmtree(final)
+                os.rename(partial, final)
+                _fsync_dir(self.root)
+                _write_atomic(os.path.join(self.root, TRACKER_FILE), f"{state.iteration}\n")
+                self._prune()
+                size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(final) for f in fs)
+                logger.info("saved checkpoint %s (%.1f MiB) in %.2f s", final, size / 2**20,
+                            time.perf_counter() - start)
+            torch.distributed.barrier()
+
+        if request is None:
+            publish()
+        else:
+            request.add_finalize_fn(publish)
+            self._async_queue.schedule_async_request(request)
+        return final
+
+    def _prune(self) -> None:
+        keep = self.cfg.checkpoint.keep_last_n
+        if not keep:
+            return
+        iters = sorted(n for n in os.listdir(self.root) if n.startswith("iter_") and not n.endswith(PARTIAL_SUFFIX))
+        for name in iters[:-keep]:
+            shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def finalize(self) -> None:
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=True)
+            self._async_queue.close()
+
+    def maybe_finalize_async(self) -> None:
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=False)
+
+    @property
+    def signal_received(self) -> Optional[int]:
+        return self._signal_received
+
+
+def check_model_compatible(saved: dict, cfg: Config, where: str) -> None:
+    """Refuse a checkpoint whose model shape differs from the configuration, naming fields."""
+    saved_model = saved.get("model", {})
+    current = cfg.to_dict()["model"]
+    diffs = [f"--{k.replace('_', '-')}: checkpoint {saved_model.get(k)!r}, configured {current[k]!r}"
+             for k in MODEL_SHAPE_FIELDS if k in saved_model and saved_model.get(k) != current[k]]
+    if diffs:
+        raise ConfigError(f"{where} does not match the model configuration: " + "; ".join(diffs))
+
+
+def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
+    """Restore from ``--load`` into the already built model/optimizer/scheduler/state.
+    Returns the loaded iteration, or None when starting from scratch."""
+    c = cfg.checkpoint
+    if not c.load:
+        return None
+    if os.path.isdir(c.load):
+        clean_partial_checkpoints(c.load)
+    iteration = read_tracker(c.load) if os.path.isdir(c.load) else None
+    if iteration is None:
+        if cfg.training.exit_on_missing_checkpoint:
+            raise ConfigError(f"--load {c.load}: no {TRACKER_FILE} found (--exit-on-missing-checkpoint)")
+        logger.warning("--load %s: no checkpoint found, training from scratch", c.load)
+        return None
+    path = checkpoint_name(c.load, iteration)
+    start = time.perf_counter()
+    common = dist_checkpointing.load_common_state_dict(path)
+    check_model_compatible(common["config"], cfg, f"checkpoint {path}")
+    if common["padded_vocab_size"] != _padded_vocab(model):
+        raise ConfigError(f"checkpoint {path} has a padded vocabulary of {common['padded_vocab_size']}, this run "
+                          f"{_padded_vocab(model)}: check --vocab-size/--tokenizer-model and "
+                          "--make-vocab-size-divisible-by (the padding is a multiple of it x TP size)")
+    same_layout = common["layout"] == _layout()
+
+    load_optim = not (c.no_load_optim or c.finetune)
+    load_rng = not (c.no_load_rng or c.finetune)
+    if load_rng and not same_layout:
+        logger.warning("checkpoint layout %s differs from this run's %s: RNG states are not restored",
+                       common["layout"], _layout())
+        load_rng = False
+
+    sharded = _model_sharded_state_dict(model)
+    if load_optim:
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True)
+    if load_rng:
+        sharded["rng_state"] = _rng_state()
+    loaded = dist_checkpointing.load(sharded, path)
+
+    if len(model) == 1:
+        model[0].module.load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(model):
+            chunk.module.load_state_dict(loaded[f"model{i}"])
+    if load_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(common["opt_param_scheduler"])
+    if load_rng:
+        _restore_rng(loaded["rng_state"])
+    if not c.finetune:
+        for key, value in common["train_state"].items():
+            setattr(state, key, value)
+    torch.distributed.barrier()
+    logger.info("loaded checkpoint %s (iteration %d%s) in %.2f s", path, iteration,
+                ", weights only" if c.finetune else "", time.perf_counter() - start)
+    return iteration

@@ -1,0 +1,160 @@
+"""The training loop, top to bottom.
+
+    setup: tokenizer -> model (megatron-core GPTModel in DDP) -> optimizer + schedule
+           -> resume from --load -> datasets -> metrics
+    loop:  next global batch -> train_step -> counters -> log / evaluate / save / exit
+
+Side concerns (checkpoints, evaluation, exit conditions) are small functions called from
+the loop; the loop itself has no feature flags in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_ixt.config.schema import Config
+from megatron_ixt.data.datasets import build_datasets, micro_batches
+from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
+from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
+from megatron_ixt.training import checkpointing
+from megatron_ixt.training.metrics import MetricsLogger
+from megatron_ixt.training.setup import build_ddp_model, build_optimizer
+from megatron_ixt.training.step import evaluate, train_step
+
+logger = logging.getLogger("megatron_ixt")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must restore besides model and optimizer to continue exactly."""
+
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    consumed_valid_samples: int = 0
+    skipped_iterations: int = 0
+    consecutive_nonfinite: int = 0
+    history: dict = field(default_factory=dict)
+
+
+def tokenizer_from_config(cfg: Config):
+    d = cfg.data
+    return build_tokenizer(d.tokenizer_type, tokenizer_model=d.tokenizer_model, vocab_file=d.vocab_file,
+                           merge_file=d.merge_file, vocab_size=cfg.model.vocab_size)
+
+
+def num_microbatches(cfg: Config) -> int:
+    dp = parallel_state.get_data_parallel_world_size()
+    return cfg.training.global_batch_size // (cfg.training.micro_batch_size * dp)
+
+
+def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
+    """Train per ``cfg`` on the initialised process groups; returns the final state.
+    ``datasets_fn(cfg, tokenizer) -> (train, valid, test)`` selects the data (IXT or GPT)."""
+    tokenizer = tokenizer_from_config(cfg)
+    model = build_ddp_model(cfg, tokenizer.vocab_size)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    logger.info("model: %s parameters on this rank (TP x PP shard), padded vocabulary %d",
+                f"{count_parameters(model):,}", padded_vocab_size(tokenizer.vocab_size, cfg))
+
+    state = TrainState()
+    checkpointing.load(cfg, model, optimizer, scheduler, state)
+
+    train_ds, valid_ds, _ = datasets_fn(cfg, tokenizer)
+    train_iter = micro_batches(cfg, train_ds, state.consumed_train_samples)
+    metrics = MetricsLogger(
+        cfg,
+        flops_per_iteration=training_flops_per_iteration(cfg, padded_vocab_size(tokenizer.vocab_size, cfg)),
+        world_size=torch.distributed.get_world_size(),
+        peak_tflops=device_peak_tflops(cfg),
+    )
+    n_micro = num_microbatches(cfg)
+    saver = checkpointing.Saver(cfg)
+    start_time = time.time()
+    exit_reason = None
+
+    logger.info("training for %d iterations from iteration %d", cfg.training.train_iters, state.iteration)
+    while state.iteration < cfg.training.train_iters:
+        batch = [next(train_iter) for _ in range(n_micro)]
+        result = train_step(cfg, batch, model, optimizer, scheduler)
+        state.iteration += 1
+        state.consumed_train_samples += cfg.training.global_batch_size
+        _track_nonfinite(cfg, state, result)
+        metrics.on_step(state.iteration, state.consumed_train_samples, result, scheduler.get_lr(optimizer.param_groups[0]))
+
+        if _due(state.iteration, cfg.training.eval_interval) and valid_ds is not None:
+            run_validation(cfg, model, valid_ds, state, metrics)
+        exit_reason = _exit_reason(cfg, state, start_time, saver)
+        if exit_reason is not None or _due(state.iteration, cfg.checkpoint.save_interval):
+            saver.save(model, optimizer, scheduler, state)
+        if exit_reason is not None:
+            break
+
+    if exit_reason is None:
+        if valid_ds is not None and cfg.training.eval_interval and not _due(state.iteration, cfg.training.eval_interval):
+            run_validation(cfg, model, valid_ds, state, metrics)
+        if cfg.checkpoint.save and not _due(state.iteration, cfg.checkpoint.save_interval):
+            saver.save(model, optimizer, scheduler, state)
+    saver.finalize()
+    metrics.close()
+    state.history["exit_reason"] = exit_reason or "done"
+    return state
+
+
+def run_validation(cfg: Config, model, valid_ds, state: TrainState, metrics: MetricsLogger) -> dict:
+    """``--eval-iters`` global batches from the validation split. Each evaluation continues
+    where the previous one stopped (Megatron-LM's behaviour), wrapping around at the end."""
+    n_micro = num_microbatches(cfg)
+    samples = cfg.training.eval_iters * cfg.training.global_batch_size
+    if samples > len(valid_ds):
+        samples = len(valid_ds) - len(valid_ds) % cfg.training.global_batch_size
+    if samples == 0:
+        return {}
+    start = state.consumed_valid_samples % (len(valid_ds) - samples + 1)
+    batches = micro_batches(cfg, valid_ds, start)
+    totals = evaluate(cfg, batches, model, n_micro, samples // cfg.training.global_batch_size)
+    state.consumed_valid_samples += samples
+    return metrics.on_eval(state.iteration, totals)
+
+
+def _due(iteration: int, interval) -> bool:
+    return bool(interval) and iteration % interval == 0
+
+
+def _track_nonfinite(cfg: Config, state: TrainState, result) -> None:
+    if not result.skipped:
+        state.consecutive_nonfinite = 0
+        return
+    state.skipped_iterations += 1
+    state.consecutive_nonfinite += 1
+    logger.warning("iteration %d skipped: non-finite loss or gradient (%d in a row)",
+                   state.iteration, state.consecutive_nonfinite)
+    if state.consecutive_nonfinite >= cfg.training.skip_nan_iterations:
+        raise NonFiniteLossError(
+            f"{state.consecutive_nonfinite} consecutive iterations had a NaN/Inf loss or gradient "
+            f"(limit --skip-nan-iterations {cfg.training.skip_nan_iterations}); stopping at iteration "
+            f"{state.iteration}. Lower --lr, raise --lr-warmup-iters or check the data.")
+
+
+def _exit_reason(cfg: Config, state: TrainState, start_time: float, saver) -> str | None:
+    """Why the loop should stop after this iteration (the caller saves first), or None."""
+    t = cfg.training
+    if saver.preemption_requested():
+        return "signal"
+    if t.exit_interval and state.iteration % t.exit_interval == 0:
+        return "exit-interval"
+    if t.exit_duration_in_mins is not None:
+        elapsed = torch.tensor([(time.time() - start_time) / 60.0])
+        torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)  # all ranks agree
+        if elapsed.item() > t.exit_duration_in_mins:
+            return "exit-duration"
+    return None

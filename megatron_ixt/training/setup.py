@@ -1,0 +1,86 @@
+"""Model, DDP, optimizer and learning-rate schedule: all megatron-core, configured here."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_ixt.config.schema import Config
+from megatron_ixt.model.gpt import build_model_chunks
+
+
+def build_ddp_model(cfg: Config, vocab_size: int) -> list[DistributedDataParallel]:
+    """Model chunks wrapped in megatron-core DDP (contiguous fp32 grad buffers, bucketed
+    all-reduce or reduce-scatter over the data-parallel group)."""
+    chunks = build_model_chunks(cfg, vocab_size)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=cfg.optimizer.overlap_grad_reduce,
+        overlap_param_gather=cfg.optimizer.overlap_param_gather,
+        use_distributed_optimizer=cfg.optimizer.use_distributed_optimizer,
+        check_for_nan_in_grad=False,  # the loop detects non-finite steps itself and skips them
+    )
+    model = []
+    for i, chunk in enumerate(chunks):
+        model.append(DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_config, module=chunk,
+            # Only the first chunk's buckets overlap with backward of the interleaved schedule.
+            disable_bucketing=i > 0,
+        ))
+    config = chunks[0].config
+    config.finalize_model_grads_func = finalize_model_grads
+    if cfg.optimizer.overlap_grad_reduce:
+        config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+        config.grad_sync_func = [m.start_grad_sync for m in model] if len(model) > 1 else model[0].start_grad_sync
+    if cfg.optimizer.overlap_param_gather:
+        config.param_sync_func = [m.start_param_sync for m in model] if len(model) > 1 else model[0].start_param_sync
+    return model
+
+
+def build_optimizer(cfg: Config, model) -> tuple:
+    """megatron-core's optimizer (Adam with decoupled weight decay, fp32 master weights under
+    BF16, gradient clipping by global norm) and its parameter scheduler, stepped in samples."""
+    o, t = cfg.optimizer, cfg.training
+    optimizer = get_megatron_optimizer(
+        McoreOptimizerConfig(
+            optimizer=o.optimizer,
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            clip_grad=o.clip_grad,
+            bf16=cfg.model.bf16,
+            params_dtype=torch.bfloat16 if cfg.model.bf16 else torch.float32,
+            use_distributed_optimizer=o.use_distributed_optimizer,
+            overlap_param_gather=o.overlap_param_gather,
+            decoupled_weight_decay=True,
+        ),
+        model,
+    )
+    gbs = t.global_batch_size
+    warmup_iters = o.lr_warmup_iters
+    if o.lr_warmup_fraction is not None:
+        warmup_iters = int(o.lr_warmup_fraction * o.lr_decay_iters)
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=warmup_iters * gbs,
+        lr_decay_steps=o.lr_decay_iters * gbs,
+        lr_decay_style=o.lr_decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=t.train_iters * gbs,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+        wsd_decay_steps=(o.lr_wsd_decay_iters * gbs) if o.lr_wsd_decay_iters else None,
+        lr_wsd_decay_style=o.lr_wsd_decay_style,
+    )
+    return optimizer, scheduler

@@ -1,0 +1,59 @@
+"""Pretrain a GPT model with Introspective Training (feedback-conditioned) on megatron-core.
+
+    torchrun --nproc-per-node 2 pretrain_ixt.py --config examples/configs/tiny.yaml \
+        --mock-data --tensor-model-parallel-size 2 --train-iters 20
+"""
+
+import sys
+
+from megatron_ixt.runtime.logs import setup_logging
+
+setup_logging()
+
+import logging  # noqa: E402
+
+import torch  # noqa: E402
+
+from megatron_ixt.config import ConfigError, config_to_yaml, parse_config, validate  # noqa: E402
+from megatron_ixt.data.errors import DataError  # noqa: E402
+from megatron_ixt.runtime.distributed import (  # noqa: E402
+    ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env, transformer_engine_available)
+
+logger = logging.getLogger("megatron_ixt")
+
+
+def main(argv=None) -> int:
+    try:
+        cfg, ns = parse_config(argv)
+        world_size = resolve_launch_env()["world_size"]
+        validate(cfg, world_size, cuda=torch.cuda.is_available(), te_available=transformer_engine_available())
+    except ConfigError as e:
+        print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
+        return ConfigError.exit_code
+    if ns.dry_run:
+        print(config_to_yaml(cfg), end="")
+        p = cfg.parallel
+        print(ParallelLayout(world_size, p.tensor_model_parallel_size, p.pipeline_model_parallel_size).table())
+        return 0
+
+    from megatron_ixt.training.checkpointing import EXIT_CODE_PREEMPTED
+    from megatron_ixt.training.loop import pretrain
+
+    logger.info("megatron_ixt: %s, transformer impl %s, %s", "CUDA" if torch.cuda.is_available() else "CPU",
+                cfg.model.transformer_impl, "bf16" if cfg.model.bf16 else "fp32")
+    initialize_distributed(cfg)
+    try:
+        state = pretrain(cfg)
+    except ConfigError as e:
+        print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
+        return ConfigError.exit_code
+    except DataError as e:
+        print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_distributed()
+    return EXIT_CODE_PREEMPTED if state.history.get("exit_reason") == "signal" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""megatron_ixt: Megatron-style distributed pretraining for Introspective Training (IXT)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_ixt",
+    version="0.1.0",
+    description="Megatron-core pretraining conditioned on critique feedback (Introspective Training)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["megatron_ixt", "megatron_ixt.*"]),
+    package_data={"megatron_ixt": ["data/templates/*.yaml", "data/*.json", "feedback/prompts/*.yaml"]},
+    install_requires=[
+        "torch==2.13.0",
+        "megatron-core>=0.16,<0.17",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.20",
+        "numpy",
+        "pyyaml",
+        "psutil",
+        "tensorboard",
+    ],
+    extras_require={
+        "dev": ["pytest>=8"],
+        # Both come with NGC PyTorch containers; pip builds need CUDA and a compiler.
+        "te": ["transformer_engine[pytorch]"],
+        "apex": ["apex"],
+    },
+)
