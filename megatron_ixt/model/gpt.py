@@ -56,6 +56,12 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
         sequence_parallel=p.sequence_parallel,
+        # Megatron-LM's defaults: the interleaved schedule overlaps its point-to-point
+        # transfers, which needs unbatched sends/receives. Batched ones would also be wrong
+        # on gloo with PP=2: both directions of the virtual ring then share one peer and one
+        # channel, and a forward activation can be matched with a backward gradient.
+        overlap_p2p_comm=vpp is not None,
+        batch_p2p_comm=vpp is None,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=m.bf16,
