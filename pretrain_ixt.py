@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         return 0
 
     from megatron_ixt.training.checkpointing import EXIT_CODE_PREEMPTED
-    from megatron_ixt.training.loop import pretrain
+    from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
     logger.info("megatron_ixt: %s, transformer impl %s, %s", "CUDA" if torch.cuda.is_available() else "CPU",
                 cfg.model.transformer_impl, "bf16" if cfg.model.bf16 else "fp32")
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code
-    except DataError as e:
+    except (DataError, NonFiniteLossError) as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return 1
     finally:

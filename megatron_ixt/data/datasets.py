@@ -106,5 +106,8 @@ def micro_batches(cfg: Config, dataset, consumed_samples: int) -> Optional[Itera
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
+        # Its own generator: a DataLoader iterator otherwise draws its base seed from the
+        # global RNG, which would shift dropout masks after a resume.
+        generator=torch.Generator().manual_seed(cfg.training.seed),
     )
     return iter(loader)

@@ -34,6 +34,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
+from megatron_ixt.training import faults
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -78,12 +79,14 @@ def _fsync_tree(path: str) -> None:
         _fsync_dir(dirpath)
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, text: str, before_rename=None) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    if before_rename:
+        before_rename()
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path) or ".")
 
@@ -167,7 +170,13 @@ class Saver:
 
     def _on_signal(self, signum, frame) -> None:
         # Only record it: the loop finishes the current iteration, then saves and exits.
+        # A second signal means "now": a rank stuck in a collective (its peer died) must
+        # stay killable by its launcher.
+        if self._signal_received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         self._signal_received = signum
+        logger.warning("received signal %d: saving a checkpoint after this iteration, then exiting", signum)
 
     def preemption_requested(self) -> bool:
         """Collective: true on all ranks if any rank received the signal (ranks may get it
@@ -208,7 +217,9 @@ class Saver:
         request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)
 
         def publish() -> None:
-            if torch.distributed.get_rank() == 0:
+            rank = torch.distributed.get_rank()
+            faults.maybe_kill("kill-before-publish", state.iteration, rank)
+            if rank == 0:
                 with open(os.path.join(partial, "config.yaml"), "w") as f:
                     yaml.safe_dump(self.cfg.to_dict(), f, sort_keys=False)
                 _fsync_tree(partial)
@@ -216,7 +227,9 @@ class Saver:
                     shutil.rmtree(final)
                 os.rename(partial, final)
                 _fsync_dir(self.root)
-                _write_atomic(os.path.join(self.root, TRACKER_FILE), f"{state.iteration}\n")
+                faults.maybe_kill("kill-after-rename", state.iteration, rank)
+                _write_atomic(os.path.join(self.root, TRACKER_FILE), f"{state.iteration}\n",
+                              before_rename=lambda: faults.maybe_kill("kill-before-tracker", state.iteration, rank))
                 self._prune()
                 size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(final) for f in fs)
                 logger.info("saved checkpoint %s (%.1f MiB) in %.2f s", final, size / 2**20,

@@ -1,7 +1,7 @@
 """The training loop, top to bottom.
 
     setup: tokenizer -> model (megatron-core GPTModel in DDP) -> optimizer + schedule
-           -> resume from --load -> datasets -> metrics
+           -> datasets -> resume from --load -> data iterator -> metrics
     loop:  next global batch -> train_step -> counters -> log / evaluate / save / exit
 
 Side concerns (checkpoints, evaluation, exit conditions) are small functions called from
@@ -66,10 +66,11 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
     logger.info("model: %s parameters on this rank (TP x PP shard), padded vocabulary %d",
                 f"{count_parameters(model):,}", padded_vocab_size(tokenizer.vocab_size, cfg))
 
+    train_ds, valid_ds, _ = datasets_fn(cfg, tokenizer)
+    # Load last: it restores the RNG states, and nothing may draw random numbers between
+    # the restore and the first step, or a resumed run would diverge from an uninterrupted one.
     state = TrainState()
     checkpointing.load(cfg, model, optimizer, scheduler, state)
-
-    train_ds, valid_ds, _ = datasets_fn(cfg, tokenizer)
     train_iter = micro_batches(cfg, train_ds, state.consumed_train_samples)
     metrics = MetricsLogger(
         cfg,
@@ -84,8 +85,10 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
 
     logger.info("training for %d iterations from iteration %d", cfg.training.train_iters, state.iteration)
     while state.iteration < cfg.training.train_iters:
+        step_start = time.perf_counter()
         batch = [next(train_iter) for _ in range(n_micro)]
-        result = train_step(cfg, batch, model, optimizer, scheduler)
+        result = train_step(cfg, batch, model, optimizer, scheduler, iteration=state.iteration + 1)
+        result.step_ms = 1000 * (time.perf_counter() - step_start)
         state.iteration += 1
         state.consumed_train_samples += cfg.training.global_batch_size
         _track_nonfinite(cfg, state, result)

@@ -70,7 +70,8 @@ class MetricsLogger:
             self.totals[name] = self.totals.get(name, 0) + value
         losses = {k: (v[0] / v[1]).item() for k, v in result.reports.items() if v[1] > 0}
         self.record({"iteration": iteration, "consumed_samples": consumed_samples, "lr": lr,
-                     "grad_norm": result.grad_norm, "skipped": result.skipped, **losses})
+                     "grad_norm": result.grad_norm, "skipped": result.skipped,
+                     "step_ms": round(result.step_ms, 3), **losses})
         if iteration % self.cfg.logging.log_interval:
             return
         elapsed = time.perf_counter() - self.interval_start

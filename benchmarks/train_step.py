@@ -1,0 +1,87 @@
+"""Training-step throughput: ms/iter, tokens/s and TFLOP/s per device for parallel layouts.
+
+Each layout is a real ``torchrun pretrain_ixt.py`` run; the figure is the median step time
+after warm-up, read from the run's per-iteration log.
+
+    python benchmarks/train_step.py                       # tiny config, TP=1 and TP=2 on CPU
+    python benchmarks/train_step.py --preset 1b --layouts tp1 --bf16   # ~1B model on one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from megatron_ixt.config import parse_config  # noqa: E402
+from megatron_ixt.model.flops import training_flops_per_iteration  # noqa: E402
+from megatron_ixt.model.gpt import padded_vocab_size  # noqa: E402
+
+LAYOUTS = {
+    "tp1": (1, []),
+    "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+    "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+    "dp2": (2, []),
+}
+# A ~1.2B-parameter Llama-style model (24 x 2048, GQA 16/8, SwiGLU 5632, seq 2048).
+PRESETS = {
+    "tiny": ["--config", str(REPO / "examples/configs/tiny.yaml"), "--micro-batch-size", "4", "--global-batch-size", "8"],
+    "1b": ["--config", str(REPO / "examples/configs/tiny.yaml"), "--num-layers", "24", "--hidden-size", "2048",
+           "--num-attention-heads", "16", "--num-query-groups", "8", "--ffn-hidden-size", "5632", "--seq-length", "2048",
+           "--vocab-size", "32000", "--micro-batch-size", "4", "--global-batch-size", "16"],
+}
+
+
+def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int) -> dict:
+    nproc, layout_args = LAYOUTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "m.jsonl"
+        args = [*preset, *layout_args, *extra, "--mock-data", "--train-iters", str(iters), "--eval-interval", "0",
+                "--lr-warmup-iters", "0", "--log-interval", str(iters), "--log-file", str(log)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               str(REPO / "pretrain_ixt.py"), *args]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // nproc)))}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r["step_ms"] for r in rows if "step_ms" in r][warmup:]
+    cfg, _ = parse_config(args)  # presets set --global-batch-size explicitly
+    ms = statistics.median(steps)
+    tokens = cfg.training.global_batch_size * cfg.model.seq_length
+    # The NullTokenizer of mock data adds EOD and the two feedback delimiters to --vocab-size.
+    flops = training_flops_per_iteration(cfg, padded_vocab_size(cfg.model.vocab_size + 3, cfg))
+    return {"layout": name, "procs": nproc, "ms_per_iter": ms, "tokens_per_s": tokens / (ms / 1000),
+            "tflops_per_device": flops / (ms / 1000) / nproc / 1e12, "loss": rows[-1].get("lm loss")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--layouts", default="tp1,tp2")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (989 for H100/H200 BF16)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more pretrain_ixt.py flags")
+    args = parser.parse_args()
+    extra = (["--bf16"] if args.bf16 else []) + args.extra
+    print(f"preset {args.preset}, {args.iters} iterations ({args.warmup} warm-up), extra flags {extra or 'none'}")
+    print(f"{'layout':8} {'procs':>5} {'ms/iter':>10} {'tokens/s':>12} {'TFLOP/s/dev':>12}" + ("  MFU" if args.peak_tflops else ""))
+    for name in args.layouts.split(","):
+        r = run_layout(name, PRESETS[args.preset], extra, args.iters, args.warmup)
+        mfu = f"  {100 * r['tflops_per_device'] / args.peak_tflops:.1f}%" if args.peak_tflops else ""
+        print(f"{r['layout']:8} {r['procs']:>5} {r['ms_per_iter']:>10.1f} {r['tokens_per_s']:>12,.0f} "
+              f"{r['tflops_per_device']:>12.4f}{mfu}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

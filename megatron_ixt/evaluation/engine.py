@@ -1,0 +1,152 @@
+"""Inference on a trained checkpoint in any TP/PP layout: logits and per-token losses.
+
+Used by ``tools/evaluate_conditioning.py``, ``tools/generate.py`` and the resharding tests.
+The model shape comes from the checkpoint's own configuration; the layout (TP, PP) from the
+command line, so a checkpoint trained at TP=2 x PP=1 can be evaluated at TP=1 x PP=2:
+megatron-core's ``dist_checkpointing`` reshards the weights while loading.
+
+Every forward runs through megatron-core's pipeline schedule (forward only), so pipeline
+stages pass activations as in training; the results are broadcast from the last stage so
+that every rank (e.g. rank 0, which prints) has them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+from megatron_ixt.config.cli import ConfigError
+from megatron_ixt.config.schema import Config
+from megatron_ixt.model.gpt import build_model_chunks
+from megatron_ixt.training.checkpointing import checkpoint_name, check_model_compatible, read_tracker
+
+logger = logging.getLogger("megatron_ixt")
+
+
+def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Config:
+    """The configuration a checkpoint was trained with, with ``overrides`` (``{leaf: value}``,
+    e.g. the parallel layout of this run) applied."""
+    iteration = read_tracker(load)
+    if iteration is None:
+        raise ConfigError(f"--load {load}: no checkpoint (missing latest_checkpointed_iteration.txt)")
+    path = checkpoint_name(load, iteration)
+    common = dist_checkpointing.load_common_state_dict(path)
+    cfg = Config.from_dict(common["config"])
+    from megatron_ixt.config.cli import leaf_fields
+
+    leaves = leaf_fields()
+    for name, value in (overrides or {}).items():
+        setattr(getattr(cfg, leaves[name][0]), name, value)
+    cfg.checkpoint.load = load
+    return cfg
+
+
+class InferenceModel:
+    """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes."""
+
+    def __init__(self, cfg: Config, vocab_size: int) -> None:
+        self.cfg = cfg
+        self.chunks = build_model_chunks(cfg, vocab_size)
+        for chunk in self.chunks:
+            chunk.eval()
+        self.iteration = self._load()
+
+    def _load(self) -> int:
+        load = self.cfg.checkpoint.load
+        iteration = read_tracker(load)
+        path = checkpoint_name(load, iteration)
+        common = dist_checkpointing.load_common_state_dict(path)
+        check_model_compatible(common["config"], self.cfg, f"checkpoint {path}")
+        if len(self.chunks) == 1:
+            sharded = {"model": self.chunks[0].sharded_state_dict()}
+        else:
+            sharded = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(self.chunks)}
+        loaded = dist_checkpointing.load(sharded, path)
+        if len(self.chunks) == 1:
+            self.chunks[0].load_state_dict(loaded["model"])
+        else:
+            for i, c in enumerate(self.chunks):
+                c.load_state_dict(loaded[f"model{i}"])
+        logger.info("loaded %s (iteration %d) for inference", path, iteration)
+        return iteration
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+    @torch.no_grad()
+    def _run(self, tokens: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Forward ``tokens`` [b, s]; returns per-token losses [b, s] when ``labels`` are
+        given, else full-vocabulary logits [b, s, V]. Result on every rank."""
+        tokens = tokens.to(self.device)
+        b, s = tokens.shape
+        position_ids = torch.arange(s, device=self.device).unsqueeze(0).expand(b, -1)
+        lab = labels.to(self.device) if labels is not None else None
+
+        def forward_step(data_iterator, model):
+            next(data_iterator)
+            output = model(tokens, position_ids, None, labels=lab)
+
+            def collect(output_tensor, non_loss_data=True):
+                if lab is None:  # vocab-parallel logits [b, s, V/tp] -> full vocabulary
+                    output_tensor = gather_from_tensor_model_parallel_region(output_tensor)
+                return output_tensor.float()
+
+            return output, collect
+
+        # The interleaved schedule needs at least PP micro-batches: run the same batch that
+        # many times (each chunk gets its own iterator) and keep the first result.
+        interleaved = len(self.chunks) > 1
+        n_micro = parallel_state.get_pipeline_model_parallel_world_size() if interleaved else 1
+        iterators = [iter([None] * n_micro) for _ in self.chunks] if interleaved else iter([None])
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iterators, model=self.chunks,
+            num_microbatches=n_micro, seq_length=s, micro_batch_size=b, forward_only=True,
+            collect_non_loss_data=True,
+        )
+        result = outputs[0] if parallel_state.is_pipeline_last_stage() else None
+        return self._broadcast_from_last_stage(result)
+
+    def _broadcast_from_last_stage(self, tensor: Optional[torch.Tensor]) -> torch.Tensor:
+        if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+            return tensor
+        group = parallel_state.get_pipeline_model_parallel_group()
+        src = parallel_state.get_pipeline_model_parallel_last_rank()
+        meta = torch.zeros(4, dtype=torch.long, device=self.device)  # [ndim, sizes...]
+        if tensor is not None:
+            meta[0] = tensor.dim()
+            meta[1:1 + tensor.dim()] = torch.tensor(tensor.shape)
+        torch.distributed.broadcast(meta, src=src, group=group)
+        if tensor is None:
+            shape = meta[1:1 + int(meta[0])].tolist()
+            tensor = torch.empty(shape, dtype=torch.float32, device=self.device)
+        tensor = tensor.contiguous()
+        torch.distributed.broadcast(tensor, src=src, group=group)
+        return tensor
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, None)
+
+    def token_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, labels)
+
+
+def init_inference(cfg: Config):
+    """Process groups and seeds for an inference tool (any launcher, any layout)."""
+    from megatron_ixt.config.validate import validate
+    from megatron_ixt.runtime.distributed import initialize_distributed, resolve_launch_env, transformer_engine_available
+
+    cfg.data.mock_data = cfg.data.mock_data or not cfg.data.data_path  # inference needs no training data
+    validate(cfg, resolve_launch_env()["world_size"], cuda=torch.cuda.is_available(),
+             te_available=transformer_engine_available())
+    return initialize_distributed(cfg)
+
+
+def on_output_rank() -> bool:
+    """The rank that prints results (global rank 0: it has every broadcast result)."""
+    return torch.distributed.get_rank() == 0

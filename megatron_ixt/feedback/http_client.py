@@ -1,0 +1,210 @@
+"""A small client for OpenAI-compatible chat-completions endpoints (vLLM, SGLang, llama.cpp,
+OpenAI, OpenRouter, ...), on the standard library only.
+
+What it adds over a bare POST:
+
+* **retries** with exponential backoff and jitter on 408/409/425/429/5xx answers,
+  connection errors, timeouts and truncated bodies; a ``Retry-After`` header (seconds or
+  an HTTP date) is honoured, capped so that a wrong header cannot stall a run;
+* **bounded concurrency**: at most ``max_concurrency`` requests in flight from this client,
+  however many threads call it (a slot is not held while waiting to retry);
+* **timeouts** per socket operation (connect, and each read);
+* **reasoning models**: the reasoning that servers return beside the answer
+  (``reasoning_content`` in vLLM/DeepSeek, ``reasoning`` in OpenRouter/Ollama) is returned
+  separately from ``content``.
+
+No proxy support: ``http.client`` is used rather than ``urllib`` precisely so that a
+``HTTP_PROXY`` in the environment cannot send requests for a local judge elsewhere.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from megatron_ixt.feedback.base import JudgeUnavailable, VerdictError
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Statuses that say "this request is wrong" (too long, bad parameter): the next document
+# may well work, so they fail the document, not the run.
+DOCUMENT_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry."""
+
+    max_retries: int = 5
+    """Retries after the first attempt; 0 disables retrying."""
+    backoff_s: float = 1.0
+    """Wait before the first retry; doubles with each further retry."""
+    backoff_max_s: float = 60.0
+    """Largest wait computed by backoff."""
+    retry_after_max_s: float = 300.0
+    """Largest wait a server's Retry-After may ask for."""
+
+
+@dataclass
+class ChatResponse:
+    """The parts of a chat-completions answer the critics use."""
+
+    content: str
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class _Retryable(Exception):
+    """A failed attempt that may succeed when repeated; ``retry_after`` in seconds or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (``"5"``, ``"0.5"`` or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def chat_completions_url(endpoint: str) -> str:
+    """``http://host:8000/v1`` -> ``http://host:8000/v1/chat/completions`` (full URLs kept)."""
+    endpoint = endpoint.rstrip("/")
+    if not endpoint.endswith("/chat/completions"):
+        endpoint += "/chat/completions"
+    if urlsplit(endpoint).scheme not in ("http", "https"):
+        raise ValueError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+    return endpoint
+
+
+def _text(value: Any) -> str:
+    """Message content as text: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(part.get("text", "") for part in value if isinstance(part, dict))
+    return str(value)
+
+
+class ChatClient:
+    """Sends chat-completions requests with retries; safe to share between threads."""
+
+    def __init__(self, endpoint: str, model: str, api_key: str | None = None,
+                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
+                 max_concurrency: int = 8, seed: int | None = None):
+        self.url = chat_completions_url(endpoint)
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._api_key = api_key
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._closed = threading.Event()
+        self._random = random.Random(seed)
+        self._random_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop: threads waiting to retry give up at once (used on Ctrl-C)."""
+        self._closed.set()
+
+    def chat(self, messages: list[dict[str, str]], **params: Any) -> ChatResponse:
+        """POST one request; retry per the policy; raise JudgeUnavailable when retries run out."""
+        body = json.dumps({"model": self.model, "messages": messages, **params}).encode("utf-8")
+        last_error = "no attempt made"
+        for attempt in range(self.retry.max_retries + 1):
+            if self._closed.is_set():
+                raise JudgeUnavailable("client closed")
+            try:
+                with self._slots:
+                    return self._post(body)
+            except _Retryable as error:
+                last_error = str(error)
+                if attempt == self.retry.max_retries:
+                    break
+                delay = self._delay(attempt, error.retry_after)
+                logger.warning("judge request failed (%s); retry %d/%d in %.2f s",
+                               error, attempt + 1, self.retry.max_retries, delay)
+                if self._closed.wait(delay):
+                    raise JudgeUnavailable("client closed")
+        raise JudgeUnavailable(f"{self.url}: {last_error} (after {self.retry.max_retries + 1} attempts)")
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        backoff = min(self.retry.backoff_max_s, self.retry.backoff_s * 2 ** attempt)
+        with self._random_lock:
+            # Jitter so that many workers rejected together do not return together.
+            backoff *= self._random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            return min(self.retry.retry_after_max_s, max(backoff, retry_after))
+        return backoff
+
+    def _post(self, body: bytes) -> ChatResponse:
+        parts = urlsplit(self.url)
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = connection_class(parts.hostname, parts.port, timeout=self.timeout_s)
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": "megatron-ixt-feedback/1"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            status, payload = response.status, response.read()
+            retry_after = parse_retry_after(response.getheader("Retry-After"))
+        except (OSError, http.client.HTTPException) as error:
+            # Refused/reset connections, timeouts (TimeoutError is an OSError), truncated
+            # bodies (IncompleteRead), a server that closes without answering.
+            raise _Retryable(f"{type(error).__name__}: {error}") from None
+        finally:
+            connection.close()
+        if status in RETRY_STATUSES:
+            raise _Retryable(f"HTTP {status}: {_snippet(payload)}", retry_after)
+        if status in DOCUMENT_STATUSES:
+            raise VerdictError(f"judge rejected the request: HTTP {status}: {_snippet(payload)}")
+        if status != 200:
+            # 401/403/404 and the like: wrong key, model or URL. Every document would fail.
+            raise JudgeUnavailable(f"{self.url}: HTTP {status}: {_snippet(payload)}")
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            raise _Retryable(f"response is not JSON: {_snippet(payload)}") from None
+        return _parse_response(answer)
+
+
+def _parse_response(answer: Any) -> ChatResponse:
+    try:
+        choice = answer["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError):
+        raise VerdictError(f"response has no choices[0].message: {_snippet(json.dumps(answer).encode())}") from None
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return ChatResponse(content=_text(message.get("content")),
+                        reasoning=_text(reasoning) or None,
+                        finish_reason=choice.get("finish_reason"),
+                        usage=answer.get("usage") or {})
+
+
+def _snippet(payload: bytes, limit: int = 300) -> str:
+    text = payload.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."

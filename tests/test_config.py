@@ -1,0 +1,105 @@
+"""The configuration tree, its command line and every validation error (message + exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY, run_python
+from megatron_ixt.config import Config, ConfigError, load_yaml, parse_config, validate
+from megatron_ixt.config.cli import build_parser, leaf_fields
+
+
+def test_every_leaf_is_a_megatron_style_flag():
+    parser = build_parser()
+    flags = {a for action in parser._actions for a in action.option_strings}
+    for name in ["--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
+                 "--sequence-parallel", "--micro-batch-size", "--global-batch-size", "--seq-length", "--num-layers",
+                 "--hidden-size", "--num-attention-heads", "--num-query-groups", "--train-iters", "--lr", "--min-lr",
+                 "--lr-decay-style", "--lr-warmup-iters", "--weight-decay", "--clip-grad", "--bf16", "--fp8-format",
+                 "--fp8-recipe", "--transformer-impl", "--data-path", "--split", "--data-cache-path", "--save", "--load",
+                 "--save-interval", "--eval-interval", "--eval-iters", "--log-interval", "--tensorboard-dir",
+                 "--use-distributed-optimizer", "--ixt-prefix-loss", "--ixt-feedback-dropout"]:
+        assert name in flags, name
+    assert len(flags) >= len(leaf_fields())
+
+
+def test_yaml_then_flags_override(tmp_path):
+    cfg, _ = parse_config(["--config", str(TINY), "--num-layers", "8", "--bf16"])
+    assert cfg.model.num_layers == 8 and cfg.model.hidden_size == 64 and cfg.model.bf16
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("num-layers: 6\nlr: 1\ndata_path: 0.3 a 0.7 b\n")
+    values = load_yaml(str(flat))
+    assert values == {"num_layers": 6, "lr": 1.0, "data_path": ["0.3", "a", "0.7", "b"]}
+
+
+def test_yaml_errors_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  num_layerz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown field 'num_layerz'"):
+        load_yaml(str(bad))
+    bad.write_text("num_layers: four\n")
+    with pytest.raises(ConfigError, match=r"'num_layers' must be int"):
+        load_yaml(str(bad))
+
+
+def _cfg(*flags) -> Config:
+    cfg, _ = parse_config(["--config", str(TINY), "--mock-data", *map(str, flags)])
+    return cfg
+
+
+@pytest.mark.parametrize("flags, world, cuda, te, message", [
+    (["--tensor-model-parallel-size", 3], 4, False, False,
+     r"world size 4 is not divisible by --tensor-model-parallel-size \(3\) x --pipeline-model-parallel-size \(1\)"),
+    (["--pipeline-model-parallel-size", 3], 3, False, False, r"--num-layers \(4\) is not divisible by --pipeline-model-parallel-size \(3\)"),
+    (["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 3], 2, False, False,
+     r"is not divisible by --num-layers-per-virtual-pipeline-stage \(3\)"),
+    (["--tensor-model-parallel-size", 8, "--num-attention-heads", 4, "--num-query-groups", 4], 8, False, False,
+     r"--num-attention-heads \(4\) is not divisible by --tensor-model-parallel-size \(8\)"),
+    (["--tensor-model-parallel-size", 4], 4, False, False, r"--num-query-groups \(2\) is not divisible by --tensor-model-parallel-size \(4\)"),
+    (["--global-batch-size", 6], 2, False, False,
+     r"--global-batch-size \(6\) is not divisible by --micro-batch-size \(2\) x data-parallel size \(2\)"),
+    (["--sequence-parallel"], 1, False, False, r"--sequence-parallel needs --tensor-model-parallel-size > 1"),
+    (["--fp8-format", "hybrid", "--transformer-impl", "local"], 1, True, False, r"--fp8-format hybrid needs Transformer Engine: install"),
+    (["--transformer-impl", "transformer_engine"], 1, False, False, r"Transformer Engine is not importable"),
+    (["--use-distributed-optimizer"], 2, False, False, r"--use-distributed-optimizer needs NCCL \(gloo has no reduce-scatter\)"),
+    (["--lr-warmup-iters", 100], 1, False, False, r"warm-up \(100 iterations"),
+])
+def test_validation_errors(flags, world, cuda, te, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(_cfg(*flags), world, cuda=cuda, te_available=te)
+
+
+def test_valid_config_fills_derived_defaults():
+    cfg = _cfg("--tensor-model-parallel-size", 2)
+    validate(cfg, 4, cuda=False, te_available=False)
+    assert cfg.training.global_batch_size == 8  # from the YAML
+    assert cfg.model.transformer_impl == "local"
+    cfg = _cfg()
+    cfg.model.transformer_impl = None
+    validate(cfg, 1, cuda=True, te_available=True)
+    assert cfg.model.transformer_impl == "transformer_engine"
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--tensor-model-parallel-size", "3"], {"WORLD_SIZE": "4", "RANK": "0"}, "is not divisible by --tensor-model-parallel-size (3)"),
+    (["--sequence-parallel"], {}, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
+    (["--no-such-flag", "1"], {}, "unrecognized arguments: --no-such-flag 1"),
+    (["--use-distributed-optimizer"], {}, "--use-distributed-optimizer needs NCCL"),
+    (["--fp8-format", "e4m3"], {}, "needs Transformer Engine: install Transformer Engine"),
+])
+def test_entry_point_exits_2_with_one_line(args, env, message):
+    proc = run_python("pretrain_ixt.py", ["--config", TINY, "--mock-data", *args], env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
+    assert lines[-1].startswith("pretrain_ixt.py: error: ") and message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_dry_run_prints_config_and_layout():
+    proc = run_python("pretrain_ixt.py", ["--config", TINY, "--mock-data", "--tensor-model-parallel-size", "2",
+                                          "--pipeline-model-parallel-size", "2", "--dry-run"],
+                      env={"WORLD_SIZE": "8", "RANK": "0"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tensor_model_parallel_size: 2" in proc.stdout
+    assert "world 8 = TP 2 x PP 2 x DP 2" in proc.stdout
+    assert "rank    5: tp 1 pp 1 dp 0" in proc.stdout

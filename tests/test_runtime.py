@@ -1,0 +1,113 @@
+"""Launch environments (torchrun, SLURM, single process) and the CPU compatibility layer:
+active on CPU only, invisible outside megatron-core, and never touched on CUDA."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, read_metrics, run_torchrun
+from megatron_ixt.runtime import cpu_compat, distributed
+from megatron_ixt.runtime.distributed import ParallelLayout, first_slurm_host, resolve_launch_env
+
+
+@pytest.mark.parametrize("nodelist, host", [("node07", "node07"), ("gpu[03-05,09]", "gpu03"),
+                                            ("a[1,3],b2", "a1"), ("dgx-[012-015]", "dgx-012")])
+def test_first_slurm_host(nodelist, host):
+    assert first_slurm_host(nodelist) == host
+
+
+def test_launch_env_from_slurm():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[03-04]",
+           "SLURM_JOB_ID": "12345"}
+    info = resolve_launch_env(env)
+    assert info == {"source": "slurm", "rank": 5, "world_size": 8, "local_rank": 1}
+    assert env["MASTER_ADDR"] == "gpu03" and env["MASTER_PORT"] == str(20000 + 12345 % 20000)
+
+
+def test_launch_env_prefers_torchrun_and_defaults_to_single():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    assert resolve_launch_env(env)["source"] == "torchrun"
+    env = {}
+    assert resolve_launch_env(env) == {"source": "single", "rank": 0, "world_size": 1, "local_rank": 0}
+    assert env["MASTER_ADDR"] == "127.0.0.1" and int(env["MASTER_PORT"]) > 0
+
+
+def test_layout_matches_megatron_rank_order():
+    from megatron.core.parallel_state import RankGenerator
+
+    layout = ParallelLayout(world_size=8, tp=2, pp=2)
+    gen = RankGenerator(tp=2, ep=1, dp=2, pp=2, cp=1, order="tp-cp-ep-dp-pp")
+    for kind in ("tp", "dp", "pp"):
+        for group in gen.get_ranks(kind):
+            coords = [layout.coordinates(r) for r in group]
+            others = [k for k in ("tp", "dp", "pp") if k != kind]
+            assert len({tuple(c[o] for o in others) for c in coords}) == 1  # same coordinates but one
+            assert sorted(c[kind] for c in coords) == list(range(len(group)))
+
+
+def test_cpu_compat_refuses_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match="must not be activated on a CUDA machine"):
+        cpu_compat.activate()
+    assert not cpu_compat.is_active()
+
+
+def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
+    """Simulate a CUDA machine: the init path must pick NCCL, pin the device by local rank,
+    and never activate the CPU layer."""
+    from megatron.core import parallel_state
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("device", d))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: calls.setdefault("pg", kw))
+    monkeypatch.setattr(parallel_state, "initialize_model_parallel", lambda **kw: calls.setdefault("mp", kw))
+    monkeypatch.setattr(distributed, "seed_everything", lambda seed: None)
+    monkeypatch.setattr(cpu_compat, "activate", lambda: pytest.fail("CPU layer activated on CUDA"))
+    for k, v in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "x", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(k, v)
+    from megatron_ixt.config import parse_config
+
+    cfg, _ = parse_config(["--config", str(TINY), "--mock-data", "--tensor-model-parallel-size", "2"])
+    distributed.initialize_distributed(cfg)
+    assert calls["pg"]["backend"] == "nccl" and calls["device"] == 3
+    assert calls["mp"]["tensor_model_parallel_size"] == 2
+    assert not cpu_compat.is_active()
+
+
+def test_cpu_compat_is_local_to_megatron_core():
+    """After activation megatron-core allocates on CPU, while the real torch is unchanged."""
+    code = """
+import torch
+from megatron_ixt.runtime import cpu_compat
+cpu_compat.activate()
+import megatron.core.tensor_parallel.layers as layers
+assert layers.torch is not torch
+assert layers.torch.zeros(2, device="cuda").device.type == "cpu"
+assert layers.torch.cuda.current_device() == torch.device("cpu")
+try:
+    torch.zeros(1, device="cuda")
+except (AssertionError, RuntimeError):
+    print("global torch untouched")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "global torch untouched" in proc.stdout
+
+
+@pytest.mark.gpu
+def test_gpu_training_runs_without_the_compat_layer(tmp_path):
+    """On a GPU: NCCL, the CUDA path of megatron-core, no CPU layer, and falling loss."""
+    log = tmp_path / "m.jsonl"
+    proc = run_torchrun(1, "pretrain_ixt.py", ["--config", TINY, "--mock-data", "--train-iters", 20, "--bf16",
+                                               "--log-file", log, "--eval-interval", 0])
+    rows, _ = read_metrics(log)
+    assert rows[-1]["lm loss"] < rows[0]["lm loss"]
+    assert "megatron_ixt: CUDA" in proc.stdout
+    assert "compatibility layer active" not in proc.stdout
