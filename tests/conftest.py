@@ -114,3 +114,43 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     """(training records, validation records) from a --log-file."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return [r for r in rows if "split" not in r], [r for r in rows if "split" in r]
+
+
+@pytest.fixture(scope="session")
+def ixt_corpus(tmp_path_factory):
+    """A real preprocessed IXT dataset: Python standard-library source cut into documents,
+    70% annotated with critique feedback (score, axes, critique), a SentencePiece tokenizer
+    trained on it, and tools/preprocess_data.py's output. Returns a dict of paths."""
+    import random
+    import sysconfig
+
+    root = tmp_path_factory.mktemp("ixt_corpus")
+    rng = random.Random(0)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py"))[:120]
+    docs = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        for start in range(0, min(len(text), 6000), 1500):
+            chunk = text[start:start + 1500]
+            doc = {"id": f"{path.name}:{start}", "domain": "code", "text": chunk}
+            if rng.random() < 0.7:
+                score = rng.choice([1.5, 3.5, 5.5, 7.5, 9.5])
+                doc["feedback"] = {"score": score, "scale": [0, 10],
+                                   "axes": {"writing_style": score, "efficiency": max(0.0, score - 1)},
+                                   "critique": rng.choice(["Clear and idiomatic.", "Dense, few comments.",
+                                                           "Long functions; hard to follow."]),
+                                   "judge": "test"}
+            docs.append(doc)
+    jsonl = root / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    sp = root / "sp"
+    for cmd in (["tools/train_tokenizer.py", "--input", jsonl, "--model-prefix", sp, "--vocab-size", 1000,
+                 "--model-type", "bpe"],
+                ["tools/preprocess_data.py", "--input", jsonl, "--output-prefix", root / "ds", "--tokenizer-type",
+                 "SentencePieceTokenizer", "--tokenizer-model", f"{sp}.model", "--append-eod", "--workers", 1,
+                 "--prefix-template", "critique"]):
+        proc = run_python(cmd[0], cmd[1:])
+        assert proc.returncode == 0, proc.stderr
+    return {"jsonl": jsonl, "tokenizer": f"{sp}.model", "prefix": str(root / "ds_text_document"),
+            "num_docs": len(docs)}

@@ -3,8 +3,8 @@ each data-parallel rank consumes.
 
 The pipeline, end to end:
 1. ``build_datasets``: ``BlendedMegatronDatasetBuilder`` builds train/valid/test splits
-   (mock, plain GPT, or IXT datasets) from ``--data-path``/``--split``; rank 0 builds the
-   index caches, the others load them.
+   (mock, plain GPT, or IXT datasets: ``choose_dataset``) from ``--data-path``/``--split``,
+   blending weighted prefixes; rank 0 builds the index caches, the others load them.
 2. ``PretrainingSampler``: the global sample order is fixed; each iteration takes the next
    ``global_batch_size`` samples, each DP rank its own contiguous slice of each micro-batch.
    The position is ``consumed_samples``, so a resumed run continues exactly.
@@ -16,6 +16,7 @@ The pipeline, end to end:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterator, Optional
 
 import torch
@@ -58,12 +59,43 @@ def gpt_dataset_config(cfg: Config, tokenizer, config_cls=GPTDatasetConfig, **ex
     )
 
 
+def data_prefixes(cfg: Config) -> list[str]:
+    """The dataset prefixes of ``--data-path`` without their weights."""
+    paths, _ = get_blend_from_list(cfg.data.data_path)
+    return paths
+
+
+def choose_dataset(cfg: Config, tokenizer):
+    """Mock data, IXT datasets (every prefix has an ``.ixt.npy`` side file), or plain GPT
+    datasets (none has: data preprocessed by Megatron-LM's tool)."""
+    from megatron_ixt.config.cli import ConfigError
+    from megatron_ixt.data.indexed_io import SIDE_FILE_SUFFIX
+    from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig
+
+    if cfg.data.mock_data:
+        return MockGPTDataset, gpt_dataset_config(cfg, tokenizer)
+    prefixes = data_prefixes(cfg)
+    missing = [p for p in prefixes if not os.path.isfile(p + ".bin") or not os.path.isfile(p + ".idx")]
+    if missing:
+        raise ConfigError(f"--data-path: no indexed dataset at {', '.join(missing)} (expected PREFIX.bin and PREFIX.idx)")
+    with_side = [os.path.isfile(p + SIDE_FILE_SUFFIX) for p in prefixes]
+    if all(with_side):
+        ixt = cfg.ixt
+        return IXTDataset, gpt_dataset_config(
+            cfg, tokenizer, IXTDatasetConfig, ixt_prefix_loss=ixt.ixt_prefix_loss,
+            ixt_feedback_dropout=ixt.ixt_feedback_dropout, ixt_repeat_prefix=ixt.ixt_repeat_prefix,
+            ixt_cooldown_fraction=ixt.ixt_cooldown_fraction)
+    if any(with_side):
+        plain = [p for p, has in zip(prefixes, with_side) if not has]
+        raise ConfigError(f"--data-path mixes IXT datasets with plain ones without {SIDE_FILE_SUFFIX}: {', '.join(plain)}")
+    logger.info("no %s side files: training on plain GPT datasets (no feedback prefixes)", SIDE_FILE_SUFFIX)
+    return GPTDataset, gpt_dataset_config(cfg, tokenizer)
+
+
 def build_datasets(cfg: Config, tokenizer, dataset_cls=None, config=None):
     """(train, valid, test) datasets; ``None`` for an empty split."""
     if dataset_cls is None:
-        dataset_cls = MockGPTDataset if cfg.data.mock_data else GPTDataset
-    if config is None:
-        config = gpt_dataset_config(cfg, tokenizer)
+        dataset_cls, config = choose_dataset(cfg, tokenizer)
     # Every rank reads its own micro-batches (TP peers read the same ones), so every rank
     # needs the datasets. The builder itself builds the index caches on rank 0 first and
     # lets the others load them after a barrier.

@@ -150,3 +150,33 @@ def init_inference(cfg: Config):
 def on_output_rank() -> bool:
     """The rank that prints results (global rank 0: it has every broadcast result)."""
     return torch.distributed.get_rank() == 0
+
+
+def add_inference_args(parser) -> None:
+    """Flags every inference tool takes: the checkpoint, the layout to run it at, and
+    optional tokenizer overrides (default: the tokenizer the checkpoint was trained with)."""
+    parser.add_argument("--load", required=True, help="checkpoint folder (as given to --save)")
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    parser.add_argument("--tokenizer-type", default=None, help="default: the checkpoint's")
+    parser.add_argument("--tokenizer-model", default=None, help="default: the checkpoint's")
+    parser.add_argument("--vocab-file", default=None)
+    parser.add_argument("--merge-file", default=None)
+
+
+def load_for_inference(args):
+    """(config, model, tokenizer) for ``args`` from :func:`add_inference_args`, on the
+    initialised process groups of this launch."""
+    from megatron_ixt.training.loop import tokenizer_from_config
+
+    overrides = {"tensor_model_parallel_size": args.tensor_model_parallel_size,
+                 "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
+                 "sequence_parallel": False, "num_layers_per_virtual_pipeline_stage": None,
+                 "hidden_dropout": 0.0, "attention_dropout": 0.0}
+    for name in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    cfg = config_from_checkpoint(args.load, overrides)
+    init_inference(cfg)
+    tokenizer = tokenizer_from_config(cfg)
+    return cfg, InferenceModel(cfg, tokenizer.vocab_size), tokenizer

@@ -88,8 +88,13 @@ class MetricsLogger:
         if self.peak_tflops:
             parts.append(f"MFU {100 * tflops / self.peak_tflops:.1f}%")
         parts.append(f"lr {lr:.3e}")
-        means = {k: (v[0] / v[1]).item() for k, v in self.totals.items() if v[1] > 0}
+        means = {k: (v[0] / v[1]).item() for k, v in self.totals.items() if v[1] > 0 and k != "orphan text loss"}
         parts += [f"{name} {value:.4f}" for name, value in means.items()]
+        if "orphan text loss" in self.totals and self.totals["text loss"][1] > 0:
+            # Share of trained text tokens whose document's prefix is not in the sample.
+            share = (self.totals["orphan text loss"][1] / self.totals["text loss"][1]).item()
+            parts.append(f"text w/o prefix in view {100 * share:.1f}%")
+            means["text_without_prefix_share"] = share
         if result.grad_norm is not None:
             parts.append(f"grad norm {result.grad_norm:.3f}")
         parts += [f"skipped {self.skipped}", f"mem {memory_gib()}"]

@@ -22,8 +22,10 @@ from megatron_ixt.config.schema import Config
 from megatron_ixt.training import faults
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
-# (e.g. IXT's prefix tokens vs. text tokens). name in batch -> name in reports.
-REPORTED_MASKS = {"text_mask": "text loss", "prefix_mask": "prefix loss"}
+# (IXT's prefix tokens vs. text tokens, and text trained without its prefix in view).
+# name in batch -> name in reports.
+REPORTED_MASKS = {"text_mask": "text loss", "prefix_mask": "prefix loss", "orphan_mask": "orphan text loss"}
+QUALITY_LEVELS = range(6)  # 0: not annotated, 1..5
 
 
 def _device() -> torch.device:
@@ -58,6 +60,11 @@ def forward_step(data_iterator: Iterator[dict], model):
         attention_mask = attention_mask.to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     report_masks = {REPORTED_MASKS[k]: batch[k].to(device) for k in REPORTED_MASKS if k in batch}
+    if "token_level" in batch and not model.training:
+        # Validation: text loss per quality level of the document each token belongs to.
+        level, text = batch["token_level"].to(device), batch["text_mask"].to(device)
+        for lvl in QUALITY_LEVELS:
+            report_masks[f"text loss level {lvl}"] = (level == lvl).float() * text
     output = model(tokens, position_ids, attention_mask, labels=labels)
     return output, partial(loss_func, loss_mask, report_masks)
 

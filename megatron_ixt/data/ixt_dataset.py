@@ -1,0 +1,300 @@
+"""The IXT dataset: megatron-core's ``GPTDataset`` with feedback prefixes made visible.
+
+Each document of a preprocessed dataset is one sequence ``[prefix][text][eod]``; the side
+file ``<prefix>.ixt.npy`` gives each sequence's prefix length and quality level. This
+class changes exactly three things of ``GPTDataset``:
+
+1. **Prefix dropout and cooldown happen before packing.** The sample index is built over
+   *occurrences* (a document in a given epoch), each with its effective length: the full
+   sequence, or the sequence without its prefix when dropout chose so for that
+   (document, epoch) -- a pure function of the seed, stable across runs and layouts. With
+   ``--ixt-cooldown-fraction F`` every occurrence from the start of the last F of the
+   training samples on loses its prefix; those samples are shuffled among themselves only,
+   so they are consumed last.
+2. **Repeat-prefix packing** (``--ixt-repeat-prefix``): a document that continues from the
+   previous sample starts its new sample with its prefix again; the packer accounts for
+   the inserted tokens, so nothing is truncated. Without it, such text tokens are counted
+   (``orphan_mask``) and the loop reports their share.
+3. **Per-token masks**: ``prefix_mask`` / ``text_mask`` over the labels, ``loss_mask``
+   without prefix tokens under ``--ixt-prefix-loss exclude``, and ``token_level`` (the
+   quality level of the document each label belongs to) for per-level validation losses.
+
+Everything else (splits, blends, caching on rank 0, shuffling, document-aware masks via
+``reset_attention_mask`` / ``reset_position_ids``) is megatron-core's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from megatron.core.datasets import helpers
+from megatron.core.datasets.gpt_dataset import (
+    GPTDataset, GPTDatasetConfig, _build_document_index, _build_shuffle_index, _get_ltor_masks_and_position_ids)
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.utils import Split
+
+from megatron_ixt.data.indexed_io import read_side_file
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IXTDatasetConfig(GPTDatasetConfig):
+    ixt_prefix_loss: str = "include"
+    """'include': prefix tokens are trained on; 'exclude': masked from the loss."""
+
+    ixt_feedback_dropout: float = 0.0
+    """Probability that an annotated document loses its prefix, per (document, epoch)."""
+
+    ixt_repeat_prefix: bool = False
+    """Re-insert a document's prefix at the start of each sample it continues into."""
+
+    ixt_cooldown_fraction: float = 0.0
+    """Last fraction of the training samples without any prefix (train split only)."""
+
+
+def uniform_hash(seed: int, documents: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """Deterministic uniforms in [0, 1) per (seed, document, epoch): splitmix64 finaliser
+    over the packed key. Independent of split, order and parallel layout."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(documents, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ (np.asarray(epochs, dtype=np.uint64) + np.uint64(1)) * np.uint64(0xBF58476D1CE4E5B9)
+             ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x94D049BB133111EB))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def pack_samples(sizes: np.ndarray, prefix_insert: Optional[np.ndarray], seq_length: int,
+                 add_extra_token: int = 1) -> np.ndarray:
+    """Megatron's greedy packing (``helpers.build_sample_idx``) in Python, over occurrences
+    ``0..len(sizes)-1``, optionally paying for re-inserted prefixes.
+
+    ``prefix_insert[i]`` is the prefix length of occurrence ``i`` (0: nothing to insert). A
+    sample that starts at offset ``e > 0`` inside occurrence ``i`` begins with
+    ``min(e, prefix_insert[i])`` re-inserted prefix tokens, which take room in the sample.
+    Returns ``[num_samples + 1, 2]`` (occurrence, offset) boundaries; only complete samples.
+    """
+    boundaries = [(0, 0)]
+    doc, offset, n = 0, 0, len(sizes)
+    while True:
+        remaining = seq_length + add_extra_token
+        if prefix_insert is not None and offset > 0:
+            remaining -= min(offset, int(prefix_insert[doc]))
+        while remaining > 0:
+            doc_length = int(sizes[doc]) - offset
+            remaining -= doc_length
+            if remaining <= 0:
+                offset += remaining + doc_length - add_extra_token
+                remaining = 0
+            else:
+                doc += 1
+                offset = 0
+                if doc == n:
+                    return np.array(boundaries, dtype=np.int64)
+        boundaries.append((doc, offset))
+
+
+class IXTLowLevelDataset:
+    """An ``IndexedDataset`` plus its side file (prefix length and quality level per sequence)."""
+
+    def __init__(self, path_prefix: str, mmap: bool = True) -> None:
+        self.indexed = IndexedDataset(path_prefix, multimodal=False, mmap=mmap)
+        side = read_side_file(path_prefix)
+        if side.shape[0] != len(self.indexed):
+            raise ValueError(f"{path_prefix}.ixt.npy has {side.shape[0]} rows, the dataset {len(self.indexed)} sequences")
+        self.prefix_lengths = np.ascontiguousarray(side[:, 0])
+        self.levels = np.ascontiguousarray(side[:, 1])
+        self.path_prefix = path_prefix
+        self.sequence_lengths = self.indexed.sequence_lengths
+
+    def __len__(self) -> int:
+        return len(self.indexed)
+
+    def get(self, idx: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
+        return self.indexed.get(idx, offset=offset, length=length)
+
+
+class IXTDataset(GPTDataset):
+    """See the module docstring."""
+
+    config: IXTDatasetConfig
+
+    @staticmethod
+    def build_low_level_dataset(dataset_path: str, config: IXTDatasetConfig) -> IXTLowLevelDataset:
+        return IXTLowLevelDataset(dataset_path, mmap=config.mmap_bin_files)
+
+    @staticmethod
+    def numel_low_level_dataset(low_level_dataset: IXTLowLevelDataset) -> int:
+        return low_level_dataset.sequence_lengths.shape[0]
+
+    @staticmethod
+    def _key_config_attributes() -> list[str]:
+        return GPTDataset._key_config_attributes() + [
+            "ixt_feedback_dropout", "ixt_repeat_prefix", "ixt_cooldown_fraction", "ixt_prefix_loss"]
+
+    # -- index building ---------------------------------------------------------------
+
+    def _cooldown_start(self) -> Optional[int]:
+        """First training sample (in consumption order) of the cooldown, or None."""
+        f = self.config.ixt_cooldown_fraction
+        if self.index_split != Split.train or f <= 0 or self.num_samples is None:
+            return None
+        requested = self.num_samples
+        if self.config.blend and self.config.blend[1] is not None:
+            # Inside a blend each dataset is asked for its share plus a surplus; the cooldown
+            # starts at the same fraction of its share (exact up to the blend's rounding).
+            requested = int(requested / (1 + self.config.mid_level_dataset_surplus))
+        return int((1.0 - f) * requested)
+
+    def _pack(self, document_index: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+        docs = document_index
+        sizes = self.dataset.sequence_lengths[docs] - np.where(dropped, self.dataset.prefix_lengths[docs], 0)
+        sizes = sizes.astype(np.int32)
+        if self.config.ixt_repeat_prefix:
+            insert = np.where(dropped, 0, self.dataset.prefix_lengths[docs])
+            return pack_samples(sizes, insert, self.config.sequence_length, self.config.add_extra_token_to_sequence)
+        occurrences = np.arange(len(docs), dtype=np.int32)
+        total = int(sizes.sum())
+        return helpers.build_sample_idx(sizes, occurrences, self.config.sequence_length, 1, total, True,
+                                        self.config.add_extra_token_to_sequence)
+
+    def _build_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.RandomState(self.config.random_seed)
+        per_epoch = len(self.indices)
+        num_epochs = 1
+        while True:
+            document_index = _build_document_index(self.indices, num_epochs, np.random.RandomState(self.config.random_seed), False)
+            epochs = np.arange(len(document_index)) // max(per_epoch, 1)
+            has_prefix = self.dataset.prefix_lengths[document_index] > 0
+            dropped = has_prefix & (uniform_hash(self.config.random_seed, document_index, epochs)
+                                    < self.config.ixt_feedback_dropout)
+            sample_index = self._pack(document_index, dropped)
+            cooldown = self._cooldown_start()
+            if cooldown is not None and cooldown < len(sample_index) - 1:
+                occ, off = sample_index[cooldown]
+                later = np.arange(len(document_index)) > occ if off > 0 else np.arange(len(document_index)) >= occ
+                dropped = dropped | (has_prefix & later)
+                sample_index = self._pack(document_index, dropped)  # samples before `cooldown` are unchanged
+            if self.num_samples is None or len(sample_index) - 1 >= self.num_samples or per_epoch == 0:
+                break
+            num_epochs += 1
+        rng.seed(self.config.random_seed)
+        n = len(sample_index) - 1
+        first = cooldown if cooldown is not None and cooldown < n else n
+        # Shuffle the cooldown samples only among themselves, so that they come last.
+        shuffle_index = _build_shuffle_index(first, n, rng)
+        return document_index.astype(np.int32), sample_index, shuffle_index, dropped
+
+    def _build_document_sample_shuffle_indices(self):
+        """Build (or load from the cache, built on rank 0) the occurrence, sample and shuffle
+        indices and the per-occurrence dropped flags."""
+        path_to_cache = self.config.path_to_cache or os.path.join(
+            os.path.dirname(self.dataset.path_prefix), "cache", f"{type(self).__name__}_indices")
+        base = os.path.join(path_to_cache, f"{self.unique_description_hash}-{type(self).__name__}-{self.index_split.name}")
+        names = ("document_index", "sample_index", "shuffle_index", "prefix_dropped")
+        paths = [f"{base}-{n}.npy" for n in names]
+        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        if not all(os.path.isfile(p) for p in paths) and rank0:
+            start = time.time()
+            arrays = self._build_indices()
+            os.makedirs(path_to_cache, exist_ok=True)
+            with open(f"{base}-description.txt", "w") as f:
+                f.write(self.unique_description)
+            for path, array in zip(paths, arrays):
+                tmp = f"{path}.tmp{os.getpid()}.npy"
+                np.save(tmp, array)
+                os.replace(tmp, path)  # a reader never sees a half-written index
+            logger.info("built IXT %s indices in %.2f s: %d samples", self.index_split.name, time.time() - start,
+                        len(arrays[1]) - 1)
+        else:
+            # Other ranks arrive here after the builder's barrier, once rank 0 has written them.
+            arrays = [np.load(p, mmap_mode="r") for p in paths]
+        document_index, sample_index, shuffle_index, self.prefix_dropped = arrays
+        return document_index, sample_index, shuffle_index
+
+    def __len__(self) -> int:
+        return self.sample_index.shape[0] - 1
+
+    # -- samples ------------------------------------------------------------------------
+
+    def sample_parts(self, idx: int) -> list[tuple[int, int, int, bool, int]]:
+        """The pieces of sample ``idx`` (after shuffling): ``(sequence id, raw offset, length,
+        is the prefix dropped, re-inserted prefix tokens)`` per occurrence it touches."""
+        idx = int(self.shuffle_index[idx])
+        beg, beg_off = (int(x) for x in self.sample_index[idx])
+        end, end_off = (int(x) for x in self.sample_index[idx + 1])
+        extra = self.config.add_extra_token_to_sequence
+        parts = []
+        for occ in range(beg, end + 1):
+            doc = int(self.document_index[occ])
+            dropped = bool(self.prefix_dropped[occ])
+            skip = int(self.dataset.prefix_lengths[doc]) if dropped else 0
+            start = beg_off if occ == beg else 0
+            stop = (end_off + extra) if occ == end else int(self.dataset.sequence_lengths[doc]) - skip
+            inserted = 0
+            if occ == beg and start > 0 and self.config.ixt_repeat_prefix and not dropped:
+                inserted = min(start, int(self.dataset.prefix_lengths[doc]))
+            if stop - start > 0 or inserted:
+                parts.append((doc, start + skip, stop - start, dropped, inserted))
+        return parts
+
+    def __getitem__(self, idx: Optional[int]) -> dict[str, torch.Tensor]:
+        parts = self.sample_parts(0 if idx is None else idx)
+        total = self.config.sequence_length + self.config.add_extra_token_to_sequence
+        text = np.full(total, self._pad_token_id, dtype=np.int64)
+        is_prefix = np.zeros(total, dtype=bool)
+        orphan = np.zeros(total, dtype=bool)
+        level = np.zeros(total, dtype=np.int64)
+        pos = 0
+        for i, (doc, offset, length, dropped, inserted) in enumerate(parts):
+            prefix_len = int(self.dataset.prefix_lengths[doc])
+            if inserted:
+                text[pos:pos + inserted] = self.dataset.get(doc, 0, inserted)
+                is_prefix[pos:pos + inserted] = True
+                level[pos:pos + inserted] = self.dataset.levels[doc]
+                pos += inserted
+            length = min(length, total - pos)
+            text[pos:pos + length] = self.dataset.get(doc, offset, length)
+            raw = np.arange(offset, offset + length)
+            if not dropped:
+                is_prefix[pos:pos + length] = raw < prefix_len
+            # Text whose document starts in an earlier sample, with no prefix re-inserted.
+            if i == 0 and offset > 0 and prefix_len > 0 and not dropped and not inserted:
+                orphan[pos:pos + length] = raw >= prefix_len
+            level[pos:pos + length] = self.dataset.levels[doc]
+            pos += length
+
+        text_t = torch.from_numpy(text)
+        tokens, labels = text_t[:-1].contiguous(), text_t[1:].contiguous()
+        attention_mask, loss_mask, position_ids = _get_ltor_masks_and_position_ids(
+            tokens, self.config.tokenizer.eod, self.config.reset_position_ids, self.config.reset_attention_mask,
+            self.config.eod_mask_loss, self.config.create_attention_mask)
+        pad = labels == self._pad_token_id
+        loss_mask[pad] = 0.0
+        tokens[tokens == self._pad_token_id] = 0
+        labels[pad] = 0
+        prefix_mask = torch.from_numpy(is_prefix[1:].astype(np.float32))
+        if self.config.ixt_prefix_loss == "exclude":
+            loss_mask = loss_mask * (1.0 - prefix_mask)
+        if idx is None:
+            loss_mask = torch.zeros_like(loss_mask)
+        sample = {
+            "tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
+            "prefix_mask": prefix_mask,
+            "text_mask": (1.0 - prefix_mask) * (~pad).float(),
+            "orphan_mask": torch.from_numpy(orphan[1:].astype(np.float32)),
+            "token_level": torch.from_numpy(level[1:]),
+        }
+        if attention_mask is not None:
+            sample["attention_mask"] = attention_mask
+        return sample

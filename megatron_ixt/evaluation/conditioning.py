@@ -1,0 +1,120 @@
+"""How much does the model use its feedback? Loss of the same text under chosen prefixes.
+
+For every held-out document, the loss of its text tokens is measured under four contexts:
+
+    none   [eod] text                      (unconditional)
+    own    [eod] <|feedback|> its own feedback <|/feedback|> text
+    best   [eod] <|feedback|> best feedback (level 5) <|/feedback|> text
+    worst  [eod] <|feedback|> worst feedback (level 1) <|/feedback|> text
+
+The leading EOD mirrors training, where every document follows the previous one's EOD, so
+the first text token is predicted in all four conditions from comparable context. The text
+window is the same in all four (truncated so that the longest prefix still fits), so the
+four numbers are losses of exactly the same tokens. ``worst - best`` is the conditioning
+gap: positive when better feedback makes the same text more likely, i.e. when the model
+uses the feedback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from megatron_ixt.data.prefixes import feedback_for_level, prefix_token_ids
+
+CONDITIONS = ("none", "own", "best", "worst")
+BEST_CRITIQUE = "Excellent: correct, clear, idiomatic and well documented; dense with useful content."
+WORST_CRITIQUE = "Poor: incorrect or broken, hard to follow, repetitive and of little use."
+
+
+@dataclass
+class ConditioningResult:
+    per_document: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        out: dict = {"documents": len(self.per_document)}
+        for cond in CONDITIONS:
+            rows = [d for d in self.per_document if cond in d["loss"]]
+            tokens = sum(d["tokens"] for d in rows)
+            out[cond] = {"documents": len(rows),
+                         "loss": sum(d["loss"][cond] * d["tokens"] for d in rows) / tokens if tokens else math.nan}
+        out["gap_worst_minus_best"] = out["worst"]["loss"] - out["best"]["loss"]
+        both = [d for d in self.per_document if "best" in d["loss"]]
+        out["share_best_below_worst"] = (sum(d["loss"]["best"] < d["loss"]["worst"] for d in both) / len(both)
+                                         if both else math.nan)
+        by_level: dict = {}
+        for d in self.per_document:
+            if d.get("level"):
+                by_level.setdefault(d["level"], []).append(d)
+        out["own_minus_none_by_level"] = {
+            str(level): sum(d["loss"]["own"] - d["loss"]["none"] for d in rows) / len(rows)
+            for level, rows in sorted(by_level.items())}
+        return out
+
+    def table(self) -> str:
+        s = self.summary()
+        lines = [f"{'condition':10} {'documents':>9} {'text loss':>10}"]
+        for cond in CONDITIONS:
+            lines.append(f"{cond:10} {s[cond]['documents']:>9} {s[cond]['loss']:>10.4f}")
+        lines.append(f"conditioning gap (worst - best): {s['gap_worst_minus_best']:+.4f} nats/token; "
+                     f"best < worst on {100 * s['share_best_below_worst']:.1f}% of documents")
+        if s["own_minus_none_by_level"]:
+            lines.append("own feedback - no prefix, by the document's own quality level: " + ", ".join(
+                f"L{k} {v:+.4f}" for k, v in s["own_minus_none_by_level"].items()))
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"summary": self.summary(), "documents": self.per_document}, indent=1)
+
+
+def condition_prefixes(tokenizer, template: str, feedback: Optional[dict], thresholds=None) -> dict[str, list[int]]:
+    """Token ids of the prefix for each condition (``own`` only for annotated documents)."""
+    if template == "critique":
+        best = feedback_for_level(5, critique=BEST_CRITIQUE)
+        worst = feedback_for_level(1, critique=WORST_CRITIQUE)
+    else:
+        best, worst = 5, 1
+    prefixes = {"none": [], "best": prefix_token_ids(tokenizer, template, best, thresholds),
+                "worst": prefix_token_ids(tokenizer, template, worst, thresholds)}
+    if feedback is not None:
+        prefixes["own"] = prefix_token_ids(tokenizer, template, feedback, thresholds)
+    return prefixes
+
+
+def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str, seq_length: int,
+                          batch_size: int = 8, thresholds=None, progress=None) -> ConditioningResult:
+    """Text-token losses of ``documents`` under the four conditions (see module docstring)."""
+    from megatron_ixt.data.levels import quality_level
+
+    result = ConditioningResult()
+    jobs = []  # (document row, condition, tokens, number of context tokens)
+    for i, doc in enumerate(documents):
+        feedback = doc.get("feedback")
+        prefixes = condition_prefixes(tokenizer, template, feedback, thresholds)
+        room = seq_length - max(len(p) for p in prefixes.values()) - 1
+        text = list(tokenizer.tokenize(doc["text"]))[:room]
+        if len(text) < 2:
+            continue
+        level = quality_level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
+        row = {"id": doc.get("id", i), "domain": doc.get("domain"), "level": level, "tokens": len(text), "loss": {}}
+        result.per_document.append(row)
+        for cond, prefix in prefixes.items():
+            jobs.append((row, cond, [tokenizer.eod, *prefix, *text], 1 + len(prefix)))
+
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        length = max(len(j[2]) for j in batch)
+        tokens = torch.zeros(len(batch), length, dtype=torch.long)
+        for b, (_, _, seq, _) in enumerate(batch):
+            tokens[b, :len(seq)] = torch.tensor(seq)
+        losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])  # [b, length - 1]
+        for b, (row, cond, seq, context) in enumerate(batch):
+            # Label positions context-1 .. len(seq)-2 predict the text tokens.
+            row["loss"][cond] = losses[b, context - 1:len(seq) - 1].mean().item()
+        if progress:
+            progress(min(start + batch_size, len(jobs)), len(jobs))
+    return result

@@ -1,0 +1,66 @@
+"""Sampling under a chosen feedback prefix (test-time control).
+
+The context is ``[eod] <|feedback|> prefix <|/feedback|> prompt``, as documents appear in
+training. The delimiter tokens (and the vocabulary padding) are blocked, so the model can
+neither close nor open a prefix of its own. Every rank computes the same logits (broadcast
+from the last pipeline stage) and samples with the same seeded generator, so all ranks agree
+on each token without further communication. No KV cache: each step re-runs the context,
+which is fine for the model sizes this runs on CPU; on GPU clusters use megatron-core's
+inference engine for serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    seed: int = 0
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering of a [V] logits vector."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        remove = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses p
+        logits = logits.clone()
+        logits[order[remove]] = float("-inf")
+    return logits
+
+
+def generate(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: SamplingConfig,
+             blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> str:
+    """Continue ``prompt`` after the given prefix token ids; returns the generated text."""
+    context = [tokenizer.eod, *prefix_ids, *tokenizer.tokenize(prompt)]
+    blocked = set(blocked or []) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id}
+    generator = torch.Generator().manual_seed(cfg.seed)
+    out: list[int] = []
+    for _ in range(cfg.max_new_tokens):
+        if max_length is not None and len(context) >= max_length:
+            break
+        logits = model.logits(torch.tensor([context]))[0, -1].float().cpu()
+        logits[tokenizer.vocab_size:] = float("-inf")  # TP padding of the vocabulary
+        logits[list(blocked)] = float("-inf")
+        if cfg.greedy or cfg.temperature <= 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        if token == tokenizer.eod:
+            break
+        context.append(token)
+        out.append(token)
+    return tokenizer.detokenize(out)

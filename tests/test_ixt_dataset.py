@@ -1,0 +1,159 @@
+"""The IXT dataset against a brute-force reference on real preprocessed data: every
+token's loss mask (include/exclude), prefix and level flags, dropout, cooldown,
+repeat-prefix packing, document-aware masks; dropout determinism and rate; blends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from megatron.core.datasets import helpers
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_ixt.data.indexed_io import read_side_file
+from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig, pack_samples, uniform_hash
+from megatron_ixt.data.tokenizers import build_tokenizer
+
+SEQ = 64
+
+
+def build(corpus, tmp_path, num_samples=400, split="100,0,0", blend=None, **ixt):
+    tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=corpus["tokenizer"])
+    config = IXTDatasetConfig(
+        random_seed=1234, sequence_length=SEQ, blend=blend or ([corpus["prefix"]], None), split=split,
+        path_to_cache=str(tmp_path / "cache"), tokenizer=tokenizer, reset_position_ids=True,
+        reset_attention_mask=True, eod_mask_loss=False, create_attention_mask=True, **ixt)
+    datasets = BlendedMegatronDatasetBuilder(IXTDataset, [num_samples, 0, 0], lambda: True, config).build()
+    return datasets[0], tokenizer
+
+
+def reference_stream(ds):
+    """Brute force: the occurrences of the dataset laid end to end, with per-token flags."""
+    raw = IndexedDataset(ds.dataset.path_prefix)
+    side = read_side_file(ds.dataset.path_prefix)
+    tokens, prefix, level, doc_start, prefix_len = [], [], [], [], []
+    for occ, doc in enumerate(ds.document_index):
+        seq = raw[int(doc)].astype(np.int64)
+        p = int(side[doc, 0])
+        skip = p if ds.prefix_dropped[occ] else 0
+        body = seq[skip:]
+        tokens.append(body)
+        prefix.append(np.arange(skip, len(seq)) < (0 if skip else p))
+        level.append(np.full(len(body), side[doc, 1]))
+        doc_start.append(np.arange(len(body)) == 0)
+        prefix_len.append(np.full(len(body), 0 if skip else p))
+    cat = lambda xs: np.concatenate(xs)  # noqa: E731
+    return cat(tokens), cat(prefix), cat(level), cat(doc_start), cat(prefix_len)
+
+
+def reference_masks(tokens, eod):
+    """Causal attention that stops at EOD tokens, positions restarting after each EOD."""
+    n = len(tokens)
+    allowed = np.zeros((n, n), dtype=bool)
+    positions = np.zeros(n, dtype=np.int64)
+    segment_start = 0
+    for i in range(n):
+        allowed[i, segment_start:i + 1] = True
+        positions[i] = i - segment_start
+        if tokens[i] == eod:
+            segment_start = i + 1
+    return allowed, positions
+
+
+@pytest.mark.parametrize("prefix_loss", ["include", "exclude"])
+def test_every_token_matches_the_reference(ixt_corpus, tmp_path, prefix_loss):
+    ds, tok = build(ixt_corpus, tmp_path, ixt_prefix_loss=prefix_loss, ixt_feedback_dropout=0.3)
+    stream, prefix, level, doc_start, _ = reference_stream(ds)
+    for k in range(0, len(ds), 7):
+        p = int(ds.shuffle_index[k])
+        window = slice(p * SEQ, p * SEQ + SEQ + 1)
+        sample = ds[k]
+        np.testing.assert_array_equal(sample["tokens"].numpy(), stream[window][:-1])
+        np.testing.assert_array_equal(sample["labels"].numpy(), stream[window][1:])
+        label_prefix = prefix[window][1:]
+        np.testing.assert_array_equal(sample["prefix_mask"].numpy(), label_prefix.astype(np.float32))
+        expected_loss = np.ones(SEQ) if prefix_loss == "include" else (~label_prefix).astype(np.float32)
+        np.testing.assert_array_equal(sample["loss_mask"].numpy(), expected_loss)
+        np.testing.assert_array_equal(sample["token_level"].numpy(), level[window][1:])
+        allowed, positions = reference_masks(stream[window][:-1], tok.eod)
+        np.testing.assert_array_equal(~sample["attention_mask"][0].numpy(), allowed)  # True = masked
+        np.testing.assert_array_equal(sample["position_ids"].numpy(), positions)
+        # Text of a document that began in an earlier sample is "orphaned" when it has a prefix.
+        first_doc = ~np.logical_or.accumulate(doc_start[window])
+        np.testing.assert_array_equal(sample["orphan_mask"].numpy() > 0,
+                                      (first_doc & ~prefix[window] & (_starts_mid(ds, p)))[1:])
+
+
+def _starts_mid(ds, p):
+    occ, off = (int(x) for x in ds.sample_index[p])
+    doc = int(ds.document_index[occ])
+    return off > 0 and ds.dataset.prefix_lengths[doc] > 0 and not ds.prefix_dropped[occ]
+
+
+def test_dropout_is_deterministic_and_hits_its_rate(ixt_corpus, tmp_path):
+    rate = 0.3
+    a, _ = build(ixt_corpus, tmp_path / "a", num_samples=8000, ixt_feedback_dropout=rate)
+    b, _ = build(ixt_corpus, tmp_path / "b", num_samples=8000, ixt_feedback_dropout=rate)
+    np.testing.assert_array_equal(a.prefix_dropped, b.prefix_dropped)
+    annotated = a.dataset.prefix_lengths[a.document_index] > 0
+    n = int(annotated.sum())
+    observed = a.prefix_dropped[annotated].mean()
+    assert abs(observed - rate) < 4 * np.sqrt(rate * (1 - rate) / n), (observed, n)
+    assert not a.prefix_dropped[~annotated].any()
+    # Each (document, epoch) decides independently: the same document differs across epochs.
+    epochs = np.arange(len(a.document_index)) // len(a.indices)
+    assert epochs.max() >= 1
+    u = uniform_hash(1234, a.document_index, epochs)
+    np.testing.assert_array_equal(a.prefix_dropped, annotated & (u < rate))
+
+
+def test_cooldown_samples_have_no_prefix_and_come_last(ixt_corpus, tmp_path):
+    ds, _ = build(ixt_corpus, tmp_path, num_samples=400, ixt_cooldown_fraction=0.25, ixt_feedback_dropout=0.0)
+    start = int(0.75 * 400)
+    before = [ds[k]["prefix_mask"].sum().item() for k in range(start)]
+    after = [ds[k]["prefix_mask"].sum().item() for k in range(start, len(ds))]
+    assert sum(after) == 0 and sum(before) > 0
+
+
+def test_repeat_prefix_reinserts_and_loses_nothing(ixt_corpus, tmp_path):
+    ds, _ = build(ixt_corpus, tmp_path, ixt_repeat_prefix=True, ixt_feedback_dropout=0.2)
+    stream, _, _, _, _ = reference_stream(ds)
+    raw = IndexedDataset(ds.dataset.path_prefix)
+    pieces = []
+    inverse = np.argsort(np.asarray(ds.shuffle_index))
+    for p in range(min(len(ds), 600)):  # packing order; 600 samples cover ~80 documents
+        k = int(inverse[p])
+        sample, parts = ds[k], ds.sample_parts(k)
+        text = np.concatenate([sample["tokens"].numpy(), sample["labels"].numpy()[-1:]])
+        doc, _, _, _, inserted = parts[0]
+        if inserted:  # the sample opens with the document's own prefix tokens, marked as prefix
+            np.testing.assert_array_equal(text[:inserted], raw[doc][:inserted])
+            assert sample["prefix_mask"].numpy()[:inserted - 1].all()
+        assert sample["orphan_mask"].sum() == 0
+        pieces.append(text[inserted:] if p == 0 else text[inserted + 1:])  # samples overlap by one token
+    rebuilt = np.concatenate(pieces)
+    np.testing.assert_array_equal(rebuilt, stream[:len(rebuilt)])
+
+
+def test_python_packer_equals_megatron_helper():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 300, size=500).astype(np.int32)
+    expected = helpers.build_sample_idx(sizes, np.arange(500, dtype=np.int32), SEQ, 1, int(sizes.sum()), True, 1)
+    np.testing.assert_array_equal(pack_samples(sizes, None, SEQ), expected)
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """megatron-core's blended dataset asks torch.distributed for the rank."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_blend_follows_weights(ixt_corpus, tmp_path, process_group):
+    blend = ([ixt_corpus["prefix"], ixt_corpus["prefix"]], [0.7, 0.3])
+    ds, _ = build(ixt_corpus, tmp_path, num_samples=1000, blend=blend)
+    shares = np.bincount(np.asarray(ds.dataset_index[:1000]), minlength=2) / 1000
+    np.testing.assert_allclose(shares, [0.7, 0.3], atol=0.01)
+    assert set(ds[0]) >= {"tokens", "prefix_mask", "loss_mask"}

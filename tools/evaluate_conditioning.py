@@ -1,0 +1,86 @@
+"""Measure how much a trained model uses feedback: the loss of held-out text under no
+prefix, its own feedback, the best and the worst feedback.
+
+    torchrun --nproc-per-node 2 tools/evaluate_conditioning.py --load CKPT \
+        --input heldout.jsonl --prefix-template quality --output conditioning.json \
+        [--tensor-model-parallel-size 2 | --pipeline-model-parallel-size 2]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_ixt.runtime.logs import setup_logging  # noqa: E402
+
+setup_logging()
+
+from megatron_ixt.config.cli import ConfigError  # noqa: E402
+from megatron_ixt.data.errors import DataError  # noqa: E402
+from megatron_ixt.evaluation.conditioning import evaluate_conditioning  # noqa: E402
+from megatron_ixt.evaluation.engine import add_inference_args, load_for_inference, on_output_rank  # noqa: E402
+from megatron_ixt.runtime.distributed import destroy_distributed  # noqa: E402
+
+
+def read_documents(path: str, limit: int) -> list:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(doc.get("text"), str):
+                raise DataError(f"{path}:{number}: field 'text': expected a string")
+            docs.append(doc)
+            if len(docs) == limit:
+                break
+    return docs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_inference_args(parser)
+    parser.add_argument("--input", required=True, help="held-out JSONL documents (with or without feedback)")
+    parser.add_argument("--prefix-template", default="quality", help="the template the model was trained with")
+    parser.add_argument("--max-docs", type=int, default=200)
+    parser.add_argument("--seq-length", type=int, default=None, help="default: the checkpoint's --seq-length")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output", help="write the per-document results and the summary here (JSON)")
+    args = parser.parse_args()
+    try:
+        docs = read_documents(args.input, args.max_docs)
+        cfg, model, tokenizer = load_for_inference(args)
+    except (ConfigError, DataError, OSError) as e:
+        print(f"evaluate_conditioning.py: error: {e}", file=sys.stderr)
+        return 2
+    start = time.time()
+
+    def progress(done, total):
+        if on_output_rank() and (done == total or done % (args.batch_size * 10) == 0):
+            rate = done / max(time.time() - start, 1e-9)
+            print(f"  {done}/{total} forward passes ({rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s)",
+                  flush=True)
+
+    result = evaluate_conditioning(model, tokenizer, docs, args.prefix_template,
+                                   args.seq_length or cfg.model.seq_length, args.batch_size, progress=progress)
+    if on_output_rank():
+        print(f"checkpoint {args.load} (iteration {model.iteration}), {len(result.per_document)} documents, "
+              f"template {args.prefix_template}")
+        print(result.table())
+        if args.output:
+            tmp = args.output + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(result.to_json())
+            os.replace(tmp, args.output)
+    destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
