@@ -1,0 +1,379 @@
+"""Preprocessing: JSONL documents -> megatron-core indexed datasets with feedback prefixes.
+
+The pipeline, for `tools/preprocess_data.py`:
+
+1. Expand the inputs (files, globs, `.gz`, `.zst`) and load the tokenizer and the prefix
+   template; refuse early what cannot work (unreadable tokenizer, delimiters that are not
+   single tokens, an output folder that cannot be written).
+2. With `--quality-thresholds quantile`, a first pass collects the normalized scores and
+   fixes the level cut points.
+3. The main process reads raw lines in batches and hands them to the workers
+   (`encode.py`), which parse, validate, tokenize and write one shard per batch and key.
+4. The main process appends the shards in input order (`indexed_io.DatasetWriter`) as
+   they arrive, with a bounded number of batches in flight, so memory stays flat.
+5. Everything is written under a temporary folder next to the output and renamed into
+   place only when complete (the `.idx` last): a failed run leaves no `.bin`/`.idx`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from megatron_ixt.data.document import DocumentSpec
+from megatron_ixt.data.encode import (
+    BatchResult,
+    EncodeSettings,
+    KeyStats,
+    MAX_REPORTED_ERRORS,
+    encode_in_worker,
+    init_worker,
+    scores_in_worker,
+)
+from megatron_ixt.data.errors import DataError, InputError, OutputError, TokenizerError
+from megatron_ixt.data.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, DatasetWriter, token_dtype
+from megatron_ixt.data.levels import NUM_LEVELS, QualityThresholds
+from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
+from megatron_ixt.data.preprocess_args import PreprocessConfig, parse_config
+from megatron_ixt.data.progress import ProgressLog, format_duration
+from megatron_ixt.data.sources import LineBatchReader, expand_inputs
+from megatron_ixt.data.tokenizers import build_tokenizer
+
+logger = logging.getLogger("megatron_ixt.data.preprocess")
+
+META_FORMAT = "megatron_ixt.preprocess/1"
+
+
+@dataclass
+class PreprocessSummary:
+    """What a run did; also the source of every `.meta.json`."""
+
+    output_prefixes: dict[str, str]
+    """json key -> dataset prefix (pass it to IndexedDataset / --data-path)."""
+    documents: int = 0
+    lines: int = 0
+    nbytes: int = 0
+    annotated: int = 0
+    level_counts: list[int] = field(default_factory=lambda: [0] * (NUM_LEVELS + 1))
+    documents_with_delimiter_text: int = 0
+    skipped: int = 0
+    skipped_examples: list[dict] = field(default_factory=list)
+    stats: dict[str, KeyStats] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    processing_s: float = 0.0
+
+    def add(self, result: BatchResult) -> None:
+        self.documents += result.documents
+        self.lines += result.lines
+        self.nbytes += result.nbytes
+        self.annotated += result.annotated
+        self.level_counts = [a + b for a, b in zip(self.level_counts, result.level_counts)]
+        self.documents_with_delimiter_text += result.documents_with_delimiter_text
+        self.skipped += result.skipped
+        room = MAX_REPORTED_ERRORS - len(self.skipped_examples)
+        self.skipped_examples.extend(result.skipped_examples[:room])
+        for key, stats in result.stats.items():
+            self.stats.setdefault(key, KeyStats()).add(stats)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.stats.values())
+
+
+def dataset_prefix(output_prefix: str, key: str) -> str:
+    """`<output-prefix>_<key>_document`, as Megatron-LM names it."""
+    return f"{output_prefix}_{key}_document"
+
+
+def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
+    """Run the whole pipeline (module docstring). Raises `DataError` on bad input."""
+    started = time.perf_counter()
+    paths = expand_inputs(config.input)
+    try:
+        template = load_template(config.prefix_template)
+    except ValueError as error:
+        raise DataError(f"--prefix-template: {error}") from None
+    tokenizer = build_tokenizer(
+        config.tokenizer_type, config.tokenizer_model, config.vocab_file, config.merge_file,
+        config.vocab_size, require_delimiters=template.kind != "none",
+    )
+    _check_prefix_encodable(tokenizer, template)
+    if config.append_eod:
+        tokenizer.eod  # raises TokenizerError now rather than in every worker
+
+    out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
+    work_dir = _make_work_dir(out_dir, os.path.basename(config.output_prefix))
+    try:
+        settings = EncodeSettings(
+            tokenizer_type=config.tokenizer_type, tokenizer_model=config.tokenizer_model,
+            vocab_file=config.vocab_file, merge_file=config.merge_file, vocab_size=config.vocab_size,
+            spec=DocumentSpec(tuple(config.json_keys), config.feedback_key, config.parsed_score_scale()),
+            template=config.prefix_template, thresholds=QualityThresholds.fixed(),
+            append_eod=config.append_eod, skip_invalid=config.skip_invalid,
+            shard_dir=work_dir, dtype=np.dtype(token_dtype(tokenizer.vocab_size)).name,
+        )
+        if config.quality_thresholds == "quantile":
+            settings = _with_quantile_thresholds(settings, paths, config)
+        summary = _encode_all(settings, paths, config, work_dir)
+        summary.elapsed_s = time.perf_counter() - started
+        _write_metadata(summary, config, settings, tokenizer, template, paths, work_dir)
+        _move_into_place(summary, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return summary
+
+
+def _check_prefix_encodable(tokenizer, template) -> None:
+    if template.kind == "none":
+        return
+    try:
+        prefix_token_ids(tokenizer, template, feedback_for_level(5, critique="Clear and correct."))
+    except (ValueError, TypeError) as error:
+        raise TokenizerError(
+            f"{tokenizer.tokenizer_type} cannot encode the '{template.name}' prefix text ({error}); "
+            f"use --prefix-template none with it"
+        ) from None
+
+
+def _make_work_dir(out_dir: str, name: str) -> str:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{name}.", suffix=".ixt-tmp", dir=out_dir)
+    except OSError as error:
+        raise OutputError(f"{out_dir}: cannot write to the output folder: {error.strerror}") from None
+
+
+# -- running batches on workers ----------------------------------------------------------
+
+
+def _ordered_results(
+    settings: EncodeSettings,
+    task: Callable[[object], BatchResult],
+    batches: Iterable,
+    workers: int,
+) -> Iterator[BatchResult]:
+    """Results of `task` over `batches`, in input order, with few batches in flight.
+
+    With one worker everything runs in this process. With several, a process pool runs the
+    tasks; at most `2 * workers + 1` batches are pending at any time, which bounds memory
+    (Pool.imap would read the whole input ahead).
+
+    ProcessPoolExecutor rather than multiprocessing.Pool, for two failure modes:
+    Pool.terminate() kills workers that may hold a queue lock and can then hang forever,
+    and a worker that dies (out of memory, say) leaves Pool waiting forever for its result,
+    while the executor raises BrokenProcessPool. On an error we cancel what has not started
+    and wait for the few running batches to finish: a bounded, clean shutdown.
+    """
+    if workers == 1:
+        init_worker(settings)
+        for batch in batches:
+            yield task(batch)
+        return
+    # fork starts workers in milliseconds with megatron-core already imported; spawn would
+    # re-import it (seconds per worker). Workers still build everything from `settings`.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    # Forked workers share the parent's memory copy-on-write, but the garbage collector
+    # writes into every object it visits, so each worker would soon own a private copy of
+    # all of megatron-core and torch (~250 MB). Frozen objects are never visited.
+    gc.freeze()
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(settings,))
+    try:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(executor.submit(task, batch))
+            if len(pending) > 2 * workers:
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
+
+
+def _result(future) -> BatchResult:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise DataError(
+            "a preprocessing worker died unexpectedly (out of memory? killed?); no output was written"
+        ) from None
+
+
+def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> EncodeSettings:
+    """First pass: the quintiles of the normalized scores become the level cut points."""
+    logger.info("First pass: computing quality quantiles")
+    reader = LineBatchReader(paths, max_lines=config.batch_size)
+    progress = ProgressLog(config.log_interval, reader.total_disk_bytes, what="Scored")
+    scores = []
+    results = _ordered_results(settings, scores_in_worker, reader, config.workers)
+    with contextlib.closing(results):  # an error stops the workers at once
+        for result in results:
+            if result.error:
+                raise DataError(result.error)
+            scores.append(result.normalized_scores)
+            progress.update(result.documents, result.nbytes, 0, reader.disk_bytes_done())
+    all_scores = np.concatenate(scores) if scores else np.zeros(0)
+    thresholds = QualityThresholds.from_scores(all_scores)
+    logger.info(
+        f"Quality cut points (normalized scores, from {all_scores.size} annotated documents): "
+        + ", ".join(f"{c:.4f}" for c in thresholds.cut_points)
+    )
+    return EncodeSettings(**{**settings.__dict__, "thresholds": thresholds})
+
+
+def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_dir: str) -> PreprocessSummary:
+    keys = settings.spec.json_keys
+    prefixes = {key: dataset_prefix(config.output_prefix, key) for key in keys}
+    writers = {
+        key: DatasetWriter(*(_work_path(work_dir, prefixes[key], suffix) for suffix in (".bin", ".idx", SIDE_FILE_SUFFIX)),
+                           dtype=np.dtype(settings.dtype))
+        for key in keys
+    }
+    summary = PreprocessSummary(output_prefixes=prefixes)
+    reader = LineBatchReader(paths, max_lines=config.batch_size)
+    progress = ProgressLog(config.log_interval, reader.total_disk_bytes)
+    logger.info(f"Processing {len(paths)} input file(s), {reader.total_disk_bytes / 1e6:.1f} MB, "
+                f"with {config.workers} worker(s)")
+    results = _ordered_results(settings, encode_in_worker, reader, config.workers)
+    try:
+        with contextlib.closing(results):  # an error stops the workers at once
+            for result in results:
+                if result.error:
+                    raise DataError(result.error)
+                for key in keys:
+                    shard = result.shards[key]
+                    writers[key].append(shard)
+                    if shard.bin_path:
+                        os.remove(shard.bin_path)  # merged: free the disk space right away
+                summary.add(result)
+                progress.update(result.documents, result.nbytes, sum(s.tokens for s in result.stats.values()),
+                                reader.disk_bytes_done())
+        summary.processing_s = progress.elapsed()
+        if reader.lines_read == 0:
+            raise InputError(f"{', '.join(paths)}: the input is empty (no lines)")
+        if summary.documents == 0:
+            raise InputError(f"no valid documents: all {summary.skipped} lines were skipped as invalid")
+        for writer in writers.values():
+            writer.finalize()
+    finally:
+        for writer in writers.values():
+            writer.close()
+    logger.info(progress.line(reader.total_disk_bytes) + f" in {format_duration(progress.elapsed())}")
+    return summary
+
+
+def _work_path(work_dir: str, prefix: str, suffix: str) -> str:
+    return os.path.join(work_dir, os.path.basename(prefix) + suffix)
+
+
+# -- metadata and the final rename -------------------------------------------------------
+
+
+def _write_metadata(summary, config, settings, tokenizer, template, paths, work_dir) -> None:
+    tokenizer_identity = tokenizer.identity()
+    for key, prefix in summary.output_prefixes.items():
+        stats = summary.stats.get(key, KeyStats())
+        meta = {
+            "format": META_FORMAT,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "",
+            "json_key": key,
+            "json_keys": list(settings.spec.json_keys),
+            "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in paths],
+            "tokenizer": {**tokenizer_identity, "dtype": settings.dtype},
+            "template": template.identity(),
+            "feedback_key": settings.spec.feedback_key,
+            "score_scale": list(settings.spec.default_scale),
+            "quality_thresholds": settings.thresholds.to_dict(),
+            "append_eod": settings.append_eod,
+            "side_file": {"suffix": SIDE_FILE_SUFFIX, "dtype": "int32",
+                          "columns": ["prefix_length", "quality_level"]},
+            "counts": {
+                "lines": summary.lines,
+                "documents": summary.documents,
+                "sequences": stats.sequences,
+                "tokens": stats.tokens,
+                "prefix_tokens": stats.prefix_tokens,
+                "text_tokens": stats.tokens - stats.prefix_tokens,
+                "prefixed_documents": stats.prefixed_documents,
+                "empty_documents": stats.empty_documents,
+                "annotated_documents": summary.annotated,
+                "annotated_fraction": summary.annotated / summary.documents if summary.documents else 0.0,
+                "documents_per_level": {str(level): n for level, n in enumerate(summary.level_counts)},
+                "documents_with_delimiter_text": summary.documents_with_delimiter_text,
+                "skipped_lines": summary.skipped,
+                "input_bytes": summary.nbytes,
+            },
+            "skipped": summary.skipped_examples,
+            "elapsed_s": round(summary.elapsed_s, 3),
+        }
+        with open(_work_path(work_dir, prefix, META_FILE_SUFFIX), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+
+
+def _move_into_place(summary: PreprocessSummary, work_dir: str) -> None:
+    # The .idx goes last: megatron-core needs both files, so a reader never sees a half set.
+    for suffixes in ((".bin", SIDE_FILE_SUFFIX, META_FILE_SUFFIX), (".idx",)):
+        for prefix in summary.output_prefixes.values():
+            for suffix in suffixes:
+                os.replace(_work_path(work_dir, prefix, suffix), prefix + suffix)
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def report(summary: PreprocessSummary) -> str:
+    """The human summary printed at the end of a run."""
+    lines = [
+        f"Wrote {summary.documents} documents ({summary.annotated} annotated, "
+        f"{summary.skipped} lines skipped) in {summary.elapsed_s:.1f} s:",
+    ]
+    for key, prefix in summary.output_prefixes.items():
+        stats = summary.stats.get(key, KeyStats())
+        lines.append(f"  {prefix}.{{bin,idx}} (+{SIDE_FILE_SUFFIX}, {META_FILE_SUFFIX}): "
+                     f"{stats.sequences} sequences, {stats.tokens} tokens, {stats.prefix_tokens} prefix tokens")
+    lines.append("  documents per quality level (0 = not annotated): "
+                 + ", ".join(f"{level}: {n}" for level, n in enumerate(summary.level_counts)))
+    if summary.documents_with_delimiter_text:
+        lines.append(f"  note: {summary.documents_with_delimiter_text} documents contain a feedback delimiter string")
+    for example in summary.skipped_examples:
+        lines.append(f"  skipped {example['file']}:{example['line']}: {example['error']}")
+    if summary.skipped > len(summary.skipped_examples):
+        lines.append(f"  ... and {summary.skipped - len(summary.skipped_examples)} more skipped lines")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of tools/preprocess_data.py; returns the exit status."""
+    config = parse_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    try:
+        summary = run_preprocess(config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        print("No output was written.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+    print(report(summary), file=sys.stderr)
+    return 0

@@ -1,0 +1,459 @@
+"""Tokenizers with Megatron-LM's type names, plus the two feedback delimiter ids.
+
+`build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
+vocab_size=None)` returns one of:
+
+| type                     | files                                  | eod                       |
+|--------------------------|----------------------------------------|---------------------------|
+| `SentencePieceTokenizer` | `tokenizer_model` (`.model`)           | the model's `eos_id()`    |
+| `HuggingFaceTokenizer`   | `tokenizer_model` (`tokenizer.json` or its folder) | its end-of-text token |
+| `GPT2BPETokenizer`       | `vocab_file` (encoder.json) + `merge_file` (vocab.bpe) | `<|endoftext|>` |
+| `NullTokenizer`          | none; `vocab_size`                     | `vocab_size`              |
+
+Each subclasses megatron-core's legacy tokenizer base (`MegatronLegacyTokenizer`, the class
+that megatron-core 0.16's `GPTDataset` expects; older releases called it
+`MegatronTokenizer`) and adds `feedback_open_id` / `feedback_close_id` and a batched
+`tokenize_batch` used by preprocessing.
+
+Text ids are exactly those of megatron-core 0.16.1's own tokenizers (the ones Megatron-LM's
+`tools/preprocess_data.py` uses at core_v0.16.1), so that plain documents give
+byte-identical datasets. How each kind gets its delimiters:
+
+* SentencePiece / Hugging Face: the delimiters must already be single tokens of the
+  model (`tools/train_tokenizer.py` builds them in). A model that would split them is
+  refused with a message saying how to fix it.
+* GPT-2 BPE: OpenAI's vocabulary has no such tokens and is fixed, so they are added as two
+  extra ids after the vocabulary (50257 and 50258), the way Megatron-LM appends its
+  special tokens; `vocab_size` becomes 50259. Text is never encoded into them.
+* Null: ids `vocab_size + 1` and `vocab_size + 2` (the eod is `vocab_size`, as in
+  Megatron-LM), so this `vocab_size` property is the argument + 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from megatron.core.datasets import megatron_tokenizer as _mcore_tokenizer
+from megatron_ixt.data.errors import TokenizerError
+from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+
+# megatron-core 0.16 renamed the legacy base class; accept either name.
+_MegatronBase = getattr(_mcore_tokenizer, "MegatronLegacyTokenizer", None) or getattr(
+    _mcore_tokenizer, "MegatronTokenizer"
+)
+
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
+
+
+@contextlib.contextmanager
+def _quiet_legacy_warning():
+    # The base class logs "You're using the legacy tokenizer system, which is deprecated" on
+    # every construction; it is the base that megatron-core's GPTDataset works with, so the
+    # warning would only confuse users of this package.
+    logger = logging.getLogger(_mcore_tokenizer.__name__)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _sha256_of_files(paths: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class IXTTokenizer(_MegatronBase):
+    """Common part: delimiter ids, batched tokenization, identity for the `.meta.json`."""
+
+    tokenizer_type = "?"
+
+    def __init__(self, *paths: str, **options):
+        with _quiet_legacy_warning():
+            super().__init__(*paths, **options)
+        self._files: dict[str, str] = {}
+        self._delimiter_ids: dict[str, Optional[int]] = {}
+        self._delimiter_problem = ""
+
+    # -- delimiters ---------------------------------------------------------------------
+
+    def _set_delimiters(self, open_id: Optional[int], close_id: Optional[int], problem: str = ""):
+        self._delimiter_ids = {FEEDBACK_OPEN: open_id, FEEDBACK_CLOSE: close_id}
+        self._delimiter_problem = problem
+
+    @property
+    def has_feedback_delimiters(self) -> bool:
+        return None not in self._delimiter_ids.values()
+
+    def check_feedback_delimiters(self) -> None:
+        """Raise `TokenizerError` unless both delimiters are single tokens."""
+        if not self.has_feedback_delimiters:
+            raise TokenizerError(self._delimiter_problem)
+
+    @property
+    def feedback_open_id(self) -> int:
+        """Id of `<|feedback|>`."""
+        self.check_feedback_delimiters()
+        return self._delimiter_ids[FEEDBACK_OPEN]
+
+    @property
+    def feedback_close_id(self) -> int:
+        """Id of `<|/feedback|>`."""
+        self.check_feedback_delimiters()
+        return self._delimiter_ids[FEEDBACK_CLOSE]
+
+    # -- tokenization -------------------------------------------------------------------
+
+    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of several texts at once (subclasses use their library's batch call)."""
+        return [np.asarray(self.tokenize(text), dtype=np.int64) for text in texts]
+
+    # -- identity -----------------------------------------------------------------------
+
+    def identity(self) -> dict:
+        """Type, files, checksum and ids: what a `.meta.json` records about the tokenizer."""
+        files = {flag: os.path.abspath(path) for flag, path in self._files.items()}
+        return {
+            "type": self.tokenizer_type,
+            "files": files,
+            "sha256": _sha256_of_files(list(files.values())) if files else None,
+            "vocab_size": self.vocab_size,
+            "eod": self._eod_or_none(),
+            "feedback_open_id": self._delimiter_ids.get(FEEDBACK_OPEN),
+            "feedback_close_id": self._delimiter_ids.get(FEEDBACK_CLOSE),
+        }
+
+    def _eod_or_none(self) -> Optional[int]:
+        try:
+            return self.eod
+        except (TokenizerError, NotImplementedError):
+            return None
+
+
+class SentencePieceTokenizer(IXTTokenizer):
+    """A SentencePiece model; ids as megatron-core's (non-legacy) SentencePiece tokenizer."""
+
+    tokenizer_type = "SentencePieceTokenizer"
+
+    def __init__(self, model_file: str, num_threads: int = 1):
+        super().__init__(model_file)
+        import sentencepiece
+
+        self._files = {"tokenizer_model": model_file}
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        except (OSError, RuntimeError, TypeError) as error:
+            raise TokenizerError(f"cannot load SentencePiece model {model_file}: {error}") from None
+        # Preprocessing parallelizes over processes; one thread each avoids oversubscription.
+        self.num_threads = num_threads
+        ids = {}
+        for token in (FEEDBACK_OPEN, FEEDBACK_CLOSE):
+            piece_id = self._sp.piece_to_id(token)
+            ids[token] = piece_id if self._sp.id_to_piece(piece_id) == token else None
+        self._set_delimiters(
+            ids[FEEDBACK_OPEN],
+            ids[FEEDBACK_CLOSE],
+            f"the SentencePiece model {model_file} has no single piece for "
+            f"{' and '.join(t for t, i in ids.items() if i is None)}: train it with "
+            f"tools/train_tokenizer.py, which builds both delimiters in as user-defined symbols",
+        )
+        self._vocab = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def vocab(self) -> dict:
+        if self._vocab is None:
+            self._vocab = {self._sp.id_to_piece(i): i for i in range(self.vocab_size)}
+        return self._vocab
+
+    @property
+    def inv_vocab(self) -> dict:
+        return {i: piece for piece, i in self.vocab.items()}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._sp.encode_as_ids(text)
+
+    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        # One C++ call for the whole batch, returning int32 arrays: no Python int lists.
+        return self._sp.encode(texts, out_type="numpy", num_threads=self.num_threads)
+
+    def detokenize(self, ids) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    @property
+    def eod(self) -> int:
+        eos = self._sp.eos_id()
+        if eos < 0:
+            raise TokenizerError(f"the SentencePiece model {self._files['tokenizer_model']} has no eos piece to use as eod")
+        return eos
+
+    @property
+    def eos(self) -> int:
+        return self.eod
+
+    @property
+    def bos(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def pad(self) -> int:
+        return self._sp.pad_id()
+
+
+class HuggingFaceTokenizer(IXTTokenizer):
+    """A Hugging Face `tokenizers` model (`tokenizer.json`), encoded without special tokens."""
+
+    tokenizer_type = "HuggingFaceTokenizer"
+
+    EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>")
+    """Tried in order when no `tokenizer_config.json` names the `eos_token`."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        from tokenizers import Tokenizer
+
+        json_path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        self._files = {"tokenizer_model": json_path}
+        try:
+            self._tok = Tokenizer.from_file(json_path)
+        except Exception as error:  # the Rust library raises a bare Exception
+            raise TokenizerError(f"cannot load Hugging Face tokenizer {json_path}: {error}") from None
+        self._eod = self._find_eod(Path(json_path).parent)
+        ids = {}
+        for token in (FEEDBACK_OPEN, FEEDBACK_CLOSE):
+            token_id = self._tok.token_to_id(token)
+            single = token_id is not None and self.tokenize(token) == [token_id]
+            ids[token] = token_id if single else None
+        self._set_delimiters(
+            ids[FEEDBACK_OPEN],
+            ids[FEEDBACK_CLOSE],
+            f"the tokenizer {json_path} splits "
+            f"{' and '.join(t for t, i in ids.items() if i is None)} into several tokens: add both "
+            f"delimiters as special tokens before saving it "
+            f"(tokenizer.add_special_tokens(['{FEEDBACK_OPEN}', '{FEEDBACK_CLOSE}']))",
+        )
+
+    def _find_eod(self, folder: Path) -> Optional[int]:
+        config = folder / "tokenizer_config.json"
+        names = list(self.EOD_CANDIDATES)
+        if config.is_file():
+            eos = json.loads(config.read_text()).get("eos_token")
+            if isinstance(eos, dict):
+                eos = eos.get("content")
+            if isinstance(eos, str):
+                names.insert(0, eos)
+        for name in names:
+            token_id = self._tok.token_to_id(name)
+            if token_id is not None:
+                return token_id
+        return None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab(self) -> dict:
+        return self._tok.get_vocab(with_added_tokens=True)
+
+    @property
+    def inv_vocab(self) -> dict:
+        return {i: t for t, i in self.vocab.items()}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
+
+    def detokenize(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    @property
+    def eod(self) -> int:
+        if self._eod is None:
+            raise TokenizerError(
+                f"the tokenizer {self._files['tokenizer_model']} has none of {', '.join(self.EOD_CANDIDATES)} "
+                f"and no tokenizer_config.json eos_token: it has no end-of-document token"
+            )
+        return self._eod
+
+    @property
+    def eos(self) -> int:
+        return self.eod
+
+
+class GPT2BPETokenizer(IXTTokenizer):
+    """OpenAI's GPT-2 byte-level BPE from encoder.json + vocab.bpe (Rust `tokenizers` BPE).
+
+    The two delimiters get the ids right after the vocabulary (see the module docstring).
+    """
+
+    tokenizer_type = "GPT2BPETokenizer"
+
+    def __init__(self, vocab_file: str, merge_file: str):
+        super().__init__(vocab_file, merge_file)
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        self._files = {"vocab_file": vocab_file, "merge_file": merge_file}
+        try:
+            with open(vocab_file, encoding="utf-8") as f:
+                self._encoder = json.load(f)
+            self._tok = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+        except Exception as error:
+            raise TokenizerError(f"cannot load GPT-2 BPE files {vocab_file} / {merge_file}: {error}") from None
+        # Same pre-tokenization regex and byte mapping as OpenAI's encoder (and Megatron-LM's
+        # gpt2_tokenization.py); no prefix space, so ids match token for token.
+        self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        self._tok.decoder = decoders.ByteLevel()
+        if "<|endoftext|>" not in self._encoder:
+            raise TokenizerError(f"{vocab_file} has no '<|endoftext|>' token: not a GPT-2 vocabulary")
+        self._eod = self._encoder["<|endoftext|>"]
+        self._base_size = len(self._encoder)
+        self._set_delimiters(self._base_size, self._base_size + 1)
+        self._extra = {self._base_size: FEEDBACK_OPEN, self._base_size + 1: FEEDBACK_CLOSE}
+
+    @property
+    def vocab_size(self) -> int:
+        return self._base_size + len(self._extra)
+
+    @property
+    def vocab(self) -> dict:
+        return {**self._encoder, **{t: i for i, t in self._extra.items()}}
+
+    @property
+    def inv_vocab(self) -> dict:
+        return {i: t for t, i in self.vocab.items()}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
+
+    def detokenize(self, ids) -> str:
+        # The extra ids are unknown to the BPE model: decode the runs between them.
+        pieces, run = [], []
+        for i in (int(i) for i in ids):
+            if i in self._extra:
+                pieces.append(self._tok.decode(run))
+                pieces.append(self._extra[i])
+                run = []
+            else:
+                run.append(i)
+        pieces.append(self._tok.decode(run))
+        return "".join(pieces)
+
+    @property
+    def eod(self) -> int:
+        return self._eod
+
+    @property
+    def eos(self) -> int:
+        return self._eod
+
+
+class NullTokenizer(IXTTokenizer):
+    """For mock data: text is space-separated integer ids, as in Megatron-LM."""
+
+    tokenizer_type = "NullTokenizer"
+
+    def __init__(self, vocab_size: int):
+        super().__init__(None, vocab_size=vocab_size)
+        self._size = int(vocab_size)
+        self._set_delimiters(self._size + 1, self._size + 2)
+
+    def tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []  # Megatron-LM's would fail on int(''); an empty text is an empty document.
+        try:
+            return [int(x) for x in text.split(" ")]
+        except ValueError:
+            raise ValueError(
+                f"NullTokenizer reads space-separated integers, got {text[:40]!r}"
+            ) from None
+
+    def detokenize(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._size + 3
+
+    @property
+    def vocab(self):
+        raise NotImplementedError("NullTokenizer has no vocabulary")
+
+    @property
+    def inv_vocab(self):
+        raise NotImplementedError("NullTokenizer has no vocabulary")
+
+    @property
+    def eod(self) -> int:
+        return self._size
+
+    @property
+    def eos(self) -> int:
+        return self._size
+
+    def identity(self) -> dict:
+        identity = super().identity()
+        identity["sha256"] = hashlib.sha256(f"NullTokenizer:{self._size}".encode()).hexdigest()
+        return identity
+
+
+def build_tokenizer(
+    tokenizer_type: str,
+    tokenizer_model: Optional[str] = None,
+    vocab_file: Optional[str] = None,
+    merge_file: Optional[str] = None,
+    vocab_size: Optional[int] = None,
+    *,
+    require_delimiters: bool = True,
+) -> IXTTokenizer:
+    """Build a tokenizer by Megatron-LM type name (see the module docstring).
+
+    Raises `TokenizerError` with a readable message when a file is missing or unreadable,
+    or (unless `require_delimiters=False`) when the feedback delimiters are not single tokens.
+    """
+
+    def need(value, flag):
+        if value is None:
+            raise TokenizerError(f"{tokenizer_type} needs {flag}")
+        if flag != "--vocab-size" and not os.path.exists(value):
+            raise TokenizerError(f"{tokenizer_type}: {flag} {value} does not exist")
+        return value
+
+    if tokenizer_type == "SentencePieceTokenizer":
+        tokenizer = SentencePieceTokenizer(need(tokenizer_model, "--tokenizer-model"))
+    elif tokenizer_type == "HuggingFaceTokenizer":
+        tokenizer = HuggingFaceTokenizer(need(tokenizer_model, "--tokenizer-model"))
+    elif tokenizer_type == "GPT2BPETokenizer":
+        tokenizer = GPT2BPETokenizer(need(vocab_file, "--vocab-file"), need(merge_file, "--merge-file"))
+    elif tokenizer_type == "NullTokenizer":
+        tokenizer = NullTokenizer(need(vocab_size, "--vocab-size"))
+    else:
+        raise TokenizerError(
+            f"unknown tokenizer type {tokenizer_type!r}: expected one of {', '.join(TOKENIZER_TYPES)}"
+        )
+    if require_delimiters:
+        tokenizer.check_feedback_delimiters()
+    return tokenizer

@@ -1,0 +1,1 @@
+"""Tests of megatron_ixt.data: document format, prefixes, tokenizers, preprocessing."""

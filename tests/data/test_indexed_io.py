@@ -1,0 +1,72 @@
+"""DatasetWriter writes the bytes megatron-core's IndexedDatasetBuilder writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+from megatron_ixt.data.indexed_io import DatasetWriter, Shard, read_side_file, write_shard_bin
+
+
+def random_documents(rng, n, dtype):
+    """Documents as lists of sequences; some empty, some with several sequences."""
+    docs = []
+    for _ in range(n):
+        k = rng.choice([0, 1, 1, 1, 3])
+        docs.append([rng.integers(0, 60000 if dtype == np.uint16 else 100000, rng.integers(1, 50)) for _ in range(k)])
+    return docs
+
+
+def shard_of(docs, dtype, path):
+    lengths = [len(s) for d in docs for s in d]
+    tokens = np.concatenate([s for d in docs for s in d]).astype(dtype) if lengths else np.zeros(0, dtype)
+    if tokens.size:
+        write_shard_bin(path, tokens)
+    side = np.array([[i % 7, i % 6] for i in range(len(lengths))], dtype=np.int32).reshape(-1, 2)
+    return Shard(str(path) if tokens.size else None, int(tokens.size), np.array(lengths, np.int32),
+                 np.array([len(d) for d in docs], np.int32), side)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_writer_matches_builder(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    batches = [random_documents(rng, n, dtype) for n in (40, 0, 1, 25, 60)]
+
+    # Reference 1: every document through IndexedDatasetBuilder.add_document.
+    reference = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=dtype)
+    for docs in batches:
+        for doc in docs:
+            flat = np.concatenate(doc) if doc else np.zeros(0, dtype)
+            reference.add_document(flat, [len(s) for s in doc])
+    reference.finalize(str(tmp_path / "ref.idx"))
+
+    # Reference 2: each batch its own dataset, merged with IndexedDatasetBuilder.add_index.
+    merged = IndexedDatasetBuilder(str(tmp_path / "merged.bin"), dtype=dtype)
+    for b, docs in enumerate(batches):
+        part = IndexedDatasetBuilder(str(tmp_path / f"part{b}.bin"), dtype=dtype)
+        for doc in docs:
+            part.add_document(np.concatenate(doc) if doc else np.zeros(0, dtype), [len(s) for s in doc])
+        part.finalize(str(tmp_path / f"part{b}.idx"))
+        merged.add_index(str(tmp_path / f"part{b}"))
+    merged.finalize(str(tmp_path / "merged.idx"))
+
+    writer = DatasetWriter(str(tmp_path / "ours.bin"), str(tmp_path / "ours.idx"), str(tmp_path / "ours.ixt.npy"), dtype)
+    sides = []
+    for b, docs in enumerate(batches):
+        shard = shard_of(docs, dtype, tmp_path / f"shard{b}.bin")
+        sides.append(shard.side)
+        writer.append(shard)
+    writer.finalize()
+
+    for suffix in (".bin", ".idx"):
+        ours = (tmp_path / f"ours{suffix}").read_bytes()
+        assert ours == (tmp_path / f"ref{suffix}").read_bytes()
+        assert ours == (tmp_path / f"merged{suffix}").read_bytes()
+
+    dataset = IndexedDataset(str(tmp_path / "ours"))
+    assert len(dataset) == sum(len(d) for docs in batches for d in docs)
+    assert len(dataset.document_indices) == sum(len(docs) for docs in batches) + 1
+    side = read_side_file(str(tmp_path / "ours"))
+    assert side.shape == (len(dataset), 2) and side.dtype == np.int32
+    np.testing.assert_array_equal(side, np.concatenate(sides))

