@@ -11,6 +11,8 @@ model (lossless settings of tools/train_tokenizer.py) is trained on it once and 
 
 * docs/s, MB/s, tokens/s: "processing" rates count from the end of start-up, as both tools
   report them; "end-to-end" divides by the whole wall time (start-up included).
+* CPU s: user + system time of the tool and its workers, start-up included (less sensitive
+  than rates to other load on a shared machine);
 * peak memory: the largest sum over the process tree (main + workers) of the proportional
   set size (shared pages split between processes), sampled every 100 ms.
 
@@ -28,6 +30,7 @@ import json
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import sysconfig
@@ -88,6 +91,7 @@ def _pss_bytes(pid: int) -> int:
 def measure(cmd: list[str], env: dict) -> dict:
     """Run `cmd`; return wall time, peak memory of its process tree and its output."""
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     peak = 0
@@ -99,10 +103,13 @@ def measure(cmd: list[str], env: dict) -> dict:
         peak = max(peak, sum(_pss_bytes(pid) for pid in pids))
         time.sleep(0.1)
     output = proc.stdout.read()
+    proc.wait()
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tool and its (joined) workers
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"wall_s": wall, "peak_bytes": peak, "log": output}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_bytes": peak, "log": output}
 
 
 def summarize(name: str, workers: int, run: dict, out_prefix: str, input_bytes: int, documents: int) -> dict:
@@ -119,6 +126,7 @@ def summarize(name: str, workers: int, run: dict, out_prefix: str, input_bytes: 
         "tokens_per_s": tokens / processing_s,
         "end_to_end_docs_per_s": documents / run["wall_s"],
         "wall_s": run["wall_s"],
+        "cpu_s": run["cpu_s"],
         "peak_mib": run["peak_bytes"] / 2**20,
     }
 
@@ -203,7 +211,7 @@ def main() -> None:
 def _row(r: dict) -> str:
     return (f"{r['tool']:<18} workers={r['workers']}: {r['docs_per_s']:>8.0f} docs/s  "
             f"{r['mb_per_s']:6.2f} MB/s  {r['tokens_per_s'] / 1e6:5.2f} M tokens/s  "
-            f"(end to end {r['end_to_end_docs_per_s']:6.0f} docs/s, {r['wall_s']:.1f} s)  "
+            f"(end to end {r['end_to_end_docs_per_s']:6.0f} docs/s, {r['wall_s']:.1f} s, {r['cpu_s']:.1f} CPU s)  "
             f"peak {r['peak_mib']:.0f} MiB")
 
 

@@ -5,6 +5,11 @@ after warm-up, read from the run's per-iteration log.
 
     python benchmarks/train_step.py                       # tiny config, TP=1 and TP=2 on CPU
     python benchmarks/train_step.py --preset 1b --layouts tp1 --bf16   # ~1B model on one GPU
+    python benchmarks/train_step.py --data gpt,ixt    # IXT batches vs plain GPT batches, same files
+
+With ``--data gpt,ixt`` both runs read the same preprocessed real text (benchmarks/_corpus.py):
+once as megatron-core GPT batches, once as IXT batches (prefix/text/level masks, the extra
+loss reports), same shapes and flags, so the difference is IXT's per-step overhead.
 """
 
 from __future__ import annotations
@@ -40,11 +45,23 @@ PRESETS = {
 }
 
 
-def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int) -> dict:
+def data_args(kind: str) -> list:
+    if kind == "mock":
+        return ["--mock-data"]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _corpus import build_corpus
+
+    corpus = build_corpus(Path(tempfile.gettempdir()) / "megatron_ixt_bench")
+    return ["--data-path", corpus[kind if kind == "ixt" else "plain"], "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", corpus["tokenizer"], "--split", "100,0,0", "--reset-attention-mask",
+            "--reset-position-ids", "--ixt-feedback-dropout", "0.1"]
+
+
+def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int, data: str = "mock") -> dict:
     nproc, layout_args = LAYOUTS[name]
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "m.jsonl"
-        args = [*preset, *layout_args, *extra, "--mock-data", "--train-iters", str(iters), "--eval-interval", "0",
+        args = [*preset, *layout_args, *extra, *data_args(data), "--train-iters", str(iters), "--eval-interval", "0",
                 "--lr-warmup-iters", "0", "--log-interval", str(iters), "--log-file", str(log)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                str(REPO / "pretrain_ixt.py"), *args]
@@ -58,8 +75,9 @@ def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int) ->
     ms = statistics.median(steps)
     tokens = cfg.training.global_batch_size * cfg.model.seq_length
     # The NullTokenizer of mock data adds EOD and the two feedback delimiters to --vocab-size.
-    flops = training_flops_per_iteration(cfg, padded_vocab_size(cfg.model.vocab_size + 3, cfg))
-    return {"layout": name, "procs": nproc, "ms_per_iter": ms, "tokens_per_s": tokens / (ms / 1000),
+    vocab = cfg.model.vocab_size + 3 if data == "mock" else 4000
+    flops = training_flops_per_iteration(cfg, padded_vocab_size(vocab, cfg))
+    return {"layout": f"{name}/{data}", "procs": nproc, "ms_per_iter": ms, "tokens_per_s": tokens / (ms / 1000),
             "tflops_per_device": flops / (ms / 1000) / nproc / 1e12, "loss": rows[-1].get("lm loss")}
 
 
@@ -70,17 +88,22 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--data", default="mock", help="comma list of mock, gpt, ixt (gpt/ixt: real text)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (989 for H100/H200 BF16)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more pretrain_ixt.py flags")
     args = parser.parse_args()
     extra = (["--bf16"] if args.bf16 else []) + args.extra
     print(f"preset {args.preset}, {args.iters} iterations ({args.warmup} warm-up), extra flags {extra or 'none'}")
-    print(f"{'layout':8} {'procs':>5} {'ms/iter':>10} {'tokens/s':>12} {'TFLOP/s/dev':>12}" + ("  MFU" if args.peak_tflops else ""))
+    print(f"{'layout':12} {'procs':>5} {'ms/iter':>10} {'tokens/s':>12} {'TFLOP/s/dev':>12}" + ("  MFU" if args.peak_tflops else ""))
     for name in args.layouts.split(","):
-        r = run_layout(name, PRESETS[args.preset], extra, args.iters, args.warmup)
-        mfu = f"  {100 * r['tflops_per_device'] / args.peak_tflops:.1f}%" if args.peak_tflops else ""
-        print(f"{r['layout']:8} {r['procs']:>5} {r['ms_per_iter']:>10.1f} {r['tokens_per_s']:>12,.0f} "
-              f"{r['tflops_per_device']:>12.4f}{mfu}", flush=True)
+        base = None
+        for data in args.data.split(","):
+            r = run_layout(name, PRESETS[args.preset], extra, args.iters, args.warmup, data)
+            mfu = f"  {100 * r['tflops_per_device'] / args.peak_tflops:.1f}%" if args.peak_tflops else ""
+            base = base or r["ms_per_iter"]
+            ratio = f"  {100 * r['ms_per_iter'] / base:.1f}% of {args.data.split(',')[0]}" if "," in args.data else ""
+            print(f"{r['layout']:12} {r['procs']:>5} {r['ms_per_iter']:>10.1f} {r['tokens_per_s']:>12,.0f} "
+                  f"{r['tflops_per_device']:>12.4f}{mfu}{ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,18 @@ def test_blend_follows_weights(ixt_corpus, tmp_path, process_group):
     shares = np.bincount(np.asarray(ds.dataset_index[:1000]), minlength=2) / 1000
     np.testing.assert_allclose(shares, [0.7, 0.3], atol=0.01)
     assert set(ds[0]) >= {"tokens", "prefix_mask", "loss_mask"}
+
+
+def test_vectorised_masks_equal_megatron_core():
+    from megatron.core.datasets.gpt_dataset import _get_ltor_masks_and_position_ids
+
+    from megatron_ixt.data.ixt_dataset import document_masks
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        tokens = torch.randint(0, 6, (50,), generator=g)  # token 0 is EOD: many documents per sample
+        for flags in [(True, True, False, True), (False, True, True, True), (True, False, True, True),
+                      (False, False, False, False)]:
+            expected = _get_ltor_masks_and_position_ids(tokens.clone(), 0, *flags)
+            for want, got in zip(expected, document_masks(tokens.clone(), 0, *flags)):
+                assert (want is None and got is None) or torch.equal(want, got), flags

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import (
-    GPTDataset, GPTDatasetConfig, _build_document_index, _build_shuffle_index, _get_ltor_masks_and_position_ids)
+    GPTDataset, GPTDatasetConfig, _build_document_index, _build_shuffle_index)
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
@@ -102,6 +102,33 @@ def pack_samples(sizes: np.ndarray, prefix_insert: Optional[np.ndarray], seq_len
                 if doc == n:
                     return np.array(boundaries, dtype=np.int64)
         boundaries.append((doc, offset))
+
+
+def document_masks(tokens: torch.Tensor, eod: int, reset_position_ids: bool, reset_attention_mask: bool,
+                   eod_mask_loss: bool, create_attention_mask: bool):
+    """megatron-core's ``_get_ltor_masks_and_position_ids``, vectorised: it loops over the
+    EOD tokens of a sample and rewrites an [s, s] mask per EOD (O(docs x s^2)); here each
+    token gets the index of its document segment once (an EOD belongs to the document it
+    ends) and the mask is one comparison. Same outputs (tests/test_ixt_dataset.py checks
+    them against a brute-force reference)."""
+    s = tokens.numel()
+    is_eod = tokens == eod
+    segment = torch.cumsum(is_eod, 0) - is_eod.long()
+    loss_mask = torch.ones(s, dtype=torch.float)
+    if eod_mask_loss:
+        loss_mask[is_eod] = 0.0
+    position_ids = torch.arange(s, dtype=torch.long)
+    if reset_position_ids:
+        starts = torch.zeros(s, dtype=torch.long)
+        starts[1:] = torch.where(is_eod[:-1], position_ids[1:], 0)
+        position_ids = position_ids - torch.cummax(starts, 0).values
+    attention_mask = None
+    if create_attention_mask:
+        allowed = torch.ones(s, s, dtype=torch.bool).tril_()
+        if reset_attention_mask:
+            allowed &= segment.unsqueeze(1) == segment.unsqueeze(0)
+        attention_mask = (~allowed).unsqueeze(0)  # True = masked, as megatron-core returns it
+    return attention_mask, loss_mask, position_ids
 
 
 class IXTLowLevelDataset:
@@ -248,6 +275,17 @@ class IXTDataset(GPTDataset):
                 parts.append((doc, start + skip, stop - start, dropped, inserted))
         return parts
 
+    def _masks(self, tokens: torch.Tensor):
+        c = self.config
+        if self.masks_and_position_ids_are_cacheable:  # no per-document masks: same for every sample
+            if not self.masks_and_position_ids_are_cached:
+                self.cached_attention_mask, self.cached_loss_mask, self.cached_position_ids = document_masks(
+                    tokens, c.tokenizer.eod, False, False, False, c.create_attention_mask)
+                self.masks_and_position_ids_are_cached = True
+            return self.cached_attention_mask, self.cached_loss_mask.clone(), self.cached_position_ids
+        return document_masks(tokens, c.tokenizer.eod, c.reset_position_ids, c.reset_attention_mask,
+                              c.eod_mask_loss, c.create_attention_mask)
+
     def __getitem__(self, idx: Optional[int]) -> dict[str, torch.Tensor]:
         parts = self.sample_parts(0 if idx is None else idx)
         total = self.config.sequence_length + self.config.add_extra_token_to_sequence
@@ -265,35 +303,36 @@ class IXTDataset(GPTDataset):
                 pos += inserted
             length = min(length, total - pos)
             text[pos:pos + length] = self.dataset.get(doc, offset, length)
-            raw = np.arange(offset, offset + length)
-            if not dropped:
-                is_prefix[pos:pos + length] = raw < prefix_len
+            # Tokens [offset, offset + length) of the sequence; its prefix is [0, prefix_len).
+            in_prefix = 0 if dropped else min(length, max(0, prefix_len - offset))
+            is_prefix[pos:pos + in_prefix] = True
             # Text whose document starts in an earlier sample, with no prefix re-inserted.
             if i == 0 and offset > 0 and prefix_len > 0 and not dropped and not inserted:
-                orphan[pos:pos + length] = raw >= prefix_len
+                orphan[pos + in_prefix:pos + length] = True
             level[pos:pos + length] = self.dataset.levels[doc]
             pos += length
 
-        text_t = torch.from_numpy(text)
-        tokens, labels = text_t[:-1].contiguous(), text_t[1:].contiguous()
-        attention_mask, loss_mask, position_ids = _get_ltor_masks_and_position_ids(
-            tokens, self.config.tokenizer.eod, self.config.reset_position_ids, self.config.reset_attention_mask,
-            self.config.eod_mask_loss, self.config.create_attention_mask)
+        # Per-token work in NumPy (a few microseconds); tensors only at the end.
+        labels = text[1:]
         pad = labels == self._pad_token_id
+        label_prefix = is_prefix[1:]
+        attention_mask, loss_mask, position_ids = self._masks(torch.from_numpy(text[:-1]))
+        loss_mask = loss_mask.numpy()
         loss_mask[pad] = 0.0
-        tokens[tokens == self._pad_token_id] = 0
-        labels[pad] = 0
-        prefix_mask = torch.from_numpy(is_prefix[1:].astype(np.float32))
         if self.config.ixt_prefix_loss == "exclude":
-            loss_mask = loss_mask * (1.0 - prefix_mask)
+            loss_mask[label_prefix] = 0.0
         if idx is None:
-            loss_mask = torch.zeros_like(loss_mask)
+            loss_mask[:] = 0.0
+        text[text == self._pad_token_id] = 0
         sample = {
-            "tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
-            "prefix_mask": prefix_mask,
-            "text_mask": (1.0 - prefix_mask) * (~pad).float(),
+            "tokens": torch.from_numpy(text[:-1].copy()),
+            "labels": torch.from_numpy(text[1:].copy()),
+            "loss_mask": torch.from_numpy(loss_mask),
+            "position_ids": position_ids,
+            "prefix_mask": torch.from_numpy(label_prefix.astype(np.float32)),
+            "text_mask": torch.from_numpy((~label_prefix & ~pad).astype(np.float32)),
             "orphan_mask": torch.from_numpy(orphan[1:].astype(np.float32)),
-            "token_level": torch.from_numpy(level[1:]),
+            "token_level": torch.from_numpy(level[1:].copy()),
         }
         if attention_mask is not None:
             sample["attention_mask"] = attention_mask
