@@ -45,13 +45,15 @@ def test_resume_is_bitwise_exact(layout, tmp_path):
 
 @pytest.mark.parametrize("point", ["kill-before-publish", "kill-after-rename", "kill-before-tracker"])
 def test_kill_during_save_keeps_previous_checkpoint(point, tmp_path):
+    # One process: the kill hits rank 0, which alone publishes checkpoints (the multi-rank
+    # case of a dying save is test_sigkill_while_shards_are_written).
     ckpt = tmp_path / "ckpt"
     args = [*BASE, "--train-iters", 6, "--save", ckpt, "--save-interval", 2]
-    proc = run_torchrun(2, "pretrain_ixt.py", args, check=False, env={"MEGATRON_IXT_FAULT": f"{point}@4"})
+    proc = run_torchrun(1, "pretrain_ixt.py", args, check=False, env={"MEGATRON_IXT_FAULT": f"{point}@4"})
     assert proc.returncode != 0
     assert tracker(ckpt) == 2, "the marker must still point at the last complete checkpoint"
     # The next start cleans up, loads iteration 2 and finishes the run.
-    proc = run_torchrun(2, "pretrain_ixt.py", [*args, "--load", ckpt, "--log-file", tmp_path / "m.jsonl"])
+    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--load", ckpt, "--log-file", tmp_path / "m.jsonl"])
     assert "loaded checkpoint" in proc.stdout and "iteration 2" in proc.stdout
     assert min(losses(tmp_path / "m.jsonl")) == 3
     assert tracker(ckpt) == 6
