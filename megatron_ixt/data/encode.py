@@ -23,7 +23,7 @@ import numpy as np
 from megatron_ixt.data.document import Document, DocumentSpec, parse_document_line
 from megatron_ixt.data.errors import DocumentError
 from megatron_ixt.data.indexed_io import Shard, write_shard_bin
-from megatron_ixt.data.levels import NOT_ANNOTATED, NUM_LEVELS, QualityThresholds
+from megatron_ixt.data.levels import NUM_LEVELS, QualityThresholds
 from megatron_ixt.data.prefixes import load_template
 from megatron_ixt.data.sources import LineBatch
 from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN

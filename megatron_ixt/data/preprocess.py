@@ -18,6 +18,7 @@ The pipeline, for `tools/preprocess_data.py`:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import json
@@ -235,7 +236,7 @@ def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> Encode
         f"Quality cut points (normalized scores, from {all_scores.size} annotated documents): "
         + ", ".join(f"{c:.4f}" for c in thresholds.cut_points)
     )
-    return EncodeSettings(**{**settings.__dict__, "thresholds": thresholds})
+    return dataclasses.replace(settings, thresholds=thresholds)
 
 
 def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_dir: str) -> PreprocessSummary:
@@ -294,6 +295,7 @@ def _write_metadata(summary, config, settings, tokenizer, template, paths, work_
             "format": META_FORMAT,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "",
+            "config": dataclasses.asdict(config),
             "json_key": key,
             "json_keys": list(settings.spec.json_keys),
             "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in paths],
@@ -368,7 +370,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     try:
         summary = run_preprocess(config)
-    except DataError as error:
+    except (DataError, OSError) as error:  # OSError: e.g. the disk filled up while writing
         print(f"error: {error}", file=sys.stderr)
         print("No output was written.", file=sys.stderr)
         return 1

@@ -16,8 +16,6 @@ from typing import BinaryIO, Iterator, Sequence, Union
 
 from megatron_ixt.data.errors import InputError
 
-COMPRESSED_SUFFIXES = (".gz", ".zst")
-
 
 def expand_inputs(spec: Union[str, Sequence[str]]) -> list[str]:
     """Expand `--input`: a file, a glob (`data/*.jsonl.zst`) or a comma-separated list of those.

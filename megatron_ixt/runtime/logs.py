@@ -10,8 +10,9 @@ import warnings
 
 
 def setup_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # torchrun sets RANK/WORLD_SIZE; a process started directly by srun has SLURM's.
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     level = logging.INFO if rank in (0, world - 1) else logging.WARNING
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(f"[%(asctime)s rank {rank}] %(message)s", datefmt="%H:%M:%S"))

@@ -43,6 +43,8 @@ PARTIAL_SUFFIX = ".partial"
 # Exit status after a signal-triggered save: "temporary failure, run me again" (EX_TEMPFAIL),
 # distinct from success (0), errors (1) and configuration errors (2).
 EXIT_CODE_PREEMPTED = 75
+# A second signal later than this after the first means "stop now"; earlier, it is a duplicate.
+REPEAT_SIGNAL_GRACE_S = 10.0
 # Model fields that change parameter shapes or semantics: a mismatch makes a checkpoint unloadable.
 MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                       "kv_channels", "swiglu", "normalization", "position_embedding_type",
@@ -156,6 +158,7 @@ class Saver:
         self.cfg = cfg
         self.root = cfg.checkpoint.save
         self._signal_received: Optional[int] = None
+        self._signal_time = 0.0
         self._async_queue = None
         if self.root:
             if torch.distributed.get_rank() == 0:
@@ -172,10 +175,16 @@ class Saver:
         # Only record it: the loop finishes the current iteration, then saves and exits.
         # A second signal means "now": a rank stuck in a collective (its peer died) must
         # stay killable by its launcher.
+        # A repeat within a few seconds is the same request delivered twice (SLURM signals
+        # every process of a step, and a launcher may forward it again): ignore it.
+        now = time.monotonic()
         if self._signal_received is not None:
+            if now - self._signal_time < REPEAT_SIGNAL_GRACE_S:
+                return
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self._signal_received = signum
+        self._signal_time = now
         logger.warning("received signal %d: saving a checkpoint after this iteration, then exiting", signum)
 
     def preemption_requested(self) -> bool:
@@ -281,8 +290,7 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
     c = cfg.checkpoint
     if not c.load:
         return None
-    if os.path.isdir(c.load):
-        clean_partial_checkpoints(c.load)
+    clean_partial_checkpoints(c.load)  # collective: every rank must reach its barrier
     iteration = read_tracker(c.load) if os.path.isdir(c.load) else None
     if iteration is None:
         if cfg.training.exit_on_missing_checkpoint:

@@ -1,0 +1,62 @@
+"""A stand-in for `vllm serve` in the SLURM tests: an OpenAI-compatible server on
+127.0.0.1 that lists one model and answers every chat completion with the same verdict.
+
+    python tests/slurm/fake_judge.py --port 8123 --name judge --startup-delay 3 --pid-file judge.pid
+
+It starts listening only after --startup-delay seconds, like a server loading a model,
+so that the job template's wait for /v1/models is exercised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+VERDICT = {"score": 7, "critique": "Clear and correct; could use an example."}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--startup-delay", type=float, default=0.0)
+    parser.add_argument("--pid-file")
+    args = parser.parse_args()
+    if args.pid_file:
+        with open(args.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    time.sleep(args.startup_delay)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            if self.path.rstrip("/") == "/v1/models":
+                self._reply(200, {"object": "list", "data": [{"id": args.name, "object": "model"}]})
+            else:
+                self._reply(404, {"error": {"message": f"no route {self.path}"}})
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                self._reply(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            message = {"role": "assistant", "content": json.dumps(VERDICT)}
+            self._reply(200, {"id": "fake", "object": "chat.completion", "model": args.name,
+                              "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+    print(f"fake judge {args.name!r} listening on 127.0.0.1:{args.port}", flush=True)
+    HTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
