@@ -36,9 +36,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
-	$(PY) -m torch.distributed.run --standalone --nproc-per-node 2 pretrain_ixt.py \
-		--config examples/configs/tiny.yaml --mock-data --tensor-model-parallel-size 2 \
-		--train-iters 50 --log-file $(OUT)/metrics.jsonl --tensorboard-dir $(OUT)/tensorboard
+	$(PY) examples/demo/run_demo.py --output-dir $(OUT)
 
 bench: setup
 	$(PY) benchmarks/train_step.py

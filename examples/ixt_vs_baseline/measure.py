@@ -1,0 +1,248 @@
+"""Measurements of one run of the IXT-vs-baseline comparison, in one process (TP=1):
+
+1. held-out loss of every saved checkpoint on high-quality held-out documents (text tokens
+   only): the baseline without a prefix; IXT without a prefix and under the best prefix;
+   the control without a prefix and under its constant prefix;
+2. a task metric on the final checkpoints: continuations of held-out prompts, sampled
+   under each condition and judged by the project's critics (text critic for prose,
+   python critic for code).
+
+    python examples/ixt_vs_baseline/measure.py --run ixt=CKPT_DIR \
+        --heldout heldout_hq.jsonl --prompts prompts.jsonl --template quality --output ixt.json
+
+One process (one core) loads every checkpoint of one run in turn: much cheaper than a
+torchrun launch (and its start-up) per checkpoint; run.py measures the runs side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from megatron_ixt.runtime.logs import setup_logging
+
+setup_logging()
+
+from megatron_ixt.data.prefixes import prefix_token_ids  # noqa: E402
+from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference  # noqa: E402
+from megatron_ixt.evaluation.generation import filter_logits  # noqa: E402
+from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name  # noqa: E402
+from megatron_ixt.training.loop import tokenizer_from_config  # noqa: E402
+
+logger = logging.getLogger("megatron_ixt")
+# Conditions measured per run, and the quality level of each prefix (None: no prefix). The
+# control was trained with "Quality: 3/5" on every document, so that is its own prefix.
+CONDITIONS = {"baseline": ("none",), "ixt": ("none", "best"), "control": ("none", "constant")}
+PREFIX_LEVEL = {"none": None, "best": 5, "constant": 3}
+
+
+def saved_iterations(ckpt: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in ckpt.glob("iter_*") if re.fullmatch(r"iter_\d{7}", p.name))
+
+
+def checkpoint_view(ckpt: Path, iteration: int, root: Path) -> str:
+    """A folder whose "latest" checkpoint is ``iteration`` of ``ckpt`` (a symlink and a
+    tracker file): the inference tools always load the latest one, and there is no flag
+    to pick another (see README)."""
+    view = root / f"{ckpt.parent.name}_{ckpt.name}_{iteration}"
+    view.mkdir(parents=True, exist_ok=True)
+    link = Path(checkpoint_name(str(view), iteration))
+    if not link.exists():
+        link.symlink_to(Path(checkpoint_name(str(ckpt), iteration)).resolve(), target_is_directory=True)
+    (view / TRACKER_FILE).write_text(str(iteration))
+    return str(view)
+
+
+# --- held-out loss ------------------------------------------------------------------------
+
+def text_loss(model, sequences: list[tuple[list[int], int]], batch_size: int = 16) -> float:
+    """Token-weighted mean loss of the text tokens of ``sequences`` ((tokens, context
+    length) pairs: the first ``context`` tokens are the leading eod and the prefix)."""
+    total, count = 0.0, 0
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))  # less padding
+    for start in range(0, len(order), batch_size):
+        batch = [sequences[i] for i in order[start:start + batch_size]]
+        length = max(len(seq) for seq, _ in batch)
+        tokens = torch.zeros(len(batch), length, dtype=torch.long)
+        for b, (seq, _) in enumerate(batch):
+            tokens[b, :len(seq)] = torch.tensor(seq)
+        losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])
+        for b, (seq, context) in enumerate(batch):
+            total += losses[b, context - 1:len(seq) - 1].sum().item()
+            count += len(seq) - context
+    return total / count
+
+
+def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int) -> dict[str, list]:
+    """Per condition, ``[eod] prefix text`` for every document. The text window is the same
+    in every condition (cut so that the longest prefix still fits), so all conditions and
+    all models score exactly the same tokens, as tools/evaluate_conditioning.py does."""
+    prefixes = {cond: prefix_token_ids(tokenizer, template, level) if level else []
+                for cond, level in PREFIX_LEVEL.items()}
+    room = seq_length - max(len(p) for p in prefixes.values()) - 1
+    out: dict[str, list] = {cond: [] for cond in prefixes}
+    for doc in docs:
+        text = list(tokenizer.tokenize(doc["text"]))[:room]
+        for cond, prefix in prefixes.items():
+            out[cond].append(([tokenizer.eod, *prefix, *text], 1 + len(prefix)))
+    return out
+
+
+# --- task metric --------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_batch(model, tokenizer, contexts: list[list[int]], max_new: int, temperature: float, top_k: int,
+                 seed: int, max_length: int) -> list[list[int]]:
+    """Sample continuations of all ``contexts`` at once. Rows are right-padded: under causal
+    attention a row's tokens never see the padding after them, so each row's next-token
+    logits are read at its own last position."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [list(c) for c in contexts]
+    new: list[list[int]] = [[] for _ in rows]
+    active = [True] * len(rows)
+    blocked = [tokenizer.feedback_open_id, tokenizer.feedback_close_id]
+    for _ in range(max_new):
+        live = [i for i, a in enumerate(active) if a and len(rows[i]) < max_length]
+        if not live:
+            break
+        length = max(len(rows[i]) for i in live)
+        tokens = torch.zeros(len(live), length, dtype=torch.long)
+        for b, i in enumerate(live):
+            tokens[b, :len(rows[i])] = torch.tensor(rows[i])
+        logits = model.logits(tokens).float()
+        for b, i in enumerate(live):
+            step = logits[b, len(rows[i]) - 1].clone()
+            step[tokenizer.vocab_size:] = float("-inf")  # vocabulary padding
+            step[blocked] = float("-inf")  # the model may not open or close a prefix
+            probs = torch.softmax(filter_logits(step / temperature, top_k, 1.0), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+            if token == tokenizer.eod:
+                active[i] = False
+                continue
+            rows[i].append(token)
+            new[i].append(token)
+    return new
+
+
+def complete_lines(code: str) -> str:
+    """Generated code up to its last complete line (sampling stops mid-line)."""
+    return code[:code.rfind("\n") + 1] if "\n" in code else ""
+
+
+def judge(critics: dict, kind: str, prompt: str, continuation: str) -> dict:
+    """The critic's verdict on a sample; "accepted" is level 4 or 5 (score >= 6/10)."""
+    if kind == "code":
+        doc = {"text": prompt + complete_lines(continuation), "domain": "code", "fragment": True}
+        feedback = critics["python"].critique(doc)
+    else:
+        feedback = critics["text"].critique({"text": continuation, "domain": "prose"})
+    return {"score": feedback.score, "accepted": feedback.score >= 6.0, "critique": feedback.critique}
+
+
+def task_metric(model, tokenizer, prompts: list[dict], condition: str, template: str, args) -> dict:
+    from megatron_ixt.feedback import build_critic
+
+    # Sample length is our choice, not the model's: the text critic's length rules (fewer
+    # than 50 words, fewer than 3 sentences) would fail every 64-token sample alike.
+    critics = {"python": build_critic("python"),
+               "text": build_critic("text", skip_rules=("too_short", "few_sentences"))}
+    level = PREFIX_LEVEL[condition]
+    prefix = prefix_token_ids(tokenizer, template, level) if level else []
+    contexts, meta = [], []
+    for p in prompts:
+        for _ in range(args.samples_per_prompt):
+            contexts.append([tokenizer.eod, *prefix, *tokenizer.tokenize(p["prompt"])])
+            meta.append(p)
+    samples = sample_batch(model, tokenizer, contexts, args.gen_tokens, args.temperature, args.top_k, args.seed,
+                           args.seq_length)
+    results: dict = {}
+    judged = []
+    for p, ids in zip(meta, samples):
+        text = tokenizer.detokenize(ids)
+        verdict = judge(critics, p["kind"], p["prompt"], text)
+        r = results.setdefault(p["kind"], {"samples": 0, "accepted": 0, "score_sum": 0.0})
+        r["samples"] += 1
+        r["accepted"] += verdict["accepted"]
+        r["score_sum"] += verdict["score"]
+        judged.append({"kind": p["kind"], "prompt": p["prompt"], "output": text, **verdict})
+    for critic in critics.values():
+        critic.close()
+    for r in results.values():
+        r["share_accepted"] = r["accepted"] / r["samples"]
+        r["mean_score"] = r.pop("score_sum") / r["samples"]
+    return {"by_kind": results, "samples": judged}
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="NAME=CHECKPOINT_DIR (names: ixt, baseline, control)")
+    parser.add_argument("--heldout", required=True, help="high-quality held-out documents (JSONL)")
+    parser.add_argument("--prompts", help="task prompts (JSONL of {kind, prompt}); none: no task metric")
+    parser.add_argument("--template", default="quality")
+    parser.add_argument("--seq-length", type=int, default=256)
+    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--samples-per-prompt", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+    runs = dict([args.run.split("=", 1)])
+    docs = [json.loads(line) for line in open(args.heldout, encoding="utf-8") if line.strip()]
+    prompts = [json.loads(line) for line in open(args.prompts, encoding="utf-8")] if args.prompts else []
+
+    overrides = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
+                 "hidden_dropout": 0.0, "attention_dropout": 0.0}
+    first = Path(next(iter(runs.values())))
+    cfg = config_from_checkpoint(str(first), overrides)
+    init_inference(cfg)
+    tokenizer = tokenizer_from_config(cfg)
+    sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length)
+    tokens_per_step = cfg.training.global_batch_size * cfg.model.seq_length
+    result = {"documents": len(docs), "text_tokens": sum(len(s) - c for s, c in sequences["none"]),
+              "tokens_per_step": tokens_per_step, "curves": {}, "task": {}}
+
+    with tempfile.TemporaryDirectory(prefix="ixt-views-") as views:
+        for name, ckpt in runs.items():
+            ckpt = Path(ckpt)
+            curve = result["curves"][name] = []
+            iterations = saved_iterations(ckpt)
+            for iteration in iterations:
+                started = time.time()
+                cfg.checkpoint.load = checkpoint_view(ckpt, iteration, Path(views))
+                model = InferenceModel(cfg, tokenizer.vocab_size)
+                point = {"iteration": iteration, "tokens": iteration * tokens_per_step}
+                for cond in CONDITIONS[name]:
+                    point[cond] = text_loss(model, sequences[cond])
+                curve.append(point)
+                print(f"{name} iteration {iteration}: " + ", ".join(f"{c} {point[c]:.4f}" for c in CONDITIONS[name])
+                      + f" ({time.time() - started:.1f} s)", flush=True)
+                if iteration == iterations[-1] and prompts:
+                    for cond in CONDITIONS[name]:
+                        started = time.time()
+                        task = task_metric(model, tokenizer, prompts, cond, args.template, args)
+                        result["task"][f"{name}/{cond}"] = task
+                        print(f"{name} {cond} task: " + ", ".join(
+                            f"{k} {v['accepted']}/{v['samples']} accepted (mean score {v['mean_score']:.2f})"
+                            for k, v in task["by_kind"].items()) + f" ({time.time() - started:.1f} s)", flush=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, args.output)
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
