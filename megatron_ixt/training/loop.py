@@ -92,6 +92,7 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
         state.iteration += 1
         state.consumed_train_samples += cfg.training.global_batch_size
         _track_nonfinite(cfg, state, result)
+        saver.maybe_finalize_async()  # publishes a finished --async-save without waiting
         metrics.on_step(state.iteration, state.consumed_train_samples, result, scheduler.get_lr(optimizer.param_groups[0]))
 
         if _due(state.iteration, cfg.training.eval_interval) and valid_ds is not None:
