@@ -172,3 +172,9 @@ def test_vectorised_masks_equal_megatron_core():
             expected = _get_ltor_masks_and_position_ids(tokens.clone(), 0, *flags)
             for want, got in zip(expected, document_masks(tokens.clone(), 0, *flags)):
                 assert (want is None and got is None) or torch.equal(want, got), flags
+
+
+def test_repeat_prefix_refuses_prefixes_that_fill_a_sample():
+    sizes = np.array([200, 200], dtype=np.int32)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_samples(sizes, np.array([64, 64]), SEQ)

@@ -90,6 +90,9 @@ def pack_samples(sizes: np.ndarray, prefix_insert: Optional[np.ndarray], seq_len
         remaining = seq_length + add_extra_token
         if prefix_insert is not None and offset > 0:
             remaining -= min(offset, int(prefix_insert[doc]))
+            if remaining <= add_extra_token:  # the prefix alone fills the sample: no progress possible
+                raise ValueError(f"--ixt-repeat-prefix: a {int(prefix_insert[doc])}-token prefix does not fit in a "
+                                 f"{seq_length}-token sample with room for text")
         while remaining > 0:
             doc_length = int(sizes[doc]) - offset
             remaining -= doc_length
@@ -185,6 +188,12 @@ class IXTDataset(GPTDataset):
 
     def _pack(self, document_index: np.ndarray, dropped: np.ndarray) -> np.ndarray:
         docs = document_index
+        longest = int(self.dataset.prefix_lengths.max(initial=0))
+        if self.config.ixt_repeat_prefix and longest >= self.config.sequence_length:
+            raise ValueError(
+                f"{self.dataset.path_prefix}: --ixt-repeat-prefix needs prefixes shorter than a sample, but the "
+                f"longest is {longest} tokens with --seq-length {self.config.sequence_length}: use a longer "
+                "--seq-length, a shorter --prefix-template (e.g. quality), or drop --ixt-repeat-prefix")
         sizes = self.dataset.sequence_lengths[docs] - np.where(dropped, self.dataset.prefix_lengths[docs], 0)
         sizes = sizes.astype(np.int32)
         if self.config.ixt_repeat_prefix:

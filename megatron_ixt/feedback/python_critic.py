@@ -62,6 +62,11 @@ class StaticReport:
     doc_lines: int = 0  # comment lines + docstring lines
 
 
+# CPython 3.11's parser and symbol-table passes are not thread-safe (cpython#106905:
+# "AST constructor recursion depth mismatch" under concurrent annotation workers).
+_COMPILER_LOCK = threading.Lock()
+
+
 def _parse(source: str) -> tuple[ast.Module | None, str | None]:
     """(tree, None) or (None, syntax error as a sentence).
 
@@ -69,8 +74,9 @@ def _parse(source: str) -> tuple[ast.Module | None, str | None]:
     symbol-table pass (``return`` outside a function, ``nonlocal`` at module level).
     """
     try:
-        tree = ast.parse(source)
-        compile(tree, "<document>", "exec", dont_inherit=True)
+        with _COMPILER_LOCK:
+            tree = ast.parse(source)
+            compile(tree, "<document>", "exec", dont_inherit=True)
         return tree, None
     except SyntaxError as error:
         lines = source.splitlines()
@@ -84,7 +90,8 @@ def _parse(source: str) -> tuple[ast.Module | None, str | None]:
 
 def undefined_names(source: str) -> list[str]:
     """Global names the code reads but never binds (and that are not builtins), sorted."""
-    top = symtable.symtable(source, "<document>", "exec")
+    with _COMPILER_LOCK:
+        top = symtable.symtable(source, "<document>", "exec")
     bound: set[str] = set()
     used: set[str] = set()
     # `from x import *` and `globals().update(...)` can bind any name: then nothing can be
