@@ -216,7 +216,23 @@ class SentencePieceTokenizer(IXTTokenizer):
         return self._sp.pad_id()
 
 
-class HuggingFaceTokenizer(IXTTokenizer):
+class _TokenizersLibrary:
+    """Encoding through a Hugging Face ``tokenizers.Tokenizer`` held in ``self._tok``
+    (shared by the tokenizer.json and GPT-2 BPE tokenizers)."""
+
+    @property
+    def inv_vocab(self) -> dict:
+        return {i: t for t, i in self.vocab.items()}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
+
+
+class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
     """A Hugging Face `tokenizers` model (`tokenizer.json`), encoded without special tokens."""
 
     tokenizer_type = "HuggingFaceTokenizer"
@@ -272,17 +288,6 @@ class HuggingFaceTokenizer(IXTTokenizer):
     def vocab(self) -> dict:
         return self._tok.get_vocab(with_added_tokens=True)
 
-    @property
-    def inv_vocab(self) -> dict:
-        return {i: t for t, i in self.vocab.items()}
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
-        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
-
     def detokenize(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
@@ -300,7 +305,7 @@ class HuggingFaceTokenizer(IXTTokenizer):
         return self.eod
 
 
-class GPT2BPETokenizer(IXTTokenizer):
+class GPT2BPETokenizer(_TokenizersLibrary, IXTTokenizer):
     """OpenAI's GPT-2 byte-level BPE from encoder.json + vocab.bpe (Rust `tokenizers` BPE).
 
     The two delimiters get the ids right after the vocabulary (see the module docstring).
@@ -337,17 +342,6 @@ class GPT2BPETokenizer(IXTTokenizer):
     @property
     def vocab(self) -> dict:
         return {**self._encoder, **{t: i for i, t in self._extra.items()}}
-
-    @property
-    def inv_vocab(self) -> dict:
-        return {i: t for t, i in self.vocab.items()}
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
-        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
 
     def detokenize(self, ids) -> str:
         # The extra ids are unknown to the BPE model: decode the runs between them.
