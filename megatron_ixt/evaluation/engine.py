@@ -23,7 +23,8 @@ from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_para
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
-from megatron_ixt.training.checkpointing import checkpoint_name, check_model_compatible, read_tracker
+from megatron_ixt.training.checkpointing import (
+    model_sharded_state_dict, check_model_compatible, checkpoint_name, load_model_weights, read_tracker)
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -62,16 +63,8 @@ class InferenceModel:
         path = checkpoint_name(load, iteration)
         common = dist_checkpointing.load_common_state_dict(path)
         check_model_compatible(common["config"], self.cfg, f"checkpoint {path}")
-        if len(self.chunks) == 1:
-            sharded = {"model": self.chunks[0].sharded_state_dict()}
-        else:
-            sharded = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(self.chunks)}
-        loaded = dist_checkpointing.load(sharded, path)
-        if len(self.chunks) == 1:
-            self.chunks[0].load_state_dict(loaded["model"])
-        else:
-            for i, c in enumerate(self.chunks):
-                c.load_state_dict(loaded[f"model{i}"])
+        loaded = dist_checkpointing.load(model_sharded_state_dict(self.chunks), path)
+        load_model_weights(self.chunks, loaded)
         logger.info("loaded %s (iteration %d) for inference", path, iteration)
         return iteration
 

@@ -133,16 +133,28 @@ def _restore_rng(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _model_sharded_state_dict(model) -> dict:
-    """Keys as Megatron-LM writes them: ``model`` (``model0``, ``model1``... per virtual
-    stage), from the modules inside the DDP wrappers."""
-    if len(model) == 1:
-        return {"model": model[0].module.sharded_state_dict()}
-    return {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(model)}
+def _unwrap(chunk):
+    """The GPTModel inside a DDP wrapper (inference tools hold bare models)."""
+    return getattr(chunk, "module", chunk)
+
+
+def _model_keys(model) -> list[str]:
+    """Keys as Megatron-LM writes them: ``model``, or ``model0``, ``model1``... per virtual stage."""
+    return ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
+
+
+def model_sharded_state_dict(model) -> dict:
+    return {key: _unwrap(chunk).sharded_state_dict() for key, chunk in zip(_model_keys(model), model)}
+
+
+def load_model_weights(model, loaded: dict) -> None:
+    """Copy the model part of a loaded checkpoint into ``model`` (DDP-wrapped or bare chunks)."""
+    for key, chunk in zip(_model_keys(model), model):
+        _unwrap(chunk).load_state_dict(loaded[key])
 
 
 def _padded_vocab(model) -> int:
-    return model[0].module.vocab_size
+    return _unwrap(model[0]).vocab_size
 
 
 def _layout() -> dict:
@@ -210,7 +222,7 @@ class Saver:
             os.makedirs(partial)
         torch.distributed.barrier()
 
-        sharded = _model_sharded_state_dict(model)
+        sharded = model_sharded_state_dict(model)
         if optimizer is not None:
             sharded["optimizer"] = optimizer.sharded_state_dict(sharded)
         sharded.update({
@@ -314,18 +326,14 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
                        common["layout"], _layout())
         load_rng = False
 
-    sharded = _model_sharded_state_dict(model)
+    sharded = model_sharded_state_dict(model)
     if load_optim:
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True)
     if load_rng:
         sharded["rng_state"] = _rng_state()
     loaded = dist_checkpointing.load(sharded, path)
 
-    if len(model) == 1:
-        model[0].module.load_state_dict(loaded["model"])
-    else:
-        for i, chunk in enumerate(model):
-            chunk.module.load_state_dict(loaded[f"model{i}"])
+    load_model_weights(model, loaded)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(common["opt_param_scheduler"])
