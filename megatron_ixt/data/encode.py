@@ -49,6 +49,7 @@ class EncodeSettings:
     skip_invalid: bool
     shard_dir: str
     dtype: str
+    prepend_bos: bool = False
 
 
 @dataclass
@@ -110,6 +111,7 @@ class BatchEncoder:
         self.vocab_size = self.tokenizer.vocab_size
         self.check_id_range = isinstance(self.tokenizer, NullTokenizer)
         self.eod = np.array([self.tokenizer.eod], dtype=np.int64) if settings.append_eod else None
+        self.bos = np.array([self.tokenizer.bos], dtype=np.int64) if settings.prepend_bos else None
         if self.template.kind != "none":
             self.open_id = np.array([self.tokenizer.feedback_open_id], dtype=np.int64)
             self.close_id = np.array([self.tokenizer.feedback_close_id], dtype=np.int64)
@@ -294,6 +296,10 @@ class BatchEncoder:
                 if k == 0 and prefix_length:
                     pieces.append(prefix)
                     length += prefix_length
+                if k == 0 and self.bos is not None:
+                    # After the prefix: the side file's prefix must start the document.
+                    pieces.append(self.bos)
+                    length += 1
                 pieces.append(ids)
                 if k == last and self.eod is not None:
                     pieces.append(self.eod)
@@ -319,12 +325,14 @@ def _elements_of_all(doc: Document):
             yield value
         else:
             yield from value
+    if doc.feedback is not None and doc.feedback.critique:
+        yield doc.feedback.critique
 
 
 def _mentions_delimiter(text: str) -> bool:
-    # A document that contains a delimiter string is encoded into the delimiter *token* by
-    # tokenizers that have it as a user-defined symbol; counted in the .meta.json so that
-    # it does not go unnoticed. `"<|" in text` is a fast C-level pre-check.
+    # A document (or critique) that quotes a delimiter string is encoded as ordinary text
+    # (the tokenizers never produce delimiter ids from text); counted in the .meta.json so
+    # that such documents do not go unnoticed. `"<|" in text` is a fast C-level pre-check.
     return "<|" in text and (FEEDBACK_OPEN in text or FEEDBACK_CLOSE in text)
 
 

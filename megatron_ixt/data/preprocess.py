@@ -117,6 +117,8 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     _check_prefix_encodable(tokenizer, template)
     if config.append_eod:
         tokenizer.eod  # raises TokenizerError now rather than in every worker
+    if config.prepend_bos and (getattr(tokenizer, "bos", None) is None or tokenizer.bos < 0):
+        raise DataError(f"--prepend-bos: the {config.tokenizer_type} tokenizer has no beginning-of-sequence token")
 
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
     work_dir = _make_work_dir(out_dir, os.path.basename(config.output_prefix))
@@ -127,7 +129,8 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
             spec=DocumentSpec(tuple(config.json_keys), config.feedback_key, config.parsed_score_scale()),
             template=config.prefix_template, thresholds=QualityThresholds.fixed(),
             append_eod=config.append_eod, skip_invalid=config.skip_invalid,
-            shard_dir=work_dir, dtype=np.dtype(token_dtype(tokenizer.vocab_size)).name,
+            shard_dir=work_dir, dtype=np.dtype(dataset_dtype(tokenizer)).name,
+            prepend_bos=config.prepend_bos,
         )
         if config.quality_thresholds == "quantile":
             settings = _with_quantile_thresholds(settings, paths, config)
@@ -138,6 +141,16 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
+
+
+def dataset_dtype(tokenizer) -> type:
+    """Megatron-LM's token dtype for the tokenizer's own vocabulary, so that plain corpora
+    stay byte-identical even when two delimiter ids were appended after it; a wider one
+    only if the appended ids would not fit (a vocabulary just under 65,536)."""
+    dtype = token_dtype(tokenizer.base_vocab_size)
+    if np.iinfo(dtype).max < tokenizer.vocab_size - 1:
+        dtype = token_dtype(tokenizer.vocab_size)
+    return dtype
 
 
 def _check_prefix_encodable(tokenizer, template) -> None:
@@ -305,6 +318,7 @@ def _write_metadata(summary, config, settings, tokenizer, template, paths, work_
             "score_scale": list(settings.spec.default_scale),
             "quality_thresholds": settings.thresholds.to_dict(),
             "append_eod": settings.append_eod,
+            "prepend_bos": settings.prepend_bos,
             "side_file": {"suffix": SIDE_FILE_SUFFIX, "dtype": "int32",
                           "columns": ["prefix_length", "quality_level"]},
             "counts": {

@@ -37,6 +37,8 @@ class PreprocessConfig:
     """Vocabulary size of the NullTokenizer."""
     append_eod: bool = False
     """Append the tokenizer's end-of-document token to every non-empty document."""
+    prepend_bos: bool = False
+    """Put the tokenizer's beginning-of-sequence token before every non-empty document's text (after its feedback prefix, if any): the constant document start of a fair baseline for IXT."""
     workers: int = 1
     """Worker processes; each tokenizes and writes its own shards, the main process only merges."""
     partitions: int = 1
