@@ -19,14 +19,24 @@ Text ids are exactly those of megatron-core 0.16.1's own tokenizers (the ones Me
 `tools/preprocess_data.py` uses at core_v0.16.1), so that plain documents give
 byte-identical datasets. How each kind gets its delimiters:
 
-* SentencePiece / Hugging Face: the delimiters must already be single tokens of the
-  model (`tools/train_tokenizer.py` builds them in). A model that would split them is
-  refused with a message saying how to fix it.
-* GPT-2 BPE: OpenAI's vocabulary has no such tokens and is fixed, so they are added as two
-  extra ids after the vocabulary (50257 and 50258), the way Megatron-LM appends its
-  special tokens; `vocab_size` becomes 50259. Text is never encoded into them.
+* SentencePiece / Hugging Face with the delimiters built in (`tools/train_tokenizer.py`
+  does that, or `tokenizer.add_special_tokens([...])`): their own ids.
+* SentencePiece / Hugging Face without them (any model trained elsewhere): two extra ids
+  right after the vocabulary (`base_vocab_size` and `base_vocab_size + 1`), the way
+  Megatron-LM appends its special tokens; `vocab_size` is then `base_vocab_size + 2`.
+* GPT-2 BPE: OpenAI's vocabulary has no such tokens and is fixed: extra ids 50257 and 50258,
+  `vocab_size` 50259.
 * Null: ids `vocab_size + 1` and `vocab_size + 2` (the eod is `vocab_size`, as in
   Megatron-LM), so this `vocab_size` property is the argument + 3.
+
+No forged delimiters: `tokenize` and `tokenize_batch` never produce a delimiter id. A
+delimiter *string* inside a text (a document quoting this README, spam writing
+"<|feedback|>Quality: 5/5<|/feedback|>") is encoded as ordinary text, the way tiktoken's
+`disallowed_special` and Hugging Face's `split_special_tokens` treat special tokens; only
+`prefixes.prefix_token_ids` puts the delimiter ids around a prefix. For a model with
+built-in delimiters this takes a second, text-only copy of the model in which the two
+pieces cannot be matched (SentencePiece: the pieces become control symbols; tokenizers:
+they are dropped from the added tokens); every other text encodes exactly as before.
 """
 
 from __future__ import annotations
@@ -87,6 +97,10 @@ class IXTTokenizer(_MegatronBase):
         self._files: dict[str, str] = {}
         self._delimiter_ids: dict[str, Optional[int]] = {}
         self._delimiter_problem = ""
+        self._extra: dict[int, str] = {}
+        """Ids appended after the model's own vocabulary -> their text (the delimiters)."""
+        self.delimiter_source = "none"
+        """'builtin' (the model's own pieces), 'appended' (extra ids) or 'none'."""
 
     # -- delimiters ---------------------------------------------------------------------
 
@@ -94,12 +108,18 @@ class IXTTokenizer(_MegatronBase):
         self._delimiter_ids = {FEEDBACK_OPEN: open_id, FEEDBACK_CLOSE: close_id}
         self._delimiter_problem = problem
 
+    def _append_delimiters(self, base_size: int) -> None:
+        """Give the delimiters the two ids right after a vocabulary of `base_size` ids."""
+        self._extra = {base_size: FEEDBACK_OPEN, base_size + 1: FEEDBACK_CLOSE}
+        self._set_delimiters(base_size, base_size + 1)
+        self.delimiter_source = "appended"
+
     @property
     def has_feedback_delimiters(self) -> bool:
         return None not in self._delimiter_ids.values()
 
     def check_feedback_delimiters(self) -> None:
-        """Raise `TokenizerError` unless both delimiters are single tokens."""
+        """Raise `TokenizerError` unless both delimiters have ids."""
         if not self.has_feedback_delimiters:
             raise TokenizerError(self._delimiter_problem)
 
@@ -115,11 +135,34 @@ class IXTTokenizer(_MegatronBase):
         self.check_feedback_delimiters()
         return self._delimiter_ids[FEEDBACK_CLOSE]
 
+    @property
+    def base_vocab_size(self) -> int:
+        """Size of the model's own vocabulary (without appended delimiter ids)."""
+        return self.vocab_size - len(self._extra)
+
     # -- tokenization -------------------------------------------------------------------
 
     def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
         """Token ids of several texts at once (subclasses use their library's batch call)."""
         return [np.asarray(self.tokenize(text), dtype=np.int64) for text in texts]
+
+    def detokenize(self, ids) -> str:
+        # The delimiter ids are unknown to (or, in the text-only copy, silent in) the
+        # underlying model: decode the runs between them and put their text in between.
+        by_id = {i: t for t, i in self._delimiter_ids.items() if i is not None}
+        pieces, run = [], []
+        for i in (int(i) for i in ids):
+            if i in by_id:
+                pieces.append(self._decode_text(run))
+                pieces.append(by_id[i])
+                run = []
+            else:
+                run.append(i)
+        pieces.append(self._decode_text(run))
+        return "".join(pieces)
+
+    def _decode_text(self, ids: list[int]) -> str:
+        raise NotImplementedError
 
     # -- identity -----------------------------------------------------------------------
 
@@ -131,9 +174,11 @@ class IXTTokenizer(_MegatronBase):
             "files": files,
             "sha256": _sha256_of_files(list(files.values())) if files else None,
             "vocab_size": self.vocab_size,
+            "base_vocab_size": self.base_vocab_size,
             "eod": self._eod_or_none(),
             "feedback_open_id": self._delimiter_ids.get(FEEDBACK_OPEN),
             "feedback_close_id": self._delimiter_ids.get(FEEDBACK_CLOSE),
+            "delimiters": self.delimiter_source,
         }
 
     def _eod_or_none(self) -> Optional[int]:
@@ -141,6 +186,23 @@ class IXTTokenizer(_MegatronBase):
             return self.eod
         except (TokenizerError, NotImplementedError):
             return None
+
+
+def _sentencepiece_text_only(model_file: str, piece_ids: Sequence[int]):
+    """A copy of a SentencePiece model in which `piece_ids` are control symbols: same ids,
+    but text never matches them (SentencePiece matches user-defined symbols anywhere in the
+    text and may reach normal pieces by merges; control symbols, like <s>, never)."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    for i in piece_ids:
+        proto.pieces[i].type = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
+    processor = sentencepiece.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(proto.SerializeToString())
+    return processor
 
 
 class SentencePieceTokenizer(IXTTokenizer):
@@ -163,23 +225,26 @@ class SentencePieceTokenizer(IXTTokenizer):
         for token in (FEEDBACK_OPEN, FEEDBACK_CLOSE):
             piece_id = self._sp.piece_to_id(token)
             ids[token] = piece_id if self._sp.id_to_piece(piece_id) == token else None
-        self._set_delimiters(
-            ids[FEEDBACK_OPEN],
-            ids[FEEDBACK_CLOSE],
-            f"the SentencePiece model {model_file} has no single piece for "
-            f"{' and '.join(t for t, i in ids.items() if i is None)}: train it with "
-            f"tools/train_tokenizer.py, which builds both delimiters in as user-defined symbols",
-        )
+        self._sp_text = self._sp
+        if None in ids.values():
+            # A model trained elsewhere (or with only one of them): both get extra ids, so
+            # that the pair is always consistent.
+            self._append_delimiters(self._sp.get_piece_size())
+        else:
+            self._set_delimiters(ids[FEEDBACK_OPEN], ids[FEEDBACK_CLOSE])
+            self.delimiter_source = "builtin"
+            self._sp_text = _sentencepiece_text_only(model_file, list(ids.values()))
         self._vocab = None
 
     @property
     def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
+        return self._sp.get_piece_size() + len(self._extra)
 
     @property
     def vocab(self) -> dict:
         if self._vocab is None:
-            self._vocab = {self._sp.id_to_piece(i): i for i in range(self.vocab_size)}
+            self._vocab = {self._sp.id_to_piece(i): i for i in range(self._sp.get_piece_size())}
+            self._vocab.update({t: i for i, t in self._extra.items()})
         return self._vocab
 
     @property
@@ -187,14 +252,14 @@ class SentencePieceTokenizer(IXTTokenizer):
         return {i: piece for piece, i in self.vocab.items()}
 
     def tokenize(self, text: str) -> list[int]:
-        return self._sp.encode_as_ids(text)
+        return self._sp_text.encode_as_ids(text)
 
     def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
         # One C++ call for the whole batch, returning int32 arrays: no Python int lists.
-        return self._sp.encode(texts, out_type="numpy", num_threads=self.num_threads)
+        return self._sp_text.encode(texts, out_type="numpy", num_threads=self.num_threads)
 
-    def detokenize(self, ids) -> str:
-        return self._sp.decode([int(i) for i in ids])
+    def _decode_text(self, ids: list[int]) -> str:
+        return self._sp.decode(ids)
 
     @property
     def eod(self) -> int:
@@ -218,18 +283,60 @@ class SentencePieceTokenizer(IXTTokenizer):
 
 class _TokenizersLibrary:
     """Encoding through a Hugging Face ``tokenizers.Tokenizer`` held in ``self._tok``
-    (shared by the tokenizer.json and GPT-2 BPE tokenizers)."""
+    (shared by the tokenizer.json and GPT-2 BPE tokenizers). ``self._tok_text`` encodes
+    (a copy that cannot match the delimiters when they are built in); ``self._forgeable``
+    holds delimiter ids the text model could still reach by its merges (checked after
+    every encoding; normally empty)."""
+
+    _forgeable: frozenset = frozenset()
 
     @property
     def inv_vocab(self) -> dict:
         return {i: t for t, i in self.vocab.items()}
 
     def tokenize(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        ids = self._tok_text.encode(text, add_special_tokens=False).ids
+        if self._forgeable and self._forgeable.intersection(ids):
+            return self._tokenize_around_delimiters(text)
+        return ids
 
     def tokenize_batch(self, texts: list[str]) -> list[np.ndarray]:
-        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
+        encode = getattr(self._tok_text, "encode_batch_fast", self._tok_text.encode_batch)
+        out = [np.asarray(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
+        if self._forgeable:
+            forgeable = np.fromiter(self._forgeable, dtype=np.int64)
+            for i, ids in enumerate(out):
+                if np.isin(ids, forgeable).any():
+                    out[i] = np.asarray(self._tokenize_around_delimiters(texts[i]), dtype=np.int64)
+        return out
+
+    def _tokenize_around_delimiters(self, text: str) -> list[int]:
+        # The model's vocabulary itself reaches a delimiter piece: encode the text between
+        # the delimiter strings as usual and each delimiter string one character at a time.
+        ids, rest = [], text
+        while rest:
+            found = [(rest.find(t), t) for t in (FEEDBACK_OPEN, FEEDBACK_CLOSE) if t in rest]
+            position, token = min(found) if found else (len(rest), "")
+            if position:
+                ids += self._tok_text.encode(rest[:position], add_special_tokens=False).ids
+            for char in token:
+                ids += self._tok_text.encode(char, add_special_tokens=False).ids
+            rest = rest[position + len(token):]
+        return ids
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+
+def _without_added_tokens(tokenizer_json: str, contents: Sequence[str]):
+    """The tokenizer of `tokenizer_json` with the added tokens `contents` removed, so that
+    text is never matched against them (their ids stay as they are in the original)."""
+    from tokenizers import Tokenizer
+
+    with open(tokenizer_json, encoding="utf-8") as f:
+        spec = json.load(f)
+    spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t.get("content") not in contents]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
@@ -250,20 +357,18 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
             self._tok = Tokenizer.from_file(json_path)
         except Exception as error:  # the Rust library raises a bare Exception
             raise TokenizerError(f"cannot load Hugging Face tokenizer {json_path}: {error}") from None
+        self._tok_text = self._tok
         self._eod = self._find_eod(Path(json_path).parent)
-        ids = {}
-        for token in (FEEDBACK_OPEN, FEEDBACK_CLOSE):
-            token_id = self._tok.token_to_id(token)
-            single = token_id is not None and self.tokenize(token) == [token_id]
-            ids[token] = token_id if single else None
-        self._set_delimiters(
-            ids[FEEDBACK_OPEN],
-            ids[FEEDBACK_CLOSE],
-            f"the tokenizer {json_path} splits "
-            f"{' and '.join(t for t, i in ids.items() if i is None)} into several tokens: add both "
-            f"delimiters as special tokens before saving it "
-            f"(tokenizer.add_special_tokens(['{FEEDBACK_OPEN}', '{FEEDBACK_CLOSE}']))",
-        )
+        ids = {token: self._tok.token_to_id(token) for token in (FEEDBACK_OPEN, FEEDBACK_CLOSE)}
+        # Ids can have gaps (added tokens placed anywhere): append after the highest one.
+        self._base_size = max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+        if None in ids.values():
+            self._append_delimiters(self._base_size)
+        else:
+            self._set_delimiters(ids[FEEDBACK_OPEN], ids[FEEDBACK_CLOSE])
+            self.delimiter_source = "builtin"
+            self._tok_text = _without_added_tokens(json_path, (FEEDBACK_OPEN, FEEDBACK_CLOSE))
+            self._forgeable = frozenset(i for i in ids.values() if self._tok_text.id_to_token(i) is not None)
 
     def _find_eod(self, folder: Path) -> Optional[int]:
         config = folder / "tokenizer_config.json"
@@ -282,14 +387,11 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        return self._base_size + len(self._extra)
 
     @property
     def vocab(self) -> dict:
-        return self._tok.get_vocab(with_added_tokens=True)
-
-    def detokenize(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        return {**self._tok.get_vocab(with_added_tokens=True), **{t: i for i, t in self._extra.items()}}
 
     @property
     def eod(self) -> int:
@@ -328,12 +430,12 @@ class GPT2BPETokenizer(_TokenizersLibrary, IXTTokenizer):
         # gpt2_tokenization.py); no prefix space, so ids match token for token.
         self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         self._tok.decoder = decoders.ByteLevel()
+        self._tok_text = self._tok
         if "<|endoftext|>" not in self._encoder:
             raise TokenizerError(f"{vocab_file} has no '<|endoftext|>' token: not a GPT-2 vocabulary")
         self._eod = self._encoder["<|endoftext|>"]
         self._base_size = len(self._encoder)
-        self._set_delimiters(self._base_size, self._base_size + 1)
-        self._extra = {self._base_size: FEEDBACK_OPEN, self._base_size + 1: FEEDBACK_CLOSE}
+        self._append_delimiters(self._base_size)
 
     @property
     def vocab_size(self) -> int:
@@ -342,19 +444,6 @@ class GPT2BPETokenizer(_TokenizersLibrary, IXTTokenizer):
     @property
     def vocab(self) -> dict:
         return {**self._encoder, **{t: i for i, t in self._extra.items()}}
-
-    def detokenize(self, ids) -> str:
-        # The extra ids are unknown to the BPE model: decode the runs between them.
-        pieces, run = [], []
-        for i in (int(i) for i in ids):
-            if i in self._extra:
-                pieces.append(self._tok.decode(run))
-                pieces.append(self._extra[i])
-                run = []
-            else:
-                run.append(i)
-        pieces.append(self._tok.decode(run))
-        return "".join(pieces)
 
     @property
     def eod(self) -> int:
@@ -374,6 +463,7 @@ class NullTokenizer(IXTTokenizer):
         super().__init__(None, vocab_size=vocab_size)
         self._size = int(vocab_size)
         self._set_delimiters(self._size + 1, self._size + 2)
+        self.delimiter_source = "appended"
 
     def tokenize(self, text: str) -> list[int]:
         if not text:
@@ -391,6 +481,10 @@ class NullTokenizer(IXTTokenizer):
     @property
     def vocab_size(self) -> int:
         return self._size + 3
+
+    @property
+    def base_vocab_size(self) -> int:
+        return self._size + 1  # Megatron-LM's NullTokenizer: the ids and its eod
 
     @property
     def vocab(self):
@@ -425,8 +519,9 @@ def build_tokenizer(
 ) -> IXTTokenizer:
     """Build a tokenizer by Megatron-LM type name (see the module docstring).
 
-    Raises `TokenizerError` with a readable message when a file is missing or unreadable,
-    or (unless `require_delimiters=False`) when the feedback delimiters are not single tokens.
+    Raises `TokenizerError` with a readable message when a file is missing or unreadable.
+    Every tokenizer type has the feedback delimiters (built in or appended), so
+    `require_delimiters` only matters for subclasses that might lack them.
     """
 
     def need(value, flag):

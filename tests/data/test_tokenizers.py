@@ -44,21 +44,42 @@ def test_sentencepiece_matches_megatron_core(sp_model, stdlib_texts):
 def test_sentencepiece_delimiters_are_single_pieces(sp_model):
     tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
     open_id, close_id = tokenizer.feedback_open_id, tokenizer.feedback_close_id
-    assert open_id != close_id
-    assert tokenizer.tokenize(FEEDBACK_OPEN) == [open_id] and tokenizer.tokenize(FEEDBACK_CLOSE) == [close_id]
-    assert tokenizer.vocab[FEEDBACK_OPEN] == open_id
+    assert open_id != close_id and tokenizer.delimiter_source == "builtin"
+    assert tokenizer.vocab[FEEDBACK_OPEN] == open_id and tokenizer.vocab[FEEDBACK_CLOSE] == close_id
+    assert tokenizer.vocab_size == tokenizer.base_vocab_size == 2000
+    # The pieces exist, but text never maps to them (see test_no_forged_delimiters).
+    assert open_id not in tokenizer.tokenize(FEEDBACK_OPEN) and close_id not in tokenizer.tokenize(FEEDBACK_CLOSE)
+    assert tokenizer.detokenize([open_id, *tokenizer.tokenize("x"), close_id]) == FEEDBACK_OPEN + "x" + FEEDBACK_CLOSE
 
 
-def test_tokenizer_that_splits_delimiters_is_refused(sp_model_without_delimiters, hf_tokenizer_without_delimiters):
-    with pytest.raises(TokenizerError, match="no single piece for <\\|feedback\\|> and <\\|/feedback\\|>.*train_tokenizer"):
-        build_tokenizer("SentencePieceTokenizer", sp_model_without_delimiters)
-    with pytest.raises(TokenizerError, match="splits .* add both delimiters as special tokens"):
-        build_tokenizer("HuggingFaceTokenizer", hf_tokenizer_without_delimiters)
-    # Plain (prefix-free) preprocessing may still use them.
-    plain = build_tokenizer("SentencePieceTokenizer", sp_model_without_delimiters, require_delimiters=False)
-    assert not plain.has_feedback_delimiters
-    with pytest.raises(TokenizerError):
-        plain.feedback_open_id
+def test_delimiters_are_appended_to_a_plain_model(sp_model_without_delimiters, hf_tokenizer_without_delimiters, stdlib_texts):
+    """A model trained elsewhere, without the delimiters: two extra ids after its vocabulary;
+    text ids exactly those of the library (and of megatron-core's SentencePiece tokenizer)."""
+    import sentencepiece
+    from megatron.core.tokenizers import MegatronTokenizer
+    from tokenizers import Tokenizer
+
+    sp = build_tokenizer("SentencePieceTokenizer", sp_model_without_delimiters)
+    assert sp.delimiter_source == "appended" and sp.base_vocab_size == 800
+    assert (sp.feedback_open_id, sp.feedback_close_id, sp.vocab_size) == (800, 801, 802)
+    reference = MegatronTokenizer.from_pretrained(tokenizer_path=sp_model_without_delimiters,
+                                                  metadata_path={"library": "sentencepiece"})
+    library = sentencepiece.SentencePieceProcessor(model_file=sp_model_without_delimiters)
+    texts = stdlib_texts[::40]
+    for text, ids in zip(texts, sp.tokenize_batch(texts)):
+        assert list(ids) == reference.tokenize(text) == library.encode_as_ids(text)
+    assert sp.eod == reference.eod and reference.vocab_size == sp.base_vocab_size
+
+    hf = build_tokenizer("HuggingFaceTokenizer", hf_tokenizer_without_delimiters)
+    raw = Tokenizer.from_file(hf_tokenizer_without_delimiters)
+    base = raw.get_vocab_size(with_added_tokens=True)
+    assert hf.delimiter_source == "appended"
+    assert (hf.feedback_open_id, hf.feedback_close_id, hf.vocab_size) == (base, base + 1, base + 2)
+    for text, ids in zip(texts, hf.tokenize_batch(texts)):
+        assert list(ids) == raw.encode(text, add_special_tokens=False).ids
+        assert hf.detokenize(ids) == text
+    assert hf.vocab[FEEDBACK_CLOSE] == base + 1
+    assert hf.identity()["delimiters"] == "appended" and hf.identity()["base_vocab_size"] == base
 
 
 def test_huggingface_tokenizer(hf_tokenizer_json, stdlib_texts, humaneval_texts):
@@ -67,7 +88,10 @@ def test_huggingface_tokenizer(hf_tokenizer_json, stdlib_texts, humaneval_texts)
     for text, ids in zip(stdlib_texts[::50] + humaneval_texts[:20], tokenizer.tokenize_batch(stdlib_texts[::50] + humaneval_texts[:20])):
         assert tokenizer.detokenize(ids) == text
     assert tokenizer.eod == tokenizer.vocab["<|endoftext|>"]
-    assert tokenizer.tokenize(FEEDBACK_OPEN + "x" + FEEDBACK_CLOSE)[0] == tokenizer.feedback_open_id
+    assert tokenizer.delimiter_source == "builtin" and tokenizer.feedback_open_id == tokenizer.vocab[FEEDBACK_OPEN]
+    assert tokenizer.feedback_open_id not in tokenizer.tokenize(FEEDBACK_OPEN + "x" + FEEDBACK_CLOSE)
+    # Other special tokens keep their usual (Megatron-LM's) behaviour: matched in text.
+    assert tokenizer.tokenize("a<|endoftext|>b").count(tokenizer.eod) == 1
     assert tokenizer.vocab_size == 2000
 
 

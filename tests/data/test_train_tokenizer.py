@@ -23,8 +23,12 @@ def test_train_tool_builds_a_lossless_model(tmp_path, stdlib_texts, humaneval_te
     # HumanEval was not in the training text: indentation, blank lines and tabs survive anyway.
     for text in humaneval_texts + ["\tx  =  1\n\n\n        return  {'a':\t[1,2]}\r\n", "caf\u00e9 \u4e2d\u6587 \U0001f600"]:
         assert tokenizer.detokenize(tokenizer.tokenize(text)) == text
-    for symbol in ("\n", "\t", FEEDBACK_OPEN, FEEDBACK_CLOSE):
+    for symbol in ("\n", "\t"):
         assert len(tokenizer.tokenize(symbol)) == 1, symbol
+    # The delimiters are pieces of the model; text that quotes them stays ordinary text.
+    assert tokenizer.delimiter_source == "builtin"
+    assert tokenizer.vocab[FEEDBACK_OPEN] == tokenizer.feedback_open_id
+    assert tokenizer.vocab[FEEDBACK_CLOSE] == tokenizer.feedback_close_id
     assert (tokenizer.eod, tokenizer.vocab_size) == (2, 1000)
 
 
