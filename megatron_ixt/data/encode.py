@@ -266,6 +266,7 @@ class BatchEncoder:
                 positions.append(i)
         if to_tokenize:
             for i, text, ids in zip(positions, to_tokenize, self.tokenizer.tokenize_batch(to_tokenize)):
+                ids = self.template.fit(ids)  # the template's token budget
                 prefixes[i] = np.concatenate([self.open_id, np.asarray(ids, dtype=np.int64), self.close_id])
                 if self.template.kind == "quality":
                     # Only five distinct quality prefixes exist: tokenize each once per worker.

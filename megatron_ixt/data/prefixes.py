@@ -64,6 +64,9 @@ class PrefixTemplate:
     axis_format: str = "{label} {score}"
     axis_separator: str = ", "
     axis_labels: Mapping[str, str] = field(default_factory=dict)
+    max_tokens: Optional[int] = None
+    """Token budget of the prefix text (delimiters excluded); longer prefixes are cut at it,
+    so the critique's tail goes first (its line comes last). None: no budget."""
     source: str = ""
     """Where it was loaded from: the built-in name or the file path."""
     sha256: str = ""
@@ -78,6 +81,10 @@ class PrefixTemplate:
             "source": self.source,
             "sha256": self.sha256,
         }
+
+    def fit(self, ids):
+        """Prefix text token ids cut to the template's budget (``max_tokens``)."""
+        return ids if self.max_tokens is None or len(ids) <= self.max_tokens else ids[: self.max_tokens]
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -175,6 +182,9 @@ def _template_from_spec(spec: Any, path: Path, source: str, sha256: str) -> Pref
     display_scale = tuple(float(v) for v in spec.get("display_scale", (0, 10)))
     if len(display_scale) != 2 or not display_scale[0] < display_scale[1]:
         fail(f"'display_scale' must be [min, max] with min < max, got {spec.get('display_scale')!r}")
+    max_tokens = spec.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        fail(f"'max_tokens' must be a positive integer, got {max_tokens!r}")
     return PrefixTemplate(
         name=str(spec["name"]),
         version=spec["version"],
@@ -186,6 +196,7 @@ def _template_from_spec(spec: Any, path: Path, source: str, sha256: str) -> Pref
         axis_format=str(spec.get("axis_format", "{label} {score}")),
         axis_separator=str(spec.get("axis_separator", ", ")),
         axis_labels=dict(spec.get("axis_labels") or {}),
+        max_tokens=max_tokens,
         source=source,
         sha256=sha256,
     )
@@ -262,7 +273,7 @@ def prefix_token_ids(
     if template.kind == "none":
         return []
     text = render_prefix(template, feedback_or_level, thresholds)
-    return [tokenizer.feedback_open_id, *tokenizer.tokenize(text), tokenizer.feedback_close_id]
+    return [tokenizer.feedback_open_id, *template.fit(list(tokenizer.tokenize(text))), tokenizer.feedback_close_id]
 
 
 def feedback_for_level(

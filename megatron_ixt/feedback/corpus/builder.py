@@ -29,7 +29,8 @@ from typing import Any, Sequence
 
 from megatron_ixt.feedback.corpus.gsm import gsm_documents
 from megatron_ixt.feedback.corpus.humaneval import humaneval_documents
-from megatron_ixt.feedback.corpus.prose import prose_documents
+from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS
+from megatron_ixt.feedback.corpus.prose import DEGRADE_KINDS, prose_documents
 from megatron_ixt.feedback.corpus.stdlib_code import stdlib_documents
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,10 @@ class CorpusConfig:
     """Broken variants per HumanEval problem."""
     wrong_share: float = 0.5
     """Share of math problems that also get a wrong worked answer."""
-    degraded_share: float = 0.25
-    """Share of prose pieces that also get a degraded copy."""
+    flawed_share: float = 0.7
+    """Share of prose pieces replaced by a flawed version (flaws.py): most web text is imperfect."""
+    prose_flaws: tuple[str, ...] = FLAW_KINDS
+    """Kinds of prose flaw to draw from (flaws.FLAW_KINDS, or prose.DEGRADE_KINDS' junk)."""
     code_chunk_chars: int = 3000
     """Target size of a standard-library document."""
     prose_chunk_chars: int = 3000
@@ -70,6 +73,12 @@ class CorpusConfig:
             raise ValueError(f"--mix: unknown source(s) {sorted(unknown)}; choose from {', '.join(DEFAULT_MIX)}")
         if any(share < 0 for share in self.mix.values()) or sum(self.mix.values()) > 1:
             raise ValueError(f"--mix shares must be >= 0 and sum to at most 1, got {self.mix}")
+        unknown = set(self.prose_flaws) - set(FLAW_KINDS) - set(DEGRADE_KINDS)
+        if unknown:
+            raise ValueError(f"--prose-flaws: unknown kind(s) {sorted(unknown)}; choose from "
+                             f"{', '.join(FLAW_KINDS + DEGRADE_KINDS)}")
+        if not 0 <= self.flawed_share <= 1:
+            raise ValueError(f"--flawed-share must be in [0, 1], got {self.flawed_share}")
         if self.max_docs <= 0:
             raise ValueError(f"--max-docs must be positive, got {self.max_docs}")
 
@@ -86,7 +95,7 @@ def collect(config: CorpusConfig) -> list[dict[str, Any]]:
     docs += gsm_documents(rng("math"), quota.get("math", 0), wrong_share=config.wrong_share)
     docs += prose_documents(rng("prose"), quota.get("prose", 0), Path(config.cache_dir),
                             python_docs=config.python_docs, max_chars=config.prose_chunk_chars,
-                            degraded_share=config.degraded_share)
+                            flawed_share=config.flawed_share, flaws=tuple(config.prose_flaws))
     docs += stdlib_documents(rng("stdlib"), config.max_docs - len(docs), config.code_chunk_chars)
     logger.info("collected %d documents in %.1f s", len(docs), time.monotonic() - started)
     rng("order").shuffle(docs)
@@ -159,14 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not fetch the Python docs with apt (prose from pydoc topics only)")
     parser.add_argument("--broken-per-problem", type=int, default=2)
     parser.add_argument("--wrong-share", type=float, default=0.5)
-    parser.add_argument("--degraded-share", type=float, default=0.25)
+    parser.add_argument("--flawed-share", type=float, default=0.7,
+                        help="share of prose pieces replaced by a flawed version (default 0.7)")
+    parser.add_argument("--prose-flaws", default=",".join(FLAW_KINDS),
+                        help=f"comma-separated flaw kinds, from {', '.join(FLAW_KINDS + DEGRADE_KINDS)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = CorpusConfig(output=args.output, max_docs=args.max_docs, seed=args.seed, mix=args.mix,
                               cache_dir=args.cache_dir, python_docs=not args.no_python_docs,
                               broken_per_problem=args.broken_per_problem, wrong_share=args.wrong_share,
-                              degraded_share=args.degraded_share)
+                              flawed_share=args.flawed_share,
+                              prose_flaws=tuple(filter(None, args.prose_flaws.split(","))))
     except ValueError as error:
         parser.error(str(error))
     print(build_demo_corpus(config)["report"])

@@ -1,4 +1,4 @@
-"""English prose documents, and degraded copies of some of them.
+"""English prose documents, most of them with a flaw planted in them (``flaws.py``).
 
 Sources (both PSF-2.0):
 
@@ -11,8 +11,9 @@ Sources (both PSF-2.0):
 reStructuredText markup is lightly cleaned (directives, roles, link syntax, section
 underlines) so that the text reads like prose with code examples.
 
-Degraded copies (domain ``prose``, ``variant`` naming the kind) give the corpus the junk a
-web crawl holds, for the critics to find:
+Flawed documents (domain ``prose``, ``variant`` naming the kind) carry the flaws of
+``flaws.py`` (misspellings, swapped or dropped words, shuffled sentences, two pages
+spliced). The older, obvious junk kinds below (``degrade``) can still be asked for:
 
 - ``repeated_lines``: a sentence or two pasted many times over (spam);
 - ``keyword_list``: the text's content words as comma-separated tag lists (SEO stuffing);
@@ -30,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS, plant
 from megatron_ixt.feedback.documents import DOMAIN_PROSE
 from megatron_ixt.feedback.text_critic import STOP_WORDS
 
@@ -175,21 +177,38 @@ def degrade(text: str, kind: str, rng: random.Random) -> str:
 
 
 def prose_documents(rng: random.Random, limit: int, cache_dir: Path, python_docs: bool = True,
-                    max_chars: int = 4000, degraded_share: float = 0.25) -> Iterator[dict[str, Any]]:
-    """Up to ``limit`` prose documents; ``degraded_share`` of the pieces get a junk copy too."""
+                    max_chars: int = 4000, flawed_share: float = 0.7,
+                    flaws: tuple[str, ...] = FLAW_KINDS) -> Iterator[dict[str, Any]]:
+    """Up to ``limit`` prose documents. Each piece of a page appears once: as it is, or
+    (``flawed_share`` of them) with one flaw of a kind drawn from ``flaws`` (see flaws.py;
+    the old junk kinds of :func:`degrade` may be named too). A flawed piece has no clean
+    twin in the corpus, as on the web."""
     docs_dir = python_docs_dir(cache_dir) if python_docs else None
-    produced = 0
+    pieces = []
     for stem, text in _texts(docs_dir, rng):
         for index, piece in enumerate(chunk_paragraphs(text, max_chars)):
-            source = "python-docs" if "/pydocs/" in stem else "pydoc-topics"
-            docs = [{"id": f"{stem}#{index}", "domain": DOMAIN_PROSE, "text": piece,
-                     "source": source, "variant": "reference"}]
-            if rng.random() < degraded_share:
-                kind = rng.choice(DEGRADE_KINDS)
-                docs.append({"id": f"{stem}#{index}/{kind}", "domain": DOMAIN_PROSE,
-                             "text": degrade(piece, kind, rng), "source": source, "variant": kind})
-            for doc in docs:
-                if produced >= limit:
-                    return
-                produced += 1
-                yield doc
+            pieces.append((stem, index, piece))
+        if len(pieces) >= limit:
+            break
+    pieces = pieces[:limit]
+    for stem, index, piece in pieces:
+        source = "python-docs" if "/pydocs/" in stem else "pydoc-topics"
+        doc = {"id": f"{stem}#{index}", "domain": DOMAIN_PROSE, "text": piece, "source": source,
+               "variant": "reference"}
+        if flaws and rng.random() < flawed_share:
+            kind = rng.choice(flaws)
+            if kind in DEGRADE_KINDS:
+                text = degrade(piece, kind, rng)
+            elif kind == "spliced":
+                others = [p for p in pieces if p[0] != stem]
+                if not others:
+                    kind = None
+                else:
+                    other_stem, other_index, other = rng.choice(others)
+                    text = plant(piece, kind, rng, other)
+                    doc["spliced_with"] = f"{other_stem}#{other_index}"
+            else:
+                text = plant(piece, kind, rng)
+            if kind is not None and text != piece:
+                doc.update(id=f"{stem}#{index}/{kind}", text=text, variant=kind)
+        yield doc
