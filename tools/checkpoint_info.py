@@ -15,11 +15,6 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from megatron_ixt.training.checkpointing import PARTIAL_SUFFIX, checkpoint_name, read_tracker  # noqa: E402
-
 
 def folder_size(path: str) -> tuple[int, int]:
     files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
@@ -32,6 +27,11 @@ def main(argv=None) -> int:
     parser.add_argument("--iteration", type=int, help="inspect this iteration instead of the latest")
     parser.add_argument("--full-config", action="store_true", help="print every configuration field")
     args = parser.parse_args(argv)
+    # Imported only now: torch and megatron-core take seconds to import, `--help` needs neither.
+    import torch
+    import yaml
+
+    from megatron_ixt.training.checkpointing import PARTIAL_SUFFIX, checkpoint_name, read_tracker
 
     root = args.checkpoint_dir
     if not os.path.isdir(root):

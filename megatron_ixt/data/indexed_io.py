@@ -12,6 +12,9 @@ would (the tests check this against `add_document` and `add_index`), but keeps t
 as compact numpy chunks (4 bytes per sequence + 4 per document) instead of Python lists of
 numpy scalars, and copies each shard's `.bin` with `os.sendfile` (no pass through Python).
 Memory therefore grows only with the index arrays, never with the token data.
+
+Plain numpy, no megatron-core import: the data tools start in a fraction of a second (the
+dtype codes below are megatron-core's `DType`; tests/data/test_indexed_io.py checks them).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Optional
 
 import numpy as np
 
-from megatron.core.datasets.indexed_dataset import DType
-
 INDEX_HEADER = b"MMIDIDX\x00\x00"
+
+DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5,
+               np.float64: 6, np.float32: 7, np.uint16: 8}
+"""megatron-core's `indexed_dataset.DType`: numpy type -> code byte of the `.idx` header."""
 
 SIDE_FILE_SUFFIX = ".ixt.npy"
 META_FILE_SUFFIX = ".meta.json"
@@ -36,8 +41,16 @@ QUALITY_LEVEL_COLUMN = 1
 
 
 def token_dtype(vocab_size: int) -> type:
-    """The token dtype megatron-core picks: uint16 below 65500 tokens, else int32."""
-    return DType.optimal_dtype(vocab_size)
+    """The token dtype megatron-core picks (`DType.optimal_dtype`): uint16 below 65500
+    tokens, else (or for an unknown size) int32."""
+    if vocab_size is not None and vocab_size < 65500:
+        return np.uint16
+    return np.int32
+
+
+def dtype_code(dtype) -> int:
+    """The `.idx` header's code for `dtype`."""
+    return DTYPE_CODES[np.dtype(dtype).type]
 
 
 @dataclass
@@ -133,7 +146,7 @@ def write_index(
     with open(idx_path, "wb") as f:
         f.write(INDEX_HEADER)
         f.write(struct.pack("<Q", 1))
-        f.write(struct.pack("<B", DType.code_from_dtype(np.dtype(dtype).type)))
+        f.write(struct.pack("<B", dtype_code(dtype)))
         f.write(struct.pack("<Q", num_sequences))
         f.write(struct.pack("<Q", num_documents + 1))
         for chunk in length_chunks:

@@ -10,9 +10,9 @@ vocab_size=None)` returns one of:
 | `GPT2BPETokenizer`       | `vocab_file` (encoder.json) + `merge_file` (vocab.bpe) | `<|endoftext|>` |
 | `NullTokenizer`          | none; `vocab_size`                     | `vocab_size`              |
 
-Each subclasses megatron-core's legacy tokenizer base (`MegatronLegacyTokenizer`, the class
-that megatron-core 0.16's `GPTDataset` expects; older releases called it
-`MegatronTokenizer`) and adds `feedback_open_id` / `feedback_close_id` and a batched
+Each subclasses megatron-core's legacy tokenizer interface (`MegatronLegacyTokenizer`, the
+one megatron-core 0.16's `GPTDataset` expects; reproduced in `tokenizer_base` so that
+preprocessing never imports megatron-core) and adds `feedback_open_id` / `feedback_close_id` and a batched
 `tokenize_batch` used by preprocessing.
 
 Text ids are exactly those of megatron-core 0.16.1's own tokenizers (the ones Megatron-LM's
@@ -41,40 +41,20 @@ they are dropped from the added tokens); every other text encodes exactly as bef
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from megatron.core.datasets import megatron_tokenizer as _mcore_tokenizer
 from megatron_ixt.data.errors import TokenizerError
 from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-
-# megatron-core 0.16 renamed the legacy base class; accept either name.
-_MegatronBase = getattr(_mcore_tokenizer, "MegatronLegacyTokenizer", None) or getattr(
-    _mcore_tokenizer, "MegatronTokenizer"
-)
+# megatron-core's legacy tokenizer interface without importing megatron-core (start-up time).
+from megatron_ixt.data.tokenizer_base import LegacyTokenizerBase as _MegatronBase
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
-
-
-@contextlib.contextmanager
-def _quiet_legacy_warning():
-    # The base class logs "You're using the legacy tokenizer system, which is deprecated" on
-    # every construction; it is the base that megatron-core's GPTDataset works with, so the
-    # warning would only confuse users of this package.
-    logger = logging.getLogger(_mcore_tokenizer.__name__)
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
 
 
 def _sha256_of_files(paths: Sequence[str]) -> str:
@@ -92,8 +72,7 @@ class IXTTokenizer(_MegatronBase):
     tokenizer_type = "?"
 
     def __init__(self, *paths: str, **options):
-        with _quiet_legacy_warning():
-            super().__init__(*paths, **options)
+        super().__init__(*paths, **options)
         self._files: dict[str, str] = {}
         self._delimiter_ids: dict[str, Optional[int]] = {}
         self._delimiter_problem = ""

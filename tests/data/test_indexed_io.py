@@ -70,3 +70,16 @@ def test_writer_matches_builder(tmp_path, dtype):
     side = read_side_file(str(tmp_path / "ours"))
     assert side.shape == (len(dataset), 2) and side.dtype == np.int32
     np.testing.assert_array_equal(side, np.concatenate(sides))
+
+
+def test_dtype_table_is_megatron_cores():
+    """indexed_io reproduces megatron-core's DType without importing it (fast start-up)."""
+    from megatron.core.datasets.indexed_dataset import DType
+
+    from megatron_ixt.data.indexed_io import DTYPE_CODES, dtype_code, token_dtype
+
+    assert DTYPE_CODES == {getattr(np, d.name): d.value for d in DType}
+    for numpy_type in DTYPE_CODES:
+        assert dtype_code(numpy_type) == DType.code_from_dtype(numpy_type)
+    for size in (None, 0, 4000, 65499, 65500, 65536, 10**6):
+        assert token_dtype(size) == DType.optimal_dtype(size)
