@@ -12,12 +12,11 @@ setup_logging()
 
 import logging  # noqa: E402
 
-import torch  # noqa: E402
-
-from megatron_ixt.config import ConfigError, config_to_yaml, parse_config, validate  # noqa: E402
+from megatron_ixt.config import ConfigError, config_to_yaml, parse_config  # noqa: E402
 from megatron_ixt.data.errors import DataError  # noqa: E402
 from megatron_ixt.runtime.distributed import (  # noqa: E402
-    ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env, transformer_engine_available)
+    ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env)
+from megatron_ixt.runtime.kernels import validate_for_this_machine  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
     try:
         cfg, ns = parse_config(argv)
         world_size = resolve_launch_env()["world_size"]
-        validate(cfg, world_size, cuda=torch.cuda.is_available(), te_available=transformer_engine_available())
+        plan = validate_for_this_machine(cfg, world_size)
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code
@@ -39,8 +38,7 @@ def main(argv=None) -> int:
     from megatron_ixt.training.checkpointing import EXIT_CODE_PREEMPTED
     from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
-    logger.info("megatron_ixt: %s, transformer impl %s, %s", "CUDA" if torch.cuda.is_available() else "CPU",
-                cfg.model.transformer_impl, "bf16" if cfg.model.bf16 else "fp32")
+    logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp32", plan.describe())
     initialize_distributed(cfg)
     try:
         state = pretrain(cfg)

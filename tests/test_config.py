@@ -59,25 +59,18 @@ def _cfg(*flags) -> Config:
     (["--global-batch-size", 6], 2, False, False,
      r"--global-batch-size \(6\) is not divisible by --micro-batch-size \(2\) x data-parallel size \(2\)"),
     (["--sequence-parallel"], 1, False, False, r"--sequence-parallel needs --tensor-model-parallel-size > 1"),
-    (["--fp8-format", "hybrid", "--transformer-impl", "local"], 1, True, False, r"--fp8-format hybrid needs Transformer Engine: install"),
-    (["--transformer-impl", "transformer_engine"], 1, False, False, r"Transformer Engine is not importable"),
     (["--use-distributed-optimizer"], 2, False, False, r"--use-distributed-optimizer needs NCCL \(gloo has no reduce-scatter\)"),
     (["--lr-warmup-iters", 100], 1, False, False, r"warm-up \(100 iterations"),
 ])
 def test_validation_errors(flags, world, cuda, te, message):
     with pytest.raises(ConfigError, match=message):
-        validate(_cfg(*flags), world, cuda=cuda, te_available=te)
+        validate(_cfg(*flags), world, cuda=cuda)
 
 
 def test_valid_config_fills_derived_defaults():
     cfg = _cfg("--tensor-model-parallel-size", 2)
-    validate(cfg, 4, cuda=False, te_available=False)
+    validate(cfg, 4, cuda=False)
     assert cfg.training.global_batch_size == 8  # from the YAML
-    assert cfg.model.transformer_impl == "local"
-    cfg = _cfg()
-    cfg.model.transformer_impl = None
-    validate(cfg, 1, cuda=True, te_available=True)
-    assert cfg.model.transformer_impl == "transformer_engine"
 
 
 @pytest.mark.parametrize("args, env, message", [

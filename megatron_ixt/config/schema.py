@@ -50,6 +50,11 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = arg(128, "Pad the vocabulary to a multiple of this times TP size.")
     transformer_impl: Optional[str] = arg(None, "Layer implementation (default: transformer_engine when importable, else local).",
                                           choices=("transformer_engine", "local"))
+    attention_backend: str = arg(
+        "auto", "Attention kernel. auto: Transformer Engine's with TE layers, else the torch attention "
+        "(SDPA / FlexAttention); flash, fused, unfused: that Transformer Engine kernel; local: megatron-core's "
+        "unfused DotProductAttention (materialises [b, heads, s, s]); torch: the torch attention.",
+        choices=("auto", "flash", "fused", "unfused", "local", "torch"))
     bf16: bool = arg(False, "Train in BF16 mixed precision (fp32 master weights).")
     fp8_format: Optional[str] = arg(None, "FP8 format (needs Transformer Engine).", choices=("e4m3", "hybrid"), flag="fp8-format")
     fp8_recipe: str = arg("delayed", "FP8 scaling recipe.", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))

@@ -16,9 +16,11 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
     return world_size // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
 
 
-def validate(cfg: Config, world_size: int, *, cuda: bool, te_available: bool) -> None:
+def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
     """Raise :class:`ConfigError` on the first problem found; also fills derived defaults
-    (``global_batch_size``, ``num_query_groups``, ``transformer_impl``, ``lr_decay_iters``)."""
+    (``global_batch_size``, ``num_query_groups``, ``lr_decay_iters``). What depends on the
+    device beyond CUDA-or-not (Transformer Engine, attention kernels, FP8 against the compute
+    capability) is checked by ``megatron_ixt.runtime.kernels.plan_kernels``."""
     m, p, t, o = cfg.model, cfg.parallel, cfg.training, cfg.optimizer
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if tp < 1 or pp < 1:
@@ -67,17 +69,6 @@ def validate(cfg: Config, world_size: int, *, cuda: bool, te_available: bool) ->
                           "drop the flag on CPU")
     if o.overlap_param_gather and not o.use_distributed_optimizer:
         raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
-
-    if m.transformer_impl is None:
-        m.transformer_impl = "transformer_engine" if te_available else "local"
-    if m.transformer_impl == "transformer_engine" and not te_available:
-        raise ConfigError(f"--transformer-impl transformer_engine: Transformer Engine is not importable; {TE_INSTALL_HINT}, "
-                          "or pass --transformer-impl local")
-    if m.fp8_format is not None:
-        if not te_available:
-            raise ConfigError(f"--fp8-format {m.fp8_format} needs Transformer Engine: {TE_INSTALL_HINT}")
-        if m.transformer_impl != "transformer_engine":
-            raise ConfigError("--fp8-format needs --transformer-impl transformer_engine")
 
     if o.lr_decay_iters is None:
         o.lr_decay_iters = max(t.train_iters, 1)

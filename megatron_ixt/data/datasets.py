@@ -9,8 +9,9 @@ The pipeline, end to end:
    ``global_batch_size`` samples, each DP rank its own contiguous slice of each micro-batch.
    The position is ``consumed_samples``, so a resumed run continues exactly.
 3. ``micro_batches``: a DataLoader over that sampler yields dicts of tensors
-   (``tokens``, ``labels``, ``loss_mask``, ``position_ids``, optional ``attention_mask``
-   and, for IXT, ``prefix_mask``/``quality``).
+   (``tokens``, ``labels``, ``loss_mask``, ``position_ids`` and, for IXT, ``prefix_mask``,
+   ``text_mask``, ``orphan_mask``, ``token_level``). No attention mask: document boundaries
+   are recovered from the EOD tokens where a kernel needs them.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def gpt_dataset_config(cfg: Config, tokenizer, config_cls=GPTDatasetConfig, **ex
         reset_position_ids=d.reset_position_ids,
         reset_attention_mask=d.reset_attention_mask,
         eod_mask_loss=d.eod_mask_loss,
-        # The causal mask is implicit in the attention kernels; a materialised [s, s] mask is
-        # only needed when documents inside a sample must not see each other.
-        create_attention_mask=d.reset_attention_mask,
+        # Never an [s, s] mask in a batch: the training step derives document boundaries from
+        # the EOD tokens and gives the attention kernel the form it needs (runtime/kernels.py).
+        create_attention_mask=False,
         **extra,
     )
 

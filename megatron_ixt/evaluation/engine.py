@@ -131,12 +131,11 @@ class InferenceModel:
 
 def init_inference(cfg: Config):
     """Process groups and seeds for an inference tool (any launcher, any layout)."""
-    from megatron_ixt.config.validate import validate
-    from megatron_ixt.runtime.distributed import initialize_distributed, resolve_launch_env, transformer_engine_available
+    from megatron_ixt.runtime.distributed import initialize_distributed, resolve_launch_env
+    from megatron_ixt.runtime.kernels import validate_for_this_machine
 
     cfg.data.mock_data = cfg.data.mock_data or not cfg.data.data_path  # inference needs no training data
-    validate(cfg, resolve_launch_env()["world_size"], cuda=torch.cuda.is_available(),
-             te_available=transformer_engine_available())
+    validate_for_this_machine(cfg, resolve_launch_env()["world_size"])
     return initialize_distributed(cfg)
 
 

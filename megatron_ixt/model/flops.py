@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 
 from megatron_ixt.config.schema import Config
 
-# Dense peak TFLOP/s (no sparsity) by device-name substring: (bf16/fp16, fp8).
-_PEAK_TFLOPS = {
-    "H200": (989.0, 1979.0),
-    "H100": (989.0, 1979.0),
-    "A100": (312.0, None),
-    "L40S": (362.0, 733.0),
-    "A10G": (70.0, None),
+logger = logging.getLogger(__name__)
+
+# Dense peak TFLOP/s (no sparsity) by the exact name torch.cuda.get_device_name() reports:
+# (bf16/fp16, fp8). PCIe and NVL parts run at lower clocks and power than SXM ones, so a
+# substring match ("H100") would overstate their peak and understate MFU.
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": (989.0, 1979.0),   # SXM5
+    "NVIDIA H100 PCIe": (756.0, 1513.0),
+    "NVIDIA H100 NVL": (835.0, 1671.0),
+    "NVIDIA H200": (989.0, 1979.0),             # SXM
+    "NVIDIA H200 NVL": (835.0, 1671.0),
+    "NVIDIA GH200 480GB": (989.0, 1979.0),
+    "NVIDIA A100-SXM4-80GB": (312.0, None),
+    "NVIDIA A100-SXM4-40GB": (312.0, None),
+    "NVIDIA A100-PCIE-40GB": (312.0, None),
+    "NVIDIA A100 80GB PCIe": (312.0, None),
+    "NVIDIA L40S": (362.0, 733.0),
+    "NVIDIA A10G": (70.0, None),
+    "NVIDIA B200": (2250.0, 4500.0),
 }
 
 
@@ -39,15 +52,17 @@ def training_flops_per_iteration(cfg: Config, padded_vocab: int) -> float:
     return 3 * 2 * per_token * tokens
 
 
-def device_peak_tflops(cfg: Config) -> Optional[float]:
+def device_peak_tflops(cfg: Config, device_name: Optional[str] = None) -> Optional[float]:
     """Peak dense TFLOP/s of this GPU at the training precision; None on CPU or unknown GPUs
     (MFU is then not reported rather than guessed)."""
-    if not torch.cuda.is_available():
+    if device_name is None:
+        if not torch.cuda.is_available():
+            return None
+        device_name = torch.cuda.get_device_name()
+    if device_name not in PEAK_TFLOPS:
+        logger.info("no peak throughput known for %r: MFU is not reported", device_name)
         return None
-    name = torch.cuda.get_device_name()
-    for key, (bf16, fp8) in _PEAK_TFLOPS.items():
-        if key in name:
-            if cfg.model.fp8_format and fp8:
-                return fp8
-            return bf16 if cfg.model.bf16 else bf16 / 2  # TF32-ish fp32 peak is about half
-    return None
+    bf16, fp8 = PEAK_TFLOPS[device_name]
+    if cfg.model.fp8_format and fp8:
+        return fp8
+    return bf16 if cfg.model.bf16 else bf16 / 2  # TF32 tensor cores: half the BF16 peak

@@ -14,11 +14,17 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
-from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer import ModuleSpec, TransformerConfig
+from megatron.core.transformer.enums import AttnBackend, AttnMaskType
+from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 from megatron_ixt.config.schema import Config
+from megatron_ixt.model.attention import TorchCoreAttention
+from megatron_ixt.model.init import initialize_weights
 from megatron_ixt.model.norms import TorchNorm
+from megatron_ixt.runtime.distributed import virtual_pipeline_size
+from megatron_ixt.runtime.kernels import KernelPlan, kernel_plan
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +36,13 @@ def padded_vocab_size(vocab_size: int, cfg: Config) -> int:
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
-def transformer_config(cfg: Config) -> TransformerConfig:
+def transformer_config(cfg: Config, plan: Optional[KernelPlan] = None) -> TransformerConfig:
+    """megatron-core's TransformerConfig: the model shape from ``cfg``, every kernel choice
+    (fusions, attention backend) from the kernel plan."""
     m, p = cfg.model, cfg.parallel
-    cuda = torch.cuda.is_available()
+    plan = plan or kernel_plan(cfg)
     dtype = torch.bfloat16 if m.bf16 else torch.float32
-    vpp = None
-    if p.num_layers_per_virtual_pipeline_stage:
-        vpp = m.num_layers // p.pipeline_model_parallel_size // p.num_layers_per_virtual_pipeline_stage
+    vpp = virtual_pipeline_size(cfg)
     kwargs = dict(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -65,17 +71,21 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=m.bf16,
-        # Weights are initialised on the CPU on CPU runs only; on CUDA directly on the device.
-        use_cpu_initialization=not cuda,
+        # Allocated on the device; megatron_ixt.model.init draws every weight (layout-independent).
+        use_cpu_initialization=plan.device == "cpu",
+        perform_initialization=False,
         # Per-token loss: the schedule sums (loss * mask) and token counts over micro-batches
         # and data-parallel ranks, so every layout computes exactly the same mean.
         calculate_per_token_loss=True,
-        # Fused kernels (apex/TE/jit) are CUDA-only; megatron-core's unfused paths are the same math.
-        masked_softmax_fusion=cuda,
-        bias_activation_fusion=cuda and (m.swiglu or not m.disable_bias_linear),
-        bias_dropout_fusion=cuda,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        masked_softmax_fusion=plan.masked_softmax_fusion,
+        bias_activation_fusion=plan.bias_activation_fusion,
+        bias_dropout_fusion=plan.bias_dropout_fusion,
+        apply_rope_fusion=plan.apply_rope_fusion,
+        gradient_accumulation_fusion=plan.gradient_accumulation_fusion,
+        deallocate_pipeline_outputs=plan.deallocate_pipeline_outputs,
+        # Selects Transformer Engine's kernel (megatron-core sets NVTE_*_ATTN from it); the
+        # local spec's attention is chosen in _layer_spec.
+        attention_backend=AttnBackend[plan.te_attention_backend or "auto"],
         deterministic_mode=cfg.training.deterministic_mode,
     )
     if m.fp8_format is not None:
@@ -84,33 +94,52 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     return TransformerConfig(**kwargs)
 
 
-def _layer_spec(cfg: Config, config: TransformerConfig, vp_stage: Optional[int]):
+def _core_attention(plan: KernelPlan, layer: ModuleSpec) -> ModuleSpec:
+    """The layer spec with the plan's core attention: the torch attention (SDPA or
+    FlexAttention), or megatron-core's own (Transformer Engine's, or the unfused one).
+    The unfused one gets a ``padding`` mask type under document masks: with ``causal``,
+    apex's fused softmax applies its own triangle and ignores the mask."""
+    attention = layer.submodules.self_attention
+    if plan.attention in ("sdpa", "flex"):
+        core = ModuleSpec(module=TorchCoreAttention, params={"kernel": plan.attention})
+        attention = dataclasses.replace(attention, submodules=dataclasses.replace(attention.submodules, core_attention=core))
+    elif plan.attention == "unfused" and plan.document_masks == "dense":
+        attention = dataclasses.replace(attention, params={**attention.params, "attn_mask_type": AttnMaskType.padding})
+    return dataclasses.replace(layer, submodules=dataclasses.replace(layer.submodules, self_attention=attention))
+
+
+def _layer_spec(cfg: Config, plan: KernelPlan, config: TransformerConfig, vp_stage: Optional[int]):
     """The decoder block spec. Transformer Engine's spec fuses norms into its linears; the
     local spec is pure PyTorch, with sequence-parallel-aware norms (``model/norms.py``)."""
-    if cfg.model.transformer_impl == "transformer_engine":
+    if plan.transformer_impl == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return _core_attention(plan, get_gpt_layer_with_transformer_engine_spec())
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     layer = get_gpt_layer_local_spec(normalization=cfg.model.normalization)
     layer = dataclasses.replace(
         layer, submodules=dataclasses.replace(layer.submodules, input_layernorm=TorchNorm, pre_mlp_layernorm=TorchNorm)
     )
+    layer = _core_attention(plan, layer)
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchNorm)
 
 
-def build_model_chunks(cfg: Config, vocab_size: int) -> list[GPTModel]:
-    """One ``GPTModel`` per virtual pipeline stage on this rank, on the current device."""
-    config = transformer_config(cfg)
+def build_model_chunks(cfg: Config, vocab_size: int) -> list:
+    """One ``GPTModel`` per virtual pipeline stage on this rank, on the current device, with
+    layout-independent initial weights; under BF16 wrapped in megatron-core's
+    ``Float16Module``, as Megatron-LM's ``get_model`` does (every parameter, norms included,
+    in BF16; the last stage's output back in fp32)."""
+    plan = kernel_plan(cfg)
+    config = transformer_config(cfg, plan)
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
         model = GPTModel(
             config=config,
-            transformer_layer_spec=_layer_spec(cfg, config, stage),
+            transformer_layer_spec=_layer_spec(cfg, plan, config, stage),
             vocab_size=padded_vocab_size(vocab_size, cfg),
             max_sequence_length=cfg.model.max_position_embeddings or cfg.model.seq_length,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
@@ -121,9 +150,12 @@ def build_model_chunks(cfg: Config, vocab_size: int) -> list[GPTModel]:
             rotary_base=cfg.model.rotary_base,
             vp_stage=stage,
         )
-        if torch.cuda.is_available():
+        if plan.device == "cuda":
             model.cuda(torch.cuda.current_device())
         chunks.append(model)
+    initialize_weights(chunks, cfg.training.seed, vocab_size)
+    if cfg.model.bf16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
     return chunks
 
 

@@ -23,6 +23,10 @@ What it does, and nothing more:
    TP rank behave exactly as the CUDA tracker would.
 3. Gradient clipping by total norm: the same math as megatron-core's
    ``clip_grad_by_total_norm_fp32`` without its CUDA-tensor assertion.
+4. BF16 training: megatron-core's mixed-precision optimizer accepts only parameters whose
+   ``type()`` names a CUDA tensor. While it wraps the parameters, each CPU parameter answers
+   with the CUDA name of its dtype (an attribute on that parameter, removed right after);
+   the optimizer's math (fp32 main params, copies back to BF16) is device-agnostic.
 """
 
 from __future__ import annotations
@@ -203,6 +207,29 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
         torch._foreach_mul_(grads, clip_coeff)
 
 
+_CUDA_TYPE_NAMES = {torch.float32: "torch.cuda.FloatTensor", torch.float16: "torch.cuda.HalfTensor",
+                    torch.bfloat16: "torch.cuda.BFloat16Tensor"}
+
+
+def _accepting_cpu_params(init):
+    """Wrap ``Float16OptimizerWithFloat16Params.__init__`` so that it accepts CPU parameters."""
+
+    def wrapped(self, optimizer, *args, **kwargs):
+        shadowed = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.device.type == "cpu" and param.dtype in _CUDA_TYPE_NAMES:
+                    param.type = (lambda name: lambda *a, **k: name)(_CUDA_TYPE_NAMES[param.dtype])
+                    shadowed.append(param)
+        try:
+            init(self, optimizer, *args, **kwargs)
+        finally:
+            for param in shadowed:
+                del param.type
+
+    return wrapped
+
+
 def activate() -> None:
     """Make megatron-core runnable on CPU. Idempotent. Refuses to run when CUDA is in use,
     so that no CPU workaround can ever leak into a GPU run."""
@@ -229,6 +256,8 @@ def activate() -> None:
 
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    float16 = optimizer.Float16OptimizerWithFloat16Params
+    float16.__init__ = _accepting_cpu_params(float16.__init__)
 
     # Install the CPU tracker as *the* tracker; initialize_rng_tracker() then returns early.
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()

@@ -18,14 +18,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # ImportError, or a broken install (missing CUDA libraries)
-        return False
-    return True
-
-
 def first_slurm_host(nodelist: str) -> str:
     """First host of a SLURM hostlist: ``gpu[03-05,09],cpu1`` -> ``gpu03``."""
     head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
@@ -99,11 +91,24 @@ class ParallelLayout:
         return "\n".join(lines)
 
 
+def virtual_pipeline_size(cfg) -> Optional[int]:
+    """Model chunks per pipeline rank under the interleaved schedule (None without it)."""
+    p = cfg.parallel
+    if not p.num_layers_per_virtual_pipeline_stage:
+        return None
+    return cfg.model.num_layers // p.pipeline_model_parallel_size // p.num_layers_per_virtual_pipeline_stage
+
+
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch seeds, then megatron-core's model-parallel RNG streams
-    (needs the process groups: the TP stream differs per TP rank)."""
-    from megatron.core import tensor_parallel
+    (needs the process groups: the TP stream differs per TP rank).
 
+    As in Megatron-LM, each pipeline stage draws from its own streams (seed + 100 x stage),
+    so stages do not share dropout masks. Initial weights do not depend on these streams:
+    ``megatron_ixt.model.init`` draws them per parameter, the same at every layout."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -117,12 +122,15 @@ def initialize_distributed(cfg) -> ParallelLayout:
     compatibility layer (``megatron_ixt.runtime.cpu_compat``)."""
     from megatron.core import parallel_state
 
+    from megatron_ixt.runtime.kernels import apply_environment, kernel_plan
+
     launch = resolve_launch_env()
-    cuda = torch.cuda.is_available()
-    backend = cfg.parallel.distributed_backend or ("nccl" if cuda else "gloo")
-    if cuda:
+    plan = kernel_plan(cfg)
+    apply_environment(plan)  # before the first CUDA call
+    backend = plan.backend
+    if plan.device == "cuda":
         torch.cuda.set_device(launch["local_rank"] % torch.cuda.device_count())
-    else:
+    if plan.cpu_compat:
         from megatron_ixt.runtime import cpu_compat
 
         cpu_compat.activate()
@@ -134,13 +142,12 @@ def initialize_distributed(cfg) -> ParallelLayout:
             timeout=datetime.timedelta(minutes=cfg.parallel.distributed_timeout_minutes),
         )
     p = cfg.parallel
-    vpp = None
-    if p.num_layers_per_virtual_pipeline_stage:
-        vpp = cfg.model.num_layers // p.pipeline_model_parallel_size // p.num_layers_per_virtual_pipeline_stage
+    vpp = virtual_pipeline_size(cfg)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
+        distributed_timeout_minutes=p.distributed_timeout_minutes,
     )
     seed_everything(cfg.training.seed)
     layout = ParallelLayout(launch["world_size"], p.tensor_model_parallel_size, p.pipeline_model_parallel_size, vpp)

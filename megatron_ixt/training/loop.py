@@ -22,10 +22,11 @@ from megatron_ixt.data.datasets import build_datasets, micro_batches
 from megatron_ixt.data.tokenizers import build_tokenizer
 from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
+from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training import checkpointing
 from megatron_ixt.training.metrics import MetricsLogger
 from megatron_ixt.training.setup import build_ddp_model, build_optimizer
-from megatron_ixt.training.step import evaluate, train_step
+from megatron_ixt.training.step import StepContext, evaluate, train_step
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -79,6 +80,7 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
         peak_tflops=device_peak_tflops(cfg),
     )
     n_micro = num_microbatches(cfg)
+    ctx = StepContext.of(cfg, tokenizer.eod)
     saver = checkpointing.Saver(cfg)
     start_time = time.time()
     exit_reason = None
@@ -87,7 +89,7 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
     while state.iteration < cfg.training.train_iters:
         step_start = time.perf_counter()
         batch = [next(train_iter) for _ in range(n_micro)]
-        result = train_step(cfg, batch, model, optimizer, scheduler, iteration=state.iteration + 1)
+        result = train_step(cfg, ctx, batch, model, optimizer, scheduler, iteration=state.iteration + 1)
         result.step_ms = 1000 * (time.perf_counter() - step_start)
         state.iteration += 1
         state.consumed_train_samples += cfg.training.global_batch_size
@@ -95,26 +97,37 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
         saver.maybe_finalize_async()  # publishes a finished --async-save without waiting
         metrics.on_step(state.iteration, state.consumed_train_samples, result, scheduler.get_lr(optimizer.param_groups[0]))
 
-        if _due(state.iteration, cfg.training.eval_interval) and valid_ds is not None:
-            run_validation(cfg, model, valid_ds, state, metrics)
-        exit_reason = _exit_reason(cfg, state, start_time, saver)
-        if exit_reason is not None or _due(state.iteration, cfg.checkpoint.save_interval):
-            saver.save(model, optimizer, scheduler, state)
+        with metrics.paused():  # throughput counts training only, as Megatron-LM's timers
+            if _due(state.iteration, cfg.training.eval_interval) and valid_ds is not None:
+                run_validation(cfg, ctx, model, valid_ds, state, metrics)
+            exit_reason = _exit_reason(cfg, state, start_time, saver)
+            if exit_reason is not None or _due(state.iteration, cfg.checkpoint.save_interval):
+                save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
         if exit_reason is not None:
             break
 
     if exit_reason is None:
         if valid_ds is not None and cfg.training.eval_interval and not _due(state.iteration, cfg.training.eval_interval):
-            run_validation(cfg, model, valid_ds, state, metrics)
+            run_validation(cfg, ctx, model, valid_ds, state, metrics)
         if cfg.checkpoint.save and not _due(state.iteration, cfg.checkpoint.save_interval):
-            saver.save(model, optimizer, scheduler, state)
+            save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
     saver.finalize()
     metrics.close()
     state.history["exit_reason"] = exit_reason or "done"
     return state
 
 
-def run_validation(cfg: Config, model, valid_ds, state: TrainState, metrics: MetricsLogger) -> dict:
+def save_checkpoint(cfg: Config, saver, model, optimizer, scheduler, state: TrainState) -> None:
+    """With overlapped parameter all-gathers, the gather of the last step's update is still
+    pending (it normally overlaps the next forward): finish it first, or the checkpoint would
+    mix step N and step N-1 weights (Megatron-LM's ``force_param_sync``)."""
+    if cfg.optimizer.overlap_param_gather:
+        for chunk in model:
+            chunk.start_param_sync(force_sync=True)
+    saver.save(model, optimizer, scheduler, state)
+
+
+def run_validation(cfg: Config, ctx: StepContext, model, valid_ds, state: TrainState, metrics: MetricsLogger) -> dict:
     """``--eval-iters`` global batches from the validation split. Each evaluation continues
     where the previous one stopped (Megatron-LM's behaviour), wrapping around at the end."""
     n_micro = num_microbatches(cfg)
@@ -125,7 +138,7 @@ def run_validation(cfg: Config, model, valid_ds, state: TrainState, metrics: Met
         return {}
     start = state.consumed_valid_samples % (len(valid_ds) - samples + 1)
     batches = micro_batches(cfg, valid_ds, start)
-    totals = evaluate(cfg, batches, model, n_micro, samples // cfg.training.global_batch_size)
+    totals = evaluate(cfg, ctx, batches, model, n_micro, samples // cfg.training.global_batch_size)
     state.consumed_valid_samples += samples
     return metrics.on_eval(state.iteration, totals)
 
@@ -157,7 +170,7 @@ def _exit_reason(cfg: Config, state: TrainState, start_time: float, saver) -> st
     if t.exit_interval and state.iteration % t.exit_interval == 0:
         return "exit-interval"
     if t.exit_duration_in_mins is not None:
-        elapsed = torch.tensor([(time.time() - start_time) / 60.0])
+        elapsed = torch.tensor([(time.time() - start_time) / 60.0], device=current_device())  # NCCL: a CUDA tensor
         torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)  # all ranks agree
         if elapsed.item() > t.exit_duration_in_mins:
             return "exit-duration"

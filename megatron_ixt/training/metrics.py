@@ -6,6 +6,7 @@ Losses live on the last pipeline stage, so, as in Megatron-LM, the *last* rank l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -55,6 +56,16 @@ class MetricsLogger:
         self.steps = 0
         self.skipped = 0
         self.interval_start = time.perf_counter()
+        self.paused_seconds = 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (evaluation, checkpoint saves) is left out of ms/iter and tokens/s."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - start
 
     def record(self, fields: dict) -> None:
         """One JSON line (every iteration: tests and plots read these)."""
@@ -74,7 +85,9 @@ class MetricsLogger:
                      "step_ms": round(result.step_ms, 3), **losses})
         if iteration % self.cfg.logging.log_interval:
             return
-        elapsed = time.perf_counter() - self.interval_start
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the interval ends when its kernels have finished
+        elapsed = time.perf_counter() - self.interval_start - self.paused_seconds
         ms_per_iter = 1000 * elapsed / self.steps
         tokens_per_s = self.cfg.training.global_batch_size * self.cfg.model.seq_length * self.steps / elapsed
         tflops = self.flops_per_iteration / (ms_per_iter / 1000) / self.world_size / 1e12

@@ -16,9 +16,12 @@ from typing import Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.optimizer import optimizer as mcore_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.config.schema import Config
+from megatron_ixt.model.attention import attention_inputs
+from megatron_ixt.runtime.kernels import current_device, kernel_plan
 from megatron_ixt.training import faults
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
@@ -26,10 +29,6 @@ from megatron_ixt.training import faults
 # name in batch -> name in reports.
 REPORTED_MASKS = {"text_mask": "text loss", "prefix_mask": "prefix loss", "orphan_mask": "orphan text loss"}
 QUALITY_LEVELS = range(6)  # 0: not annotated, 1..5
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def loss_func(loss_mask: torch.Tensor, report_masks: dict, output_tensor: torch.Tensor):
@@ -46,18 +45,44 @@ def loss_func(loss_mask: torch.Tensor, report_masks: dict, output_tensor: torch.
     return loss, num_tokens, reports
 
 
-def forward_step(data_iterator: Iterator[dict], model):
-    """megatron-core's forward-step contract: run the model on the next micro-batch and
-    return ``(output, loss function)``. Middle pipeline stages take their input from the
-    previous stage; the token ids passed here are then unused."""
+@dataclass(frozen=True)
+class StepContext:
+    """What the forward step needs besides the batch: how document boundaries reach the
+    attention kernel (the kernel plan's ``document_masks``) and the EOD token that ends a
+    document."""
+
+    document_masks: str
+    eod: int
+
+    @staticmethod
+    def of(cfg: Config, eod: int) -> "StepContext":
+        return StepContext(kernel_plan(cfg).document_masks, eod)
+
+    @property
+    def packed(self) -> bool:
+        """Micro-batches are flattened to one THD sequence of ``b * s`` tokens."""
+        return self.document_masks == "packed"
+
+    def schedule_shape(self, cfg: Config) -> dict:
+        """The activation shape megatron-core's pipeline schedule sends between stages."""
+        b, s = cfg.training.micro_batch_size, cfg.model.seq_length
+        return {"seq_length": b * s, "micro_batch_size": 1} if self.packed else {"seq_length": s, "micro_batch_size": b}
+
+
+def forward_step(ctx: StepContext, data_iterator: Iterator[dict], model, poison: bool = False):
+    """megatron-core's forward-step contract (bind ``ctx`` with ``functools.partial``): run
+    the model on the next micro-batch and return ``(output, loss function)``. Middle pipeline
+    stages take their input from the previous stage; the token ids passed here are then
+    unused. Document boundaries come from the EOD tokens, in the form the kernel needs.
+    ``poison`` (fault injection) turns this rank's output into NaN before the backward pass."""
     batch = next(data_iterator)
-    device = _device()
+    device = current_device()
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
-    attention_mask = batch.get("attention_mask")
-    if attention_mask is not None:
-        attention_mask = attention_mask.to(device, non_blocking=True)
+    attention_mask, packed_seq_params = attention_inputs(tokens, ctx.eod, ctx.document_masks)
+    if packed_seq_params is not None:
+        tokens, labels, position_ids = (t.reshape(1, -1) for t in (tokens, labels, position_ids))
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     report_masks = {REPORTED_MASKS[k]: batch[k].to(device) for k in REPORTED_MASKS if k in batch}
     if "token_level" in batch and not model.training:
@@ -65,7 +90,9 @@ def forward_step(data_iterator: Iterator[dict], model):
         level, text = batch["token_level"].to(device), batch["text_mask"].to(device)
         for lvl in QUALITY_LEVELS:
             report_masks[f"text loss level {lvl}"] = (level == lvl).float() * text
-    output = model(tokens, position_ids, attention_mask, labels=labels)
+    output = model(tokens, position_ids, attention_mask, labels=labels, packed_seq_params=packed_seq_params)
+    if poison:
+        output = output * float("nan")
     return output, partial(loss_func, loss_mask, report_masks)
 
 
@@ -104,50 +131,57 @@ class StepResult:
     step_ms: float = 0.0  # wall time of the step including data loading (set by the loop)
 
 
-def _nonfinite_anywhere(totals: dict, model) -> bool:
-    """True on every rank if any rank saw a NaN/Inf loss or gradient: the decision to skip
-    must be collective, or ranks would diverge."""
-    bad = 0.0
-    if totals and not math.isfinite(float(totals["lm loss"][0])):
-        bad = 1.0
-    for chunk in model:
-        for buffer in chunk.buffers:
-            if not torch.isfinite(buffer.grad_data).all():
-                bad = 1.0
-    flag = torch.tensor([bad], device=_device())
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+def optimizer_step(optimizer) -> tuple[bool, float]:
+    """megatron-core's ``ChainedOptimizer.step`` with one addition: a non-finite global
+    gradient norm skips the update. The norm is the one the optimizer computes for clipping
+    anyway (reduced over the model-parallel group; gradients are already reduced over data
+    parallelism), so every rank takes the same decision with no extra scan of the gradients.
+    A NaN/Inf loss gives non-finite gradients, so it is caught here too."""
+    if optimizer.prepare_grads():  # an fp16 loss scaler found inf: megatron-core's own skip
+        return False, float("nan")
+    grad_norm = float(optimizer.get_grad_norm())
+    if not math.isfinite(grad_norm):
+        return False, grad_norm
+    for opt in optimizer.chained_optimizers:
+        if getattr(opt, "is_stub_optimizer", False) or opt.config.clip_grad <= 0.0 or not opt.get_parameters():
+            continue
+        # Looked up at call time: on CPU the compatibility layer replaces this function.
+        mcore_optimizer.clip_grad_by_total_norm_fp32(
+            opt.get_parameters(), max_norm=opt.config.clip_grad, total_norm=grad_norm,
+            use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return optimizer.step_with_ready_grads(), grad_norm
 
 
-def train_step(cfg: Config, micro_batches: list[dict], model, optimizer, scheduler, iteration: int = 0) -> StepResult:
+def train_step(cfg: Config, ctx: StepContext, micro_batches: list[dict], model, optimizer, scheduler,
+               iteration: int = 0) -> StepResult:
     """Forward and backward over all micro-batches of one global batch, then one optimizer
-    step (skipped, with grads dropped, if anything was non-finite). ``iteration`` is the
-    1-based number of this step (for fault injection in tests)."""
+    step (skipped if the gradient norm is non-finite). ``iteration`` is the 1-based number of
+    this step (for fault injection in tests)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     forward_backward = get_forward_backward_func()
+    # Fault injection: a NaN on one rank before the data-parallel reduction, as a real
+    # overflow would be; the reduction spreads it to every replica.
+    poison = faults.triggered("nan-grad", iteration, torch.distributed.get_rank())
     reports = forward_backward(
-        forward_step_func=forward_step,
+        forward_step_func=partial(forward_step, ctx, poison=poison),
         data_iterator=_iterators(micro_batches, len(model)),
         model=model,
         num_microbatches=len(micro_batches),
-        seq_length=cfg.model.seq_length,
-        micro_batch_size=cfg.training.micro_batch_size,
         forward_only=False,
+        **ctx.schedule_shape(cfg),
     )
     totals = sum_reports(reports)
-    if faults.triggered("nan-grad", iteration, torch.distributed.get_rank()):
-        model[0].buffers[0].grad_data.fill_(float("nan"))
-    if _nonfinite_anywhere(totals, model):
+    ok, grad_norm = optimizer_step(optimizer)
+    if not ok:
         return StepResult(totals, None, skipped=True)
-    ok, grad_norm, _ = optimizer.step()
     scheduler.step(increment=cfg.training.global_batch_size)
-    return StepResult(totals, grad_norm, skipped=not ok)
+    return StepResult(totals, grad_norm, skipped=False)
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, batches: Iterator[dict], model, num_microbatches: int, iters: int) -> dict:
+def evaluate(cfg: Config, ctx: StepContext, batches: Iterator[dict], model, num_microbatches: int, iters: int) -> dict:
     """Forward-only passes over ``iters`` global batches; summed ``[sum, count]`` reports."""
     for chunk in model:
         chunk.eval()
@@ -156,13 +190,12 @@ def evaluate(cfg: Config, batches: Iterator[dict], model, num_microbatches: int,
     for _ in range(iters):
         micro = [next(batches) for _ in range(num_microbatches)]
         reports = forward_backward(
-            forward_step_func=forward_step,
+            forward_step_func=partial(forward_step, ctx),
             data_iterator=_iterators(micro, len(model)),
             model=model,
             num_microbatches=num_microbatches,
-            seq_length=cfg.model.seq_length,
-            micro_batch_size=cfg.training.micro_batch_size,
             forward_only=True,
+            **ctx.schedule_shape(cfg),
         )
         for name, value in sum_reports(reports).items():
             totals[name] = totals.get(name, 0) + value

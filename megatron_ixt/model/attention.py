@@ -1,0 +1,189 @@
+"""Core attention without Transformer Engine, and how document boundaries reach a kernel.
+
+megatron-core's local ``DotProductAttention`` materialises ``[b, heads, s, s]`` scores and
+probabilities (about 36 GiB for the 1b preset at s=4096). :class:`TorchCoreAttention` is a
+drop-in for it in the layer spec that calls PyTorch's fused kernels instead:
+
+- no document masks: ``F.scaled_dot_product_attention(is_causal=True)`` (flash attention on
+  CUDA, a fused kernel on CPU); no mask exists anywhere;
+- document masks on CUDA: FlexAttention with a block-sparse document-causal mask, built once
+  per micro-batch from per-token document ids and shared by every layer;
+- document masks on CPU (FlexAttention has no CPU backward in torch 2.13), or with attention
+  dropout (FlexAttention has none): SDPA with a boolean ``[b, 1, s, s]`` mask, also built once
+  per micro-batch. SDPA does not build scores from it on CPU.
+
+Batches never carry an ``[s, s]`` mask: document boundaries travel as per-token document ids
+(:func:`document_ids`), and :func:`attention_inputs` turns them into what the planned kernel
+needs (``megatron_ixt.runtime.kernels`` decides which).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import divide
+
+
+def document_ids(tokens: torch.Tensor, eod: int) -> torch.Tensor:
+    """``[b, s]`` index of the document each token belongs to inside its sample; an EOD
+    token belongs to the document it ends (as megatron-core's ``reset_attention_mask``)."""
+    is_eod = (tokens == eod).to(torch.int32)
+    return torch.cumsum(is_eod, dim=1, dtype=torch.int32) - is_eod
+
+
+def document_causal_mask(ids: torch.Tensor) -> torch.Tensor:
+    """``[b, 1, s, s]`` boolean, True where query ``i`` may attend to key ``j``: ``j <= i``
+    inside the same document."""
+    s = ids.shape[-1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=ids.device).tril_()
+    return (ids.unsqueeze(2) == ids.unsqueeze(1)).logical_and_(causal).unsqueeze(1)
+
+
+def packed_sequence_params(ids: torch.Tensor) -> PackedSeqParams:
+    """megatron-core's THD ``PackedSeqParams`` for a ``[b, s]`` micro-batch flattened to one
+    sequence of ``b * s`` tokens: one packed sequence per document per sample."""
+    b, s = ids.shape
+    # Offset each sample's ids so that documents of consecutive samples never merge.
+    flat = (ids.to(torch.int64) + torch.arange(b, device=ids.device).unsqueeze(1) * (s + 1)).reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    cu_seqlens = torch.cat([starts.nonzero().view(-1), flat.new_tensor([b * s])]).to(torch.int32)
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())  # a host sync, as in Megatron-LM
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                           max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+
+
+def attention_inputs(tokens: torch.Tensor, eod: int, document_masks: str):
+    """``(attention_mask, packed_seq_params)`` for the model, per the plan's ``document_masks``:
+    ``none`` -> (None, None); ``ids`` -> (document ids, None) for :class:`TorchCoreAttention`;
+    ``dense`` -> (megatron-core's ``[b, 1, s, s]`` mask, True = masked, None);
+    ``packed`` -> (None, THD params; the caller flattens the micro-batch to ``[1, b * s]``)."""
+    if document_masks == "none":
+        return None, None
+    ids = document_ids(tokens, eod)
+    if document_masks == "ids":
+        return ids, None
+    if document_masks == "dense":
+        return ~document_causal_mask(ids), None
+    if document_masks == "packed":
+        return None, packed_sequence_params(ids)
+    raise ValueError(f"unknown document mask representation {document_masks!r}")
+
+
+_flex_attention = None
+
+
+def _flex_attention_for(device: torch.device):
+    """FlexAttention compiled to a fused kernel on CUDA. On CPU (tests only: the plan never
+    chooses FlexAttention there, it has no CPU backward) the eager version, same math."""
+    global _flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if _flex_attention is None:
+        _flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _flex_attention
+
+
+class _MaskCache:
+    """The mask of the current micro-batch, built from its document ids once and shared by
+    every layer (all layers receive the same ids tensor)."""
+
+    def __init__(self) -> None:
+        self.ids: Optional[torch.Tensor] = None
+        self.kind: Optional[str] = None
+        self.mask = None
+
+    def get(self, ids: torch.Tensor, kind: str):
+        if ids is not self.ids or kind != self.kind:
+            self.ids, self.kind = ids, kind
+            self.mask = _block_mask(ids) if kind == "flex" else document_causal_mask(ids)
+        return self.mask
+
+
+def _block_mask(ids: torch.Tensor):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (ids[b, q_idx] == ids[b, kv_idx])
+
+    b, s = ids.shape
+    return create_block_mask(document_causal, B=b, H=None, Q_LEN=s, KV_LEN=s, device=ids.device)
+
+
+_MASKS = _MaskCache()
+
+
+class TorchCoreAttention(MegatronModule):
+    """Core attention (softmax(QK^T / sqrt(d)) V, causal, GQA) on PyTorch's fused kernels,
+    with the constructor and forward signature of megatron-core's ``DotProductAttention``.
+
+    ``attention_mask`` may be None (causal), per-token document ids (``[b, s]`` integers)
+    or megatron-core's boolean ``[b, 1, s, s]`` mask (True = masked). ``kernel`` is the plan's
+    choice for document masks: ``flex`` (FlexAttention) or ``sdpa`` (SDPA with a boolean mask)."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
+                 cp_comm_type: Optional[str] = None, pg_collection=None, kernel: str = "sdpa") -> None:
+        super().__init__(config=config)
+        self.kernel = kernel
+        if config.context_parallel_size != 1:
+            raise ValueError("the torch attention has no context parallelism; use Transformer Engine")
+        if config.apply_query_key_layer_scaling:
+            raise ValueError("the torch attention does not implement apply_query_key_layer_scaling")
+        if config.softmax_type != "vanilla":
+            raise ValueError(f"the torch attention has no {config.softmax_type!r} softmax")
+        if pg_collection is not None:
+            tp = pg_collection.tp.size()
+        else:
+            from megatron.core import parallel_state
+
+            tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.heads = divide(config.num_attention_heads, tp)
+        self.groups = divide(config.num_query_groups or config.num_attention_heads, tp)
+        head_dim = divide(config.kv_channels * config.num_attention_heads, config.num_attention_heads)
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("the torch attention takes document ids, not packed sequences or an attention bias")
+        # [s, b, heads, d] -> [b, heads, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        gqa = self.heads != self.groups
+        dropout = self.dropout if self.training else 0.0
+        if attention_mask is not None and attention_mask.dtype != torch.bool and self.kernel == "flex":
+            if dropout:
+                raise ValueError("FlexAttention has no attention dropout")
+            block_mask = _MASKS.get(attention_mask, "flex")
+            out = _flex_attention_for(q.device)(q, k, v, block_mask=block_mask, scale=self.softmax_scale,
+                                                enable_gqa=gqa)
+        else:
+            if attention_mask is None:
+                mask, causal = None, True
+            elif attention_mask.dtype == torch.bool:
+                mask, causal = ~attention_mask, False  # megatron-core's convention: True = masked
+            else:
+                mask, causal = _MASKS.get(attention_mask, "dense"), False
+            with self._dropout_rng(dropout):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                                                     scale=self.softmax_scale, enable_gqa=gqa)
+        # [b, heads, s, d] -> [s, b, heads * d]
+        return out.permute(2, 0, 1, 3).reshape(out.shape[2], out.shape[0], -1)
+
+    def _dropout_rng(self, dropout: float):
+        """Attention dropout inside tensor-parallel regions draws from the tensor-parallel RNG
+        stream, as megatron-core's DotProductAttention does (not under sequence parallelism)."""
+        if dropout and not self.config.sequence_parallel:
+            return tensor_parallel.get_cuda_rng_tracker().fork()
+        return contextlib.nullcontext()
