@@ -134,8 +134,11 @@ def _restore_rng(state: dict) -> None:
 
 
 def _unwrap(chunk):
-    """The GPTModel inside a DDP wrapper (inference tools hold bare models)."""
-    return getattr(chunk, "module", chunk)
+    """The GPTModel inside its wrappers (DDP, then Float16Module under BF16; inference tools
+    may hold bare models)."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
 
 
 def _model_keys(model) -> list[str]:
@@ -296,6 +299,83 @@ def check_model_compatible(saved: dict, cfg: Config, where: str) -> None:
         raise ConfigError(f"{where} does not match the model configuration: " + "; ".join(diffs))
 
 
+def read_common_state(path: str) -> dict:
+    """The common (non-sharded) part of a checkpoint: ``common.pt``.
+
+    Megatron-LM's holds its argparse ``args`` namespace (and a few enums inside it), which
+    ``torch.load``'s safe unpickler refuses unless they are allow-listed; Megatron-LM
+    allow-lists the same ones when it loads its own checkpoints."""
+    import argparse
+
+    safe = [argparse.Namespace]
+    try:
+        from megatron.core.transformer.enums import AttnBackend, AttnMaskType
+
+        safe += [AttnBackend, AttnMaskType]
+    except ImportError:  # pragma: no cover - older megatron-core
+        pass
+    try:
+        with torch.serialization.safe_globals(safe):
+            return dist_checkpointing.load_common_state_dict(path)
+    except Exception as error:  # the unpickler raises UnpicklingError wrapped in several ways
+        if "common.pt" not in str(error) and "Unsupported global" not in str(error) and "weights_only" not in str(error):
+            raise
+        raise ConfigError(f"checkpoint {path}: cannot read common.pt safely ({str(error).splitlines()[0]})") from None
+
+
+def checkpoint_source(common: dict, path: str) -> str:
+    """'megatron_ixt' (this project, or converted from Hugging Face), or 'megatron-lm'."""
+    if "config" in common:
+        return "megatron_ixt"
+    if "args" in common:
+        return "megatron-lm"
+    raise ConfigError(f"checkpoint {path}: common.pt has neither this project's 'config' nor Megatron-LM's "
+                      f"'args' (keys: {', '.join(sorted(common))}): not a megatron_ixt or Megatron-LM checkpoint")
+
+
+def _resolved_shape(m: dict) -> dict:
+    """Model shape with the defaults filled in the way megatron-core fills them."""
+    heads = m["num_attention_heads"]
+    return {
+        "num_layers": m["num_layers"], "hidden_size": m["hidden_size"],
+        "ffn_hidden_size": m.get("ffn_hidden_size") or 4 * m["hidden_size"],
+        "num_attention_heads": heads,
+        "num_query_groups": (m.get("num_query_groups") or heads) if m.get("group_query_attention") else heads,
+        "kv_channels": m.get("kv_channels") or m["hidden_size"] // heads,
+        "swiglu": bool(m.get("swiglu")), "normalization": m.get("normalization", "LayerNorm"),
+        "position_embedding_type": m.get("position_embedding_type", "learned_absolute"),
+        "untie_embeddings_and_output_weights": bool(m.get("untie_embeddings_and_output_weights")),
+        "disable_bias_linear": bool(m.get("disable_bias_linear")),
+        "rotary_base": m.get("rotary_base", 10000), "rotary_percent": m.get("rotary_percent", 1.0),
+    }
+
+
+def check_megatron_lm_compatible(args, cfg: Config, path: str, finetune: bool) -> None:
+    """A checkpoint written by Megatron-LM (``args`` instead of ``config`` in common.pt):
+    its weights load under ``--finetune`` when the model shapes agree; otherwise the error
+    names every setting that differs, with Megatron-LM's flag names (the same as ours)."""
+    theirs = vars(args) if not isinstance(args, dict) else dict(args)
+    if "add_bias_linear" in theirs:
+        theirs["disable_bias_linear"] = not theirs["add_bias_linear"]
+    if theirs.get("position_embedding_type") is None and theirs.get("use_rotary_position_embeddings"):
+        theirs["position_embedding_type"] = "rope"
+    missing = [k for k in ("num_layers", "hidden_size", "num_attention_heads") if theirs.get(k) is None]
+    if missing:
+        raise ConfigError(f"checkpoint {path} (Megatron-LM) records no {', '.join(missing)} in its args")
+    saved, ours = _resolved_shape(theirs), _resolved_shape(cfg.to_dict()["model"])
+    diffs = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, configured {ours[k]!r}"
+             for k in saved if saved[k] != ours[k]]
+    if theirs.get("norm_epsilon") is not None and theirs["norm_epsilon"] != cfg.model.norm_epsilon:
+        logger.warning("checkpoint %s was trained with --norm-epsilon %s, this run uses %s",
+                       path, theirs["norm_epsilon"], cfg.model.norm_epsilon)
+    if diffs:
+        raise ConfigError(f"checkpoint {path} was written by Megatron-LM and does not match the model "
+                          "configuration: " + "; ".join(diffs))
+    if not finetune:
+        raise ConfigError(f"checkpoint {path} was written by Megatron-LM: load its weights with --finetune "
+                          "(its optimizer, scheduler and RNG states are Megatron-LM's, not this project's)")
+
+
 def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
     """Restore from ``--load`` into the already built model/optimizer/scheduler/state.
     Returns the loaded iteration, or None when starting from scratch."""
@@ -311,16 +391,26 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
         return None
     path = checkpoint_name(c.load, iteration)
     start = time.perf_counter()
-    common = dist_checkpointing.load_common_state_dict(path)
-    check_model_compatible(common["config"], cfg, f"checkpoint {path}")
-    if common["padded_vocab_size"] != _padded_vocab(model):
-        raise ConfigError(f"checkpoint {path} has a padded vocabulary of {common['padded_vocab_size']}, this run "
+    common = read_common_state(path)
+    source = checkpoint_source(common, path)
+    if source == "megatron-lm":
+        check_megatron_lm_compatible(common["args"], cfg, path, finetune=c.finetune)
+        padded = getattr(common["args"], "padded_vocab_size", None)
+    else:
+        check_model_compatible(common["config"], cfg, f"checkpoint {path}")
+        padded = common["padded_vocab_size"]
+    if padded is not None and padded != _padded_vocab(model):
+        raise ConfigError(f"checkpoint {path} has a padded vocabulary of {padded}, this run "
                           f"{_padded_vocab(model)}: check --vocab-size/--tokenizer-model and "
                           "--make-vocab-size-divisible-by (the padding is a multiple of it x TP size)")
-    same_layout = common["layout"] == _layout()
+    same_layout = common.get("layout") == _layout()
+    # Weights only: --finetune, a Megatron-LM checkpoint (loaded under --finetune only), or a
+    # checkpoint converted from Hugging Face (tools/convert_checkpoint.py --from hf), which
+    # has no optimizer, RNG or training state and starts counting at iteration 0.
+    weights_only = c.finetune or source != "megatron_ixt" or common.get("weights_only", False)
 
-    load_optim = not (c.no_load_optim or c.finetune)
-    load_rng = not (c.no_load_rng or c.finetune)
+    load_optim = not (c.no_load_optim or weights_only)
+    load_rng = not (c.no_load_rng or weights_only)
     if load_rng and not same_layout:
         logger.warning("checkpoint layout %s differs from this run's %s: RNG states are not restored",
                        common["layout"], _layout())
@@ -339,10 +429,11 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
         scheduler.load_state_dict(common["opt_param_scheduler"])
     if load_rng:
         _restore_rng(loaded["rng_state"])
-    if not c.finetune:
+    if not weights_only:
         for key, value in common["train_state"].items():
             setattr(state, key, value)
     torch.distributed.barrier()
-    logger.info("loaded checkpoint %s (iteration %d%s) in %.2f s", path, iteration,
-                ", weights only" if c.finetune else "", time.perf_counter() - start)
+    logger.info("loaded checkpoint %s (iteration %d%s%s) in %.2f s", path, iteration,
+                ", weights only" if weights_only else "",
+                "" if source == "megatron_ixt" else f", written by {source}", time.perf_counter() - start)
     return iteration
