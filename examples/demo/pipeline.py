@@ -22,11 +22,10 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The corpus of the demo and of examples/ixt_vs_baseline: crawl-like, with much junk. Every
-# prose piece also appears as a degraded copy (keyword list, repeated or truncated lines),
-# so that low quality levels are common enough for a small model to learn what they mean.
-CORPUS_MIX = "humaneval=0.15,math=0.1,prose=0.45"
-CORPUS_DEGRADED_SHARE = 1.0
+# The corpus of the demo and of examples/ixt_vs_baseline: mostly prose (Python docs), 70 % of
+# it with a planted flaw; HumanEval with two broken variants per problem; GSM8K-style math,
+# each problem with one wrong worked answer; standard-library code gets the rest (15 %).
+CORPUS_MIX = "humaneval=0.12,math=0.13,prose=0.6"
 
 
 class StageError(RuntimeError):

@@ -1,13 +1,16 @@
-"""Measurements of one run of the IXT-vs-baseline comparison, in one process (TP=1):
+"""Measurements of one training run, in one process (TP=1), for the demo and for
+examples/ixt_vs_baseline:
 
 1. held-out loss of every saved checkpoint on high-quality held-out documents (text tokens
-   only): the baseline without a prefix; IXT without a prefix and under the best prefix;
-   the control without a prefix and under its constant prefix;
-2. a task metric on the final checkpoints: continuations of held-out prompts, sampled
+   only), under the conditions of the run's kind: ``plain`` (no prefix: ``[eod] text``),
+   ``bos`` (``[eod] [bos] text``, the control trained with ``--prepend-bos``) and ``ixt``
+   (no prefix, the best and the worst feedback: each document's ``best_feedback`` /
+   ``worst_feedback``, or levels 5 and 1 with a quality template);
+2. a task metric on the final checkpoint: continuations of held-out prompts, sampled
    under each condition and judged by the project's critics (text critic for prose,
    python critic for code).
 
-    python examples/ixt_vs_baseline/measure.py --run ixt=CKPT_DIR \
+    python examples/ixt_vs_baseline/measure.py --run ixt=CKPT_DIR --kind ixt \
         --heldout heldout_hq.jsonl --prompts prompts.jsonl --template quality --output ixt.json
 
 One process (one core) loads every checkpoint of one run in turn: much cheaper than a
@@ -39,10 +42,9 @@ from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name  #
 from megatron_ixt.training.loop import tokenizer_from_config  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
-# Conditions measured per run, and the quality level of each prefix (None: no prefix). The
-# control was trained with "Quality: 3/5" on every document, so that is its own prefix.
-CONDITIONS = {"baseline": ("none",), "ixt": ("none", "best"), "control": ("none", "constant")}
-PREFIX_LEVEL = {"none": None, "best": 5, "constant": 3}
+# Conditions measured per kind of run. Every condition scores exactly the same text tokens.
+CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best", "worst")}
+TASK_CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best", "worst")}
 
 
 def saved_iterations(ckpt: Path) -> list[int]:
@@ -82,18 +84,29 @@ def text_loss(model, sequences: list[tuple[list[int], int]], batch_size: int = 1
     return total / count
 
 
-def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int) -> dict[str, list]:
-    """Per condition, ``[eod] prefix text`` for every document. The text window is the same
-    in every condition (cut so that the longest prefix still fits), so all conditions and
-    all models score exactly the same tokens, as tools/evaluate_conditioning.py does."""
-    prefixes = {cond: prefix_token_ids(tokenizer, template, level) if level else []
-                for cond, level in PREFIX_LEVEL.items()}
-    room = seq_length - max(len(p) for p in prefixes.values()) - 1
-    out: dict[str, list] = {cond: [] for cond in prefixes}
+def context_ids(tokenizer, template: str, doc: dict, condition: str) -> list[int]:
+    """What precedes the text under ``condition``, after the leading eod."""
+    if condition == "none":
+        return []
+    if condition == "bos":
+        return [tokenizer.bos]
+    feedback = doc.get(f"{condition}_feedback") or {"best": 5, "worst": 1}[condition]
+    return prefix_token_ids(tokenizer, template, feedback)
+
+
+def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int,
+                   conditions=("none", "bos", "best", "worst")) -> dict[str, list]:
+    """Per condition, ``[eod] context text`` for every document. The text window is the same
+    in every condition and every run (cut so that the longest context still fits), so all
+    conditions and all models score exactly the same tokens, as
+    tools/evaluate_conditioning.py does."""
+    out: dict[str, list] = {cond: [] for cond in conditions}
     for doc in docs:
+        contexts = {cond: context_ids(tokenizer, template, doc, cond) for cond in conditions}
+        room = seq_length - max(len(c) for c in contexts.values()) - 1
         text = list(tokenizer.tokenize(doc["text"]))[:room]
-        for cond, prefix in prefixes.items():
-            out[cond].append(([tokenizer.eod, *prefix, *text], 1 + len(prefix)))
+        for cond, context in contexts.items():
+            out[cond].append(([tokenizer.eod, *context, *text], 1 + len(context)))
     return out
 
 
@@ -155,12 +168,11 @@ def task_metric(model, tokenizer, prompts: list[dict], condition: str, template:
     # than 50 words, fewer than 3 sentences) would fail every 64-token sample alike.
     critics = {"python": build_critic("python"),
                "text": build_critic("text", skip_rules=("too_short", "few_sentences"))}
-    level = PREFIX_LEVEL[condition]
-    prefix = prefix_token_ids(tokenizer, template, level) if level else []
     contexts, meta = [], []
     for p in prompts:
         for _ in range(args.samples_per_prompt):
-            contexts.append([tokenizer.eod, *prefix, *tokenizer.tokenize(p["prompt"])])
+            contexts.append([tokenizer.eod, *context_ids(tokenizer, template, p, condition),
+                             *tokenizer.tokenize(p["prompt"])])
             meta.append(p)
     samples = sample_batch(model, tokenizer, contexts, args.gen_tokens, args.temperature, args.top_k, args.seed,
                            args.seq_length)
@@ -173,7 +185,7 @@ def task_metric(model, tokenizer, prompts: list[dict], condition: str, template:
         r["samples"] += 1
         r["accepted"] += verdict["accepted"]
         r["score_sum"] += verdict["score"]
-        judged.append({"kind": p["kind"], "prompt": p["prompt"], "output": text, **verdict})
+        judged.append({"kind": p["kind"], "prompt": p["prompt"], "id": p.get("id"), "output": text, **verdict})
     for critic in critics.values():
         critic.close()
     for r in results.values():
@@ -186,7 +198,8 @@ def task_metric(model, tokenizer, prompts: list[dict], condition: str, template:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="NAME=CHECKPOINT_DIR (names: ixt, baseline, control)")
+    parser.add_argument("--run", required=True, help="NAME=CHECKPOINT_DIR")
+    parser.add_argument("--kind", required=True, choices=sorted(CONDITIONS), help="what the run was trained on")
     parser.add_argument("--heldout", required=True, help="high-quality held-out documents (JSONL)")
     parser.add_argument("--prompts", help="task prompts (JSONL of {kind, prompt}); none: no task metric")
     parser.add_argument("--template", default="quality")
@@ -209,6 +222,7 @@ def main() -> int:
     init_inference(cfg)
     tokenizer = tokenizer_from_config(cfg)
     sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length)
+    conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]
     tokens_per_step = cfg.training.global_batch_size * cfg.model.seq_length
     result = {"documents": len(docs), "text_tokens": sum(len(s) - c for s, c in sequences["none"]),
               "tokens_per_step": tokens_per_step, "curves": {}, "task": {}}
@@ -223,13 +237,13 @@ def main() -> int:
                 cfg.checkpoint.load = checkpoint_view(ckpt, iteration, Path(views))
                 model = InferenceModel(cfg, tokenizer.vocab_size)
                 point = {"iteration": iteration, "tokens": iteration * tokens_per_step}
-                for cond in CONDITIONS[name]:
+                for cond in conditions:
                     point[cond] = text_loss(model, sequences[cond])
                 curve.append(point)
-                print(f"{name} iteration {iteration}: " + ", ".join(f"{c} {point[c]:.4f}" for c in CONDITIONS[name])
+                print(f"{name} iteration {iteration}: " + ", ".join(f"{c} {point[c]:.4f}" for c in conditions)
                       + f" ({time.time() - started:.1f} s)", flush=True)
                 if iteration == iterations[-1] and prompts:
-                    for cond in CONDITIONS[name]:
+                    for cond in task_conditions:
                         started = time.time()
                         task = task_metric(model, tokenizer, prompts, cond, args.template, args)
                         result["task"][f"{name}/{cond}"] = task

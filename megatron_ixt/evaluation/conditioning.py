@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from megatron_ixt.data.prefixes import feedback_for_level, prefix_token_ids
+from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
 
 CONDITIONS = ("none", "own", "best", "worst")
 BEST_CRITIQUE = "Excellent: correct, clear, idiomatic and well documented; dense with useful content."
@@ -71,9 +71,15 @@ class ConditioningResult:
         return json.dumps({"summary": self.summary(), "documents": self.per_document}, indent=1)
 
 
-def condition_prefixes(tokenizer, template: str, feedback: Optional[dict], thresholds=None) -> dict[str, list[int]]:
-    """Token ids of the prefix for each condition (``own`` only for annotated documents)."""
-    if template == "critique":
+def condition_prefixes(tokenizer, template: str, feedback: Optional[dict], thresholds=None,
+                       best_worst: Optional[tuple[dict, dict]] = None) -> dict[str, list[int]]:
+    """Token ids of the prefix for each condition (``own`` only for annotated documents).
+    ``best_worst``: the document's own best and worst feedback (an input line's
+    ``best_feedback``/``worst_feedback``, e.g. the best and worst critiques the critics
+    wrote for training documents of its domain) instead of the generic ones below."""
+    if best_worst is not None:
+        best, worst = best_worst
+    elif load_template(template).kind == "critique":
         best = feedback_for_level(5, critique=BEST_CRITIQUE)
         worst = feedback_for_level(1, critique=WORST_CRITIQUE)
     else:
@@ -94,7 +100,8 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
     jobs = []  # (document row, condition, tokens, number of context tokens)
     for i, doc in enumerate(documents):
         feedback = doc.get("feedback")
-        prefixes = condition_prefixes(tokenizer, template, feedback, thresholds)
+        targets = (doc["best_feedback"], doc["worst_feedback"]) if "best_feedback" in doc else None
+        prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, targets)
         room = seq_length - max(len(p) for p in prefixes.values()) - 1
         text = list(tokenizer.tokenize(doc["text"]))[:room]
         if len(text) < 2:

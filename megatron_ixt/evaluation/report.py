@@ -1,18 +1,19 @@
-"""The demo's report: ``report.md`` and PNG plots from what the demo's stages wrote.
+"""The demo's report: ``report.md``, ``results.json`` and ``plots/*.png`` from a demo output
+folder (``examples/demo/run_demo.py``), re-renderable on its own:
 
     python -m megatron_ixt.evaluation.report outputs/demo
 
-Reads, from the output folder of ``examples/demo/run_demo.py``:
+It leads with the fair comparison: the compute-efficiency ratio of IXT under its best
+feedback against the *better* of two references (plain training, and plain training with
+a beginning-of-document token), per seed. The ratio is the number of training tokens the
+reference needs to reach IXT's held-out loss on good documents, divided by IXT's tokens,
+read off the reference's measured curve by linear interpolation between checkpoints and
+never extrapolated: when the reference never gets that low, the ratio is only known to
+exceed (reference budget / IXT's tokens) and is shown as "> x".
 
-    metrics.jsonl        one JSON line per training step; validation rows carry "split"
-    conditioning.json    tools/evaluate_conditioning.py: "summary" and "documents"
-    generations.json     [{kind, prompt, feedback, level, prefix, output}, ...]
-    stages.json          [{stage, seconds, note}, ...] (wall time per stage)
-    demo.json            the demo's settings, held-out split and parallel layouts
-    data/annotated.jsonl the corpus with the critics' feedback (for the data table)
-
-and writes ``report.md`` and ``plots/{loss_curves,level_losses,conditioning}.png``.
-Only the inputs that exist are reported on (the report of a failed run still renders).
+Two IXT checkpoints are compared, fixed before any run: the final one (the whole budget)
+and the one at half the budget, the latest point at which a ratio of up to 2x can be
+measured without extrapolation.
 """
 
 from __future__ import annotations
@@ -20,321 +21,340 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 
-CONDITIONS = ("none", "own", "best", "worst")
-# Level colours from bad (red) to good (green), dark enough to read on white.
-LEVEL_COLORS = {1: "#c0392b", 2: "#e67e22", 3: "#b7950b", 4: "#7cb342", 5: "#1e8449"}
-CONDITION_HELP = {"none": "no prefix", "own": "the document's own feedback",
-                  "best": "best feedback (level 5)", "worst": "worst feedback (level 1)"}
+REFERENCES = {"plain": "none", "bos": "bos"}  # run kind -> the condition its loss is read under
+KIND_LABELS = {"plain": "plain", "bos": "plain + BOS token (control)", "ixt": "IXT"}
 
 
-# --- inputs -------------------------------------------------------------------------------
-
-def read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """(training rows, validation rows) of a --log-file."""
-    train, valid = [], []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                (valid if row.get("split") == "validation" else train).append(row)
-    return train, valid
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def quality_level(feedback: Optional[dict]) -> int:
-    from megatron_ixt.data.levels import quality_level as level
+def tokens_to_reach(curve: list[dict], key: str, target: float) -> tuple[Optional[float], str]:
+    """Tokens at which ``curve`` (points with ``tokens`` and ``key``) first gets down to
+    ``target``, interpolated linearly between checkpoints. ("<=", tokens) when the first
+    checkpoint is already there (an upper bound); (None, "not reached") when it never is."""
+    if not curve:
+        return None, "no curve"
+    if curve[0][key] <= target:
+        return float(curve[0]["tokens"]), "<="
+    for a, b in zip(curve, curve[1:]):
+        if b[key] <= target:
+            frac = (a[key] - target) / (a[key] - b[key])
+            return a["tokens"] + frac * (b["tokens"] - a["tokens"]), "="
+    return None, "not reached"
 
-    return level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
-def corpus_table(annotated: Path) -> list[dict]:
-    """Per source and variant: documents, mean score, documents per level."""
-    groups: dict = defaultdict(list)
-    if annotated.exists():
-        for line in annotated.read_text(encoding="utf-8").splitlines():
-            doc = json.loads(line)
-            groups[(doc.get("source", doc.get("domain", "?")), doc.get("variant", "-"))].append(doc.get("feedback"))
+def load_runs(out: Path) -> dict[str, dict]:
+    """run name -> its measurement (curves, task), with ``kind`` and ``seed`` parsed."""
+    runs = {}
+    for path in sorted((out / "measurements").glob("*.json")):
+        data = json.loads(path.read_text())
+        name = path.stem
+        kind, _, seed = name.rpartition("_s")
+        runs[name] = {"kind": kind, "seed": int(seed), "curve": data["curves"][name],
+                      "task": data.get("task", {}), "tokens_per_step": data["tokens_per_step"]}
+    return runs
+
+
+def ratio_rows(runs: dict[str, dict], ixt_key: str, references=REFERENCES) -> list[dict]:
+    """Per seed and IXT checkpoint: the ratio against each reference and the better one."""
     rows = []
-    for (source, variant), feedbacks in sorted(groups.items()):
-        levels = Counter(quality_level(f) for f in feedbacks)
-        scores = [f["score"] for f in feedbacks if f]
-        rows.append({"source": source, "variant": variant, "documents": len(feedbacks),
-                     "mean_score": sum(scores) / len(scores) if scores else math.nan,
-                     "levels": [levels.get(k, 0) for k in range(1, 6)]})
+    for name, run in sorted(runs.items()):
+        if run["kind"] != "ixt":
+            continue
+        refs = {kind: r for r in runs.values() for kind in [r["kind"]]
+                if kind in references and r["seed"] == run["seed"]}
+        for point in run["curve"]:
+            row = {"seed": run["seed"], "iteration": point["iteration"], "tokens": point["tokens"],
+                   "ixt_loss": point[ixt_key], "refs": {}}
+            for kind, ref in sorted(refs.items()):
+                needed, how = tokens_to_reach(ref["curve"], references[kind], point[ixt_key])
+                budget = ref["curve"][-1]["tokens"] if ref["curve"] else 0
+                row["refs"][kind] = {"tokens": needed, "how": how, "final_loss": ref["curve"][-1][references[kind]],
+                                     "ratio": needed / point["tokens"] if needed is not None else None,
+                                     "lower_bound": budget / point["tokens"] if needed is None else None}
+            # The better reference reaches the loss with fewer tokens (never: infinitely many).
+            better = min(row["refs"], key=lambda k: (row["refs"][k]["tokens"] is None,
+                                                     row["refs"][k]["tokens"] or 0), default=None)
+            row["better"] = better
+            rows.append(row)
     return rows
 
 
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average (TensorBoard's smoothing), bias-corrected at the start."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight ** i))
+def fmt_ratio(ref: dict) -> str:
+    if ref["ratio"] is not None:
+        return ("<=" if ref["how"] == "<=" else "") + f"{ref['ratio']:.2f}x"
+    return f"> {ref['lower_bound']:.2f}x (not reached)"
+
+
+def headline_points(rows: list[dict], train_iters: int) -> dict[str, list[dict]]:
+    """The rows at the final checkpoint and at half the budget (fixed in advance)."""
+    out: dict[str, list[dict]] = {"final": [], "half": []}
+    for seed in sorted({r["seed"] for r in rows}):
+        mine = [r for r in rows if r["seed"] == seed]
+        out["final"].append(max(mine, key=lambda r: r["iteration"]))
+        halves = [r for r in mine if r["iteration"] <= train_iters // 2]
+        if halves:
+            out["half"].append(max(halves, key=lambda r: r["iteration"]))
     return out
 
 
-def tail_mean(rows: list[dict], key: str, n: int = 25) -> float:
-    values = [r[key] for r in rows[-n:] if key in r]
-    return sum(values) / len(values) if values else math.nan
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    mean = sum(values) / len(values)
+    return f"{mean:.2f}x (seeds: {', '.join(f'{v:.2f}' for v in values)}; range {min(values):.2f}-{max(values):.2f})"
 
 
-# --- plots --------------------------------------------------------------------------------
+def task_table(runs: dict[str, dict]) -> list[dict]:
+    """Accepted share of prose continuations per (kind, condition), pooled over seeds."""
+    pooled: dict[tuple[str, str], list[int]] = {}
+    for run in runs.values():
+        for key, task in run["task"].items():
+            cond = key.rsplit("/", 1)[1]
+            prose = task["by_kind"].get("prose")
+            if prose:
+                acc = pooled.setdefault((run["kind"], cond), [0, 0])
+                acc[0] += prose["accepted"]
+                acc[1] += prose["samples"]
+    rows = []
+    for (kind, cond), (accepted, n) in sorted(pooled.items()):
+        low, high = wilson(accepted, n)
+        rows.append({"kind": kind, "condition": cond, "accepted": accepted, "samples": n,
+                     "share": accepted / n if n else math.nan, "ci95": [low, high]})
+    return rows
 
-def _pyplot():
+
+def gap_by_flaw(out: Path) -> list[dict]:
+    """Conditioning gap (worst - best, token-weighted) on held-out documents, by variant."""
+    path = out / "conditioning.json"
+    if not path.exists():
+        return []
+    docs = json.loads(path.read_text())["documents"]
+    variant = {str(d.get("id")): d.get("variant", "reference") for d in _read_jsonl(out / "data" / "heldout_eval.jsonl")}
+    groups: dict[str, list[dict]] = {}
+    for d in docs:
+        if "best" not in d["loss"] or "worst" not in d["loss"]:
+            continue
+        v = variant.get(str(d["id"]), "?")
+        groups.setdefault(f"{d.get('domain')}/{v}", []).append(d)
+        if d.get("level", 0) >= 4:
+            groups.setdefault("ALL good (level 4-5)", []).append(d)
+        groups.setdefault("ALL held-out", []).append(d)
+    rows = []
+    for name, items in sorted(groups.items(), key=lambda kv: (not kv[0].startswith("ALL"), kv[0])):
+        tokens = sum(d["tokens"] for d in items)
+        gap = sum((d["loss"]["worst"] - d["loss"]["best"]) * d["tokens"] for d in items) / tokens
+        own = sum((d["loss"]["own"] - d["loss"]["none"]) * d["tokens"] for d in items if "own" in d["loss"]) / tokens
+        rows.append({"group": name, "documents": len(items), "tokens": tokens, "gap": gap,
+                     "share_best_below_worst": sum(d["loss"]["best"] < d["loss"]["worst"] for d in items) / len(items),
+                     "own_minus_none": own})
+    return rows
+
+
+def critic_levels(out: Path) -> list[dict]:
+    """How the critics leveled each source/variant of the corpus (the builder set none)."""
+    from megatron_ixt.data.levels import quality_level
+
+    table: dict[str, list[int]] = {}
+    for doc in _read_jsonl(out / "data" / "annotated.jsonl"):
+        fb = doc.get("feedback") or {}
+        if fb.get("score") is None:
+            continue
+        key = f"{doc.get('domain')}/{doc.get('variant', 'reference')}"
+        table.setdefault(key, [0] * 5)[quality_level(fb["score"], tuple(fb.get("scale", (0, 10)))) - 1] += 1
+    return [{"group": k, "levels": v} for k, v in sorted(table.items())]
+
+
+def plot_curves(runs: dict[str, dict], path: Path) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")  # no display: write files only
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def plot_loss_curves(train: list[dict], valid: list[dict], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    its = [r["iteration"] for r in train]
-    for key, color in (("text loss", "C0"), ("prefix loss", "C1")):
-        values = [r.get(key, math.nan) for r in train]
-        ax.plot(its, values, color=color, alpha=0.2, linewidth=0.8)
-        ax.plot(its, smooth(values), color=color, label=f"train {key} (smoothed)")
-    if valid:
-        ax.plot([r["iteration"] for r in valid], [r["text loss"] for r in valid], "o-", color="C3",
-                label="validation text loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Training and validation loss")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {("plain", "none"): ("tab:gray", "plain"), ("bos", "bos"): ("tab:blue", "plain + BOS (control)"),
+              ("ixt", "best"): ("tab:red", "IXT, best feedback"), ("ixt", "none"): ("tab:orange", "IXT, no prefix")}
+    for (kind, key), (color, label) in styles.items():
+        mine = [r for r in runs.values() if r["kind"] == kind]
+        for i, run in enumerate(sorted(mine, key=lambda r: r["seed"])):
+            xs = [p["tokens"] / 1e6 for p in run["curve"]]
+            ys = [p[key] for p in run["curve"]]
+            ax.plot(xs, ys, color=color, marker="o", markersize=3, alpha=0.9 if i == 0 else 0.5,
+                    linestyle="-" if i == 0 else "--", label=f"{label} (seed {run['seed']})")
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("held-out loss, good documents (nats/token)")
+    ax.set_title("Loss vs tokens: plain, plain + BOS, IXT")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gaps(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
+    ax.barh([r["group"] for r in rows], [r["gap"] for r in rows], color="tab:red")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("worst - best feedback, nats/token (positive: the model uses its feedback)")
+    ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_level_losses(valid: list[dict], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for level in range(1, 6):
-        key = f"text loss level {level}"
-        points = [(r["iteration"], r[key]) for r in valid if key in r]
-        if points:
-            ax.plot(*zip(*points), "o-", color=LEVEL_COLORS[level], label=f"level {level}")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("validation text loss (nats/token)")
-    ax.set_title("Validation text loss by the documents' quality level")
-    ax.grid(alpha=0.3)
-    ax.legend(title="critics' level")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def gap_by(documents: list[dict], key: str) -> dict:
-    """Mean (worst - best) per value of ``key`` ("level" or "domain"), token-weighted."""
-    sums: dict = defaultdict(lambda: [0.0, 0, 0])
-    for d in documents:
-        if "best" in d["loss"] and "worst" in d["loss"]:
-            s = sums[d.get(key) or "-"]
-            s[0] += (d["loss"]["worst"] - d["loss"]["best"]) * d["tokens"]
-            s[1] += d["tokens"]
-            s[2] += 1
-    return {k: {"gap": v[0] / v[1], "documents": v[2]} for k, v in sorted(sums.items(), key=lambda kv: str(kv[0]))}
-
-
-def matched_gaps(documents: list[dict]) -> dict:
-    """The gap in the direction the document's own level predicts: on good documents
-    (level 4-5) the best prefix should win (worst - best > 0), on poor ones (level 1-2) the
-    worst prefix should (best - worst > 0). The overall worst - best mixes both and can
-    cancel out; these two cannot."""
-    out = {}
-    for name, levels, sign in (("good", (4, 5), 1), ("poor", (1, 2), -1)):
-        rows = [d for d in documents if d.get("level") in levels and "best" in d["loss"] and "worst" in d["loss"]]
-        tokens = sum(d["tokens"] for d in rows)
-        gap = sum(sign * (d["loss"]["worst"] - d["loss"]["best"]) * d["tokens"] for d in rows) / tokens \
-            if tokens else math.nan
-        wins = sum(sign * (d["loss"]["worst"] - d["loss"]["best"]) > 0 for d in rows)
-        out[name] = {"documents": len(rows), "gap": gap, "share": wins / len(rows) if rows else math.nan}
-    return out
-
-
-def plot_conditioning(summary: dict, documents: list[dict], path: Path) -> None:
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 1.3]})
-    losses = [summary[c]["loss"] for c in CONDITIONS]
-    bars = left.bar(CONDITIONS, losses, color=["0.6", "C0", "C2", "C3"])
-    for bar, value in zip(bars, losses):
-        left.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom")
-    finite = [v for v in losses if math.isfinite(v)]
-    if finite:
-        spread = max(finite) - min(finite)
-        left.set_ylim(min(finite) - max(3 * spread, 0.05), max(finite) + max(spread, 0.02))
-    left.set_ylabel("held-out text loss (nats/token)")
-    left.set_title(f"Same text, four prefixes\ngap worst - best = {summary['gap_worst_minus_best']:+.3f}")
-    by_level = gap_by(documents, "level")
-    names = [f"L{k}\n({v['documents']})" if k != "-" else f"none\n({v['documents']})" for k, v in by_level.items()]
-    gaps = [v["gap"] for v in by_level.values()]
-    right.bar(names, gaps, color=[LEVEL_COLORS.get(k, "0.6") for k in by_level])
-    right.axhline(0, color="black", linewidth=0.8)
-    right.set_ylabel("worst - best (nats/token)")
-    right.set_xlabel("held-out documents by their own quality level (count)")
-    right.set_title("Conditioning gap by document level")
-    for ax in (left, right):
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# --- report -------------------------------------------------------------------------------
-
-def _f(value, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
-
-
-def _section_stages(stages: list[dict]) -> list[str]:
-    total = sum(s["seconds"] for s in stages)
-    lines = ["## Stages and wall time", "", "| stage | wall time | result |", "|---|---:|---|"]
-    lines += [f"| {s['stage']} | {s['seconds']:.1f} s | {s['note']} |" for s in stages]
-    lines += [f"| **total** (before this report) | **{total:.0f} s** ({total / 60:.1f} min) | |", ""]
-    return lines
-
-
-def _section_data(rows: list[dict], demo: dict) -> list[str]:
-    split = demo.get("split", {})
-    lines = ["## Data: what the critics said", "",
-             f"{sum(r['documents'] for r in rows)} documents; {split.get('train', '?')} for training, "
-             f"{split.get('held_out', '?')} held out (whole groups: a program with its broken variants, a "
-             "source file with all its chunks). The corpus builder only *makes* broken variants; the "
-             "critics decide what is wrong (tests for code, the reference answer for math, rule-based "
-             "signals for prose).", "",
-             "| source | variant | documents | mean score /10 | level 1 / 2 / 3 / 4 / 5 |",
-             "|---|---|---:|---:|---|"]
-    lines += [f"| {r['source']} | {r['variant']} | {r['documents']} | {_f(r['mean_score'], 1)} | "
-              f"{' / '.join(map(str, r['levels']))} |" for r in rows]
-    return lines + [""]
-
-
-def _section_training(train: list[dict], valid: list[dict], settings: dict) -> list[str]:
-    last = train[-1] if train else {}
-    tokens = last.get("consumed_samples", 0) * settings.get("seq_length", 0)
-    lines = ["## Training", "",
-             f"{last.get('iteration', 0)} steps, {tokens / 1e6:.2f}M tokens seen (16 sequences x "
-             f"{settings.get('seq_length', '?')} tokens per step). Mean of the last 25 steps: "
-             f"lm loss {_f(tail_mean(train, 'lm loss'))}, text loss {_f(tail_mean(train, 'text loss'))}, "
-             f"prefix loss {_f(tail_mean(train, 'prefix loss'))} nats/token.", "",
-             "![loss curves](plots/loss_curves.png)", ""]
-    if valid:
-        v = valid[-1]
-        levels = [k for k in range(1, 6) if f"text loss level {k}" in v]
-        lines += [f"Validation at step {v['iteration']} (documents of the 5% validation split of the training "
-                  "data, each under its own prefix):", "",
-                  "| lm loss | text loss | " + " | ".join(f"level {k}" for k in levels) + " |",
-                  "|---:|---:|" + "---:|" * len(levels),
-                  f"| {_f(v['lm loss'])} | {_f(v['text loss'])} | "
-                  + " | ".join(_f(v[f"text loss level {k}"]) for k in levels) + " |", "",
-                  "![text loss by level](plots/level_losses.png)", "",
-                  "Levels differ in *content*, not only in quality (level 1 holds keyword lists and repeated "
-                  "lines, which are easy to predict once seen), so this plot shows what each level's text "
-                  "costs, not the effect of the prefix; the next section isolates that.", ""]
-    return lines
-
-
-def _section_conditioning(cond: dict, demo: dict) -> list[str]:
-    s, docs = cond["summary"], cond["documents"]
-    lines = ["## Conditioning: does the model use its feedback?", "",
-             f"Each of {s['documents']} held-out documents (never trained on) is scored four times: the loss "
-             "of exactly the same text tokens after four different prefixes. The checkpoint trained at "
-             f"{demo.get('layouts', {}).get('train', 'TP=2')} is loaded at "
-             f"{demo.get('layouts', {}).get('evaluate', 'PP=2')} (megatron-core reshards it).", "",
-             "| condition | prefix | documents | text loss |", "|---|---|---:|---:|"]
-    lines += [f"| {c} | {CONDITION_HELP[c]} | {s[c]['documents']} | {_f(s[c]['loss'], 4)} |" for c in CONDITIONS]
-    lines += ["", f"**Conditioning gap (worst - best): {s['gap_worst_minus_best']:+.4f} nats/token**; the best "
-              f"prefix gives the lower loss on {100 * s['share_best_below_worst']:.0f}% of the documents. "
-              "A positive gap means the model has learned that the prefix predicts what follows.", "",
-              "![conditioning](plots/conditioning.png)", ""]
-    m = matched_gaps(docs)
-    lines += ["The overall gap mixes documents on which the best prefix should win with documents on which the "
-              "worst should (a keyword list *is* level-1 text). Split by the critics' level of each held-out "
-              "document, the prefix that matches the document's level should give the lower loss:", "",
-              "| held-out documents | documents | matching prefix lowers the loss by | documents where it does |",
-              "|---|---:|---:|---:|",
-              f"| level 4-5 (worst - best) | {m['good']['documents']} | {_f(m['good']['gap'], 4)} | "
-              f"{_f(100 * m['good']['share'], 0)}% |",
-              f"| level 1-2 (best - worst) | {m['poor']['documents']} | {_f(m['poor']['gap'], 4)} | "
-              f"{_f(100 * m['poor']['share'], 0)}% |", ""]
-    by_domain = gap_by(docs, "domain")
-    if by_domain:
-        lines += ["| domain | documents | gap worst - best |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v['documents']} | {v['gap']:+.4f} |" for k, v in by_domain.items()]
-        lines.append("")
-    own = s.get("own_minus_none_by_level") or {}
-    if own:
-        lines += ["Own feedback minus no prefix, by the document's level (negative: its true feedback "
-                  "helps): " + ", ".join(f"L{k} {v:+.3f}" for k, v in own.items()), ""]
-    return lines
-
-
-def _section_generations(generations: list[dict]) -> list[str]:
-    lines = ["## Generations under the best and the worst feedback", "",
-             "Same prompt, same seed, same sampling (top-k 20, temperature 0.8); only the prefix differs. "
-             "The delimiter tokens are blocked, so the model cannot write a prefix of its own.", ""]
-    for g in generations:
-        lines += [f"**{g['kind']}, {g['feedback']} feedback** (`{g['prefix']}`), prompt `{g['prompt']!r}`:", "",
-                  "```", (g["prompt"] + g["output"]).replace("```", "'''"), "```", ""]
-    return lines
-
-
-def write_report(out_dir: Path) -> list[Path]:
-    """Render ``report.md`` and the plots into ``out_dir``; returns the files written."""
-    out_dir = Path(out_dir)
-    plots = out_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    train, valid = read_metrics(out_dir / "metrics.jsonl")
-    cond = read_json(out_dir / "conditioning.json")
-    generations = read_json(out_dir / "generations.json") or []
-    stages = read_json(out_dir / "stages.json") or []
-    demo = read_json(out_dir / "demo.json") or {}
+def write_report(out: Path) -> list[Path]:
+    out = Path(out)
+    demo = json.loads((out / "demo.json").read_text()) if (out / "demo.json").exists() else {"settings": {}}
     settings = demo.get("settings", {})
-    written = []
+    stages = json.loads((out / "stages.json").read_text()) if (out / "stages.json").exists() else []
+    runs = load_runs(out)
+    train_iters = int(settings.get("train_iters") or max((p["iteration"] for r in runs.values() for p in r["curve"]),
+                                                         default=0))
+    best_rows = ratio_rows(runs, "best")
+    none_rows = ratio_rows(runs, "none", references={"plain": "none"})
+    heads = headline_points(best_rows, train_iters)
+    heads_none = headline_points(none_rows, train_iters)
+    task = task_table(runs)
+    gaps = gap_by_flaw(out)
+    levels = critic_levels(out)
+    files = [out / "report.md", out / "results.json", out / "plots" / "loss_vs_tokens.png"]
+    if runs:
+        plot_curves(runs, files[2])
+    if gaps:
+        files.append(out / "plots" / "gap_by_flaw.png")
+        plot_gaps(gaps, files[3])
 
-    lines = ["# IXT demo report", "",
-             "Introspective Training on a CPU: documents are critiqued by offline critics, and a small GPT "
-             "is trained on `[feedback prefix] + [document]` "
-             f"(template `{settings.get('template', 'quality')}`"
-             f"{', quick budget' if demo.get('quick') else ''}). See docs/demo.md for how to read this.", ""]
-    if cond:
-        s = cond["summary"]
-        lines += ["**Headline.** "
-                  f"Final training text loss {_f(tail_mean(train, 'text loss'))} nats/token; held-out text loss "
-                  f"{_f(s['none']['loss'])} with no prefix, {_f(s['best']['loss'])} under the best and "
-                  f"{_f(s['worst']['loss'])} under the worst feedback: a conditioning gap of "
-                  f"**{s['gap_worst_minus_best']:+.3f} nats/token** (best < worst on "
-                  f"{100 * s['share_best_below_worst']:.0f}% of documents). Split by the documents' own level, "
-                  f"the matching prefix lowers the loss by {_f(matched_gaps(cond['documents'])['good']['gap'])} on "
-                  f"level 4-5 and {_f(matched_gaps(cond['documents'])['poor']['gap'])} nats/token on level 1-2 "
-                  "documents.", ""]
-    lines += _section_stages(stages) if stages else []
-    lines += _section_data(corpus_table(out_dir / "data" / "annotated.jsonl"), demo)
-    if train:
-        plot_loss_curves(train, valid, plots / "loss_curves.png")
-        plot_level_losses(valid, plots / "level_losses.png")
-        written += [plots / "loss_curves.png", plots / "level_losses.png"]
-        lines += _section_training(train, valid, settings)
-    if cond:
-        plot_conditioning(cond["summary"], cond["documents"], plots / "conditioning.png")
-        written.append(plots / "conditioning.png")
-        lines += _section_conditioning(cond, demo)
-    if generations:
-        lines += _section_generations(generations)
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return [report, *written]
+    def better_ratio(row: dict) -> Optional[float]:
+        return row["refs"][row["better"]]["ratio"] if row.get("better") else None
+
+    lines = ["# IXT demo report", ""]
+    # -- headline -------------------------------------------------------------------------
+    lines += ["## Headline: IXT against the better of two references", "",
+              "Compute-efficiency ratio = training tokens the reference needs to reach IXT's held-out loss on "
+              "good documents (critics' level 4-5; IXT read under its best feedback) / IXT's tokens. "
+              "Measured on each reference's curve, never extrapolated (\"> x\": the reference never got there "
+              "within its budget). References: plain next-token training, and the same with a "
+              "beginning-of-document token (the control: a constant start that carries no information).", ""]
+    lines += ["| IXT checkpoint | seed | IXT tokens | IXT loss (best feedback) | vs plain | vs plain + BOS | "
+              "better reference | ratio vs better |", "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for label, key in (("half budget", "half"), ("final", "final")):
+        for row in heads[key]:
+            refs = row["refs"]
+            lines.append(f"| {label} (step {row['iteration']}) | {row['seed']} | {row['tokens'] / 1e6:.2f}M | "
+                         f"{row['ixt_loss']:.4f} | {fmt_ratio(refs['plain']) if 'plain' in refs else 'n/a'} | "
+                         f"{fmt_ratio(refs['bos']) if 'bos' in refs else 'n/a'} | {row['better']} | "
+                         f"{fmt_ratio(refs[row['better']]) if row['better'] else 'n/a'} |")
+    summary = {}
+    for key in ("half", "final"):
+        values = [better_ratio(r) for r in heads[key]]
+        measured = [v for v in values if v is not None]
+        summary[key] = {"ratios": values, "text": spread(measured) if len(measured) == len(values) else
+                        f"not measurable on {len(values) - len(measured)} of {len(values)} seeds "
+                        f"(reference never reached IXT's loss); measured: {spread(measured)}"}
+    lines += ["", f"**Fair ratio at half the budget: {summary['half']['text']}.** "
+                  f"At the final checkpoint: {summary['final']['text']}.", ""]
+    headline = f"headline: fair ratio {summary['half']['text']} at half budget; final {summary['final']['text']}"
+    lines += ["![loss vs tokens](plots/loss_vs_tokens.png)", ""]
+    # -- IXT without a prefix vs plain ----------------------------------------------------
+    lines += ["### IXT without a prefix against plain training", "",
+              "The same text, no prefix for either model: what training on feedback did to the unconditional model.",
+              "", "| IXT checkpoint | seed | IXT loss (no prefix) | plain's final loss | ratio vs plain |",
+              "|---|---:|---:|---:|---:|"]
+    for label, key in (("half budget", "half"), ("final", "final")):
+        for row in heads_none[key]:
+            ref = row["refs"].get("plain")
+            if ref:
+                lines.append(f"| {label} (step {row['iteration']}) | {row['seed']} | {row['ixt_loss']:.4f} | "
+                             f"{ref['final_loss']:.4f} | {fmt_ratio(ref)} |")
+    # -- curves table ---------------------------------------------------------------------
+    lines += ["", "Held-out loss on good documents at every checkpoint (nats/token):", "",
+              "| run | " + " | ".join(f"step {p['iteration']}" for p in next(iter(runs.values()))["curve"]) + " |"
+              if runs else "", "|---|" + "---:|" * (len(next(iter(runs.values()))["curve"]) if runs else 0)]
+    for name, run in sorted(runs.items()):
+        keys = ["best", "none", "worst"] if run["kind"] == "ixt" else [REFERENCES[run["kind"]]]
+        for key in keys:
+            lines.append(f"| {name} ({key}) | " + " | ".join(f"{p[key]:.4f}" for p in run["curve"]) + " |")
+    # -- task metric ----------------------------------------------------------------------
+    lines += ["", "## Task metric: the critics judge sampled continuations", "",
+              "Continuations of held-out good prose (first 8 words as the prompt, "
+              f"{settings.get('gen_tokens', '?')} tokens, top-k 40, temperature 0.8), judged by the text critic "
+              "without its two length rules; accepted = level 4-5 (score >= 6/10). Pooled over seeds; "
+              "95 % Wilson intervals.", "", "| run | condition | accepted | share | 95 % CI |",
+              "|---|---|---:|---:|---|"]
+    for r in task:
+        lines.append(f"| {KIND_LABELS.get(r['kind'], r['kind'])} | {r['condition']} | {r['accepted']}/{r['samples']} | "
+                     f"{r['share']:.1%} | {r['ci95'][0]:.1%}-{r['ci95'][1]:.1%} |")
+    # -- conditioning by flaw type --------------------------------------------------------
+    if gaps:
+        lines += ["", "## Conditioning gap by flaw type", "",
+                  f"Loss of the same held-out text under the worst and the best feedback of its domain "
+                  f"(critiques the critics wrote for training documents), {runs and 'seed ' + str(min(r['seed'] for r in runs.values()))}'s "
+                  "IXT model, measured at PP=2 (tools/evaluate_conditioning.py). Positive gap: better feedback "
+                  "makes the text more likely.", "",
+                  "| documents | n | tokens | gap worst - best (nats/token) | best < worst | own - none |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in gaps:
+            lines.append(f"| {r['group']} | {r['documents']} | {r['tokens']} | {r['gap']:+.4f} | "
+                         f"{r['share_best_below_worst']:.0%} | {r['own_minus_none']:+.4f} |")
+        lines += ["", "![gap by flaw type](plots/gap_by_flaw.png)"]
+    # -- generations ----------------------------------------------------------------------
+    ixt_runs = sorted((r for r in runs.values() if r["kind"] == "ixt"), key=lambda r: r["seed"])
+    if ixt_runs and ixt_runs[0]["task"]:
+        task0 = ixt_runs[0]["task"]
+        best = task0.get(f"ixt_s{ixt_runs[0]['seed']}/best", {}).get("samples", [])
+        worst = task0.get(f"ixt_s{ixt_runs[0]['seed']}/worst", {}).get("samples", [])
+        lines += ["", "## Generations under the best and the worst feedback", "",
+                  f"Seed {ixt_runs[0]['seed']}'s IXT model, same prompt and sampling seed; the prefix is the only "
+                  "difference. The critic's verdict follows each sample.", ""]
+        for b, w in list(zip(best, worst))[:4]:
+            lines += [f"**Prompt**: `{b['prompt'].strip()}`", "",
+                      f"- best feedback (score {b['score']:.1f}, {'accepted' if b['accepted'] else 'rejected'}): "
+                      f"{b['output'].strip()[:400]!r}",
+                      f"- worst feedback (score {w['score']:.1f}, {'accepted' if w['accepted'] else 'rejected'}): "
+                      f"{w['output'].strip()[:400]!r}", ""]
+    # -- data -----------------------------------------------------------------------------
+    if levels:
+        lines += ["## Data: the critics' levels by source and planted flaw", "",
+                  "The builder plants flaws; the critics alone set every level.", "",
+                  "| domain/variant | L1 | L2 | L3 | L4 | L5 |", "|---|---:|---:|---:|---:|---:|"]
+        for r in levels:
+            lines.append(f"| {r['group']} | " + " | ".join(map(str, r["levels"])) + " |")
+    if stages:
+        total = sum(s["seconds"] for s in stages)
+        lines += ["", "## Stages and wall time", "", "| stage | seconds | result |", "|---|---:|---|"]
+        lines += [f"| {s['stage']} | {s['seconds']:.1f} | {s.get('note', '')} |" for s in stages]
+        lines += [f"| **total** | **{total:.0f}** | |"]
+    lines += ["", "## Settings", "", "```", json.dumps(settings, indent=1), "```", ""]
+    files[0].write_text("\n".join(lines), encoding="utf-8")
+    files[1].write_text(json.dumps({"headline": summary, "ratio_rows_best": best_rows, "ratio_rows_none": none_rows,
+                                    "task": task, "gap_by_flaw": gaps, "critic_levels": levels}, indent=1) + "\n")
+    print(headline)
+    print(f"wrote {', '.join(str(f.relative_to(out)) for f in files)}")
+    return files
 
 
 def main(argv=None) -> int:
@@ -342,13 +362,7 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print("usage: python -m megatron_ixt.evaluation.report OUTPUT_DIR", file=sys.stderr)
         return 2
-    out_dir = Path(argv[0])
-    if not (out_dir / "metrics.jsonl").exists() and not (out_dir / "conditioning.json").exists():
-        print(f"report: error: {out_dir} holds neither metrics.jsonl nor conditioning.json "
-              "(not the output folder of examples/demo/run_demo.py?)", file=sys.stderr)
-        return 1
-    files = write_report(out_dir)
-    print(f"wrote {', '.join(str(p.relative_to(out_dir)) for p in files)}")
+    write_report(Path(argv[0]))
     return 0
 
 

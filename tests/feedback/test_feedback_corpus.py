@@ -125,3 +125,26 @@ def test_command_line(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "build_demo_corpus.py"), "--output",
                           str(tmp_path / "d.jsonl"), "--mix", "wiki=0.5"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown source" in bad.stderr
+
+
+def test_most_prose_is_flawed_and_each_piece_appears_once(small_corpus):
+    from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS
+
+    config, _ = small_corpus
+    prose = [json.loads(line) for line in config.output.read_text().splitlines()
+             if json.loads(line)["domain"] == "prose"]
+    variants = Counter(d["variant"] for d in prose)
+    assert set(variants) - {"reference"} <= set(FLAW_KINDS)
+    flawed = sum(n for v, n in variants.items() if v != "reference") / len(prose)
+    assert 0.5 < flawed < 0.85, variants  # --flawed-share 0.7 (a shuffle that changes nothing stays clean)
+    pieces = [d["id"].split("/", 3)[:3] + [d["id"].rsplit("#", 1)[-1].split("/")[0]] for d in prose]
+    assert len({tuple(p) for p in pieces}) == len(prose)  # no clean twin next to a flawed piece
+    assert all(d.get("spliced_with") and d["spliced_with"] != d["id"].split("/spliced")[0]
+               for d in prose if d["variant"] == "spliced")
+
+
+def test_flaw_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="unknown kind"):
+        CorpusConfig(output=tmp_path / "x.jsonl", prose_flaws=("typos",))
+    with pytest.raises(ValueError, match="flawed-share"):
+        CorpusConfig(output=tmp_path / "x.jsonl", flawed_share=1.5)

@@ -168,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not fetch the Python docs with apt (prose from pydoc topics only)")
     parser.add_argument("--broken-per-problem", type=int, default=2)
     parser.add_argument("--wrong-share", type=float, default=0.5)
+    parser.add_argument("--prose-chunk-chars", type=int, default=3000, help="target size of a prose document")
     parser.add_argument("--flawed-share", type=float, default=0.7,
                         help="share of prose pieces replaced by a flawed version (default 0.7)")
     parser.add_argument("--prose-flaws", default=",".join(FLAW_KINDS),
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = CorpusConfig(output=args.output, max_docs=args.max_docs, seed=args.seed, mix=args.mix,
                               cache_dir=args.cache_dir, python_docs=not args.no_python_docs,
                               broken_per_problem=args.broken_per_problem, wrong_share=args.wrong_share,
-                              flawed_share=args.flawed_share,
+                              flawed_share=args.flawed_share, prose_chunk_chars=args.prose_chunk_chars,
                               prose_flaws=tuple(filter(None, args.prose_flaws.split(","))))
     except ValueError as error:
         parser.error(str(error))
