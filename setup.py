@@ -15,6 +15,7 @@ setup(
         "sentencepiece>=0.2",
         "tokenizers>=0.20",
         "numpy",
+        "numba>=0.60",  # compiled index builds of the IXT dataset (megatron_ixt/data/packing.py)
         "pyyaml",
         "psutil",
         "tensorboard",
