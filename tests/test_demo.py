@@ -1,9 +1,9 @@
 """The demo driver (examples/demo/run_demo.py) end to end with its --quick budget, and its
-pieces (held-out split, failure reporting, the report) on their own.
+pieces (held-out split, failure reporting, the ratio arithmetic, the report) on their own.
 
-The end-to-end test runs every real stage (corpus, critics, tokenizer, preprocessing,
-torchrun training at TP=2, evaluation at PP=2, generation at TP=1, report): about 1.5
-minutes on two busy cores."""
+The end-to-end test runs every real stage (corpus, critics, tokenizer, three preprocessings,
+six trainings side by side, measurements, evaluation at PP=2, report): about 4 minutes on
+two busy cores."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from conftest import REPO, _env
 sys.path.insert(0, str(REPO / "examples" / "demo"))
 
 import pipeline  # noqa: E402
-import run_demo  # noqa: E402
+import run_demo  # noqa: E402, F401
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +29,7 @@ def quick_demo(tmp_path_factory):
     # --no-python-docs: no apt-get download from a test (the stages are the same).
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "demo" / "run_demo.py"), "--quick",
                            "--no-python-docs", "--output-dir", str(out)],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=420)
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}"
     return out, proc.stdout
 
@@ -37,47 +37,98 @@ def quick_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_demo_progress_lines_and_outputs(quick_demo):
     out, stdout = quick_demo
-    for i, stage in enumerate(["corpus", "annotate", "split", "tokenizer", "preprocess", "train", "evaluate",
-                               "generate", "report"], 1):
+    for i, stage in enumerate(["corpus", "annotate", "split", "tokenizer", "preprocess", "train", "measure",
+                               "evaluate", "report"], 1):
         assert f"[{i}/9] {stage:<12} done in " in stdout, stdout
     stages = json.loads((out / "stages.json").read_text())
     assert [s["stage"] for s in stages][-1] == "report" and all(s["seconds"] >= 0 for s in stages)
     assert "pydoc topics only" in stdout  # the missing Python docs are said, not skipped silently
-    for name in ("corpus", "annotate", "train", "evaluate", "report"):
+    for name in ("corpus", "annotate", "evaluate", "report", "train_ixt_s1234", "measure_bos_s1235"):
         assert (out / "logs" / f"{name}.log").read_text().startswith("$ ")
 
 
 @pytest.mark.slow
-def test_quick_demo_conditioning_json(quick_demo):
+def test_quick_demo_datasets_differ_only_by_what_they_should(quick_demo):
+    out, _ = quick_demo
+    meta = {kind: json.loads((out / "data" / f"{kind}_text_document.meta.json").read_text())
+            for kind in ("plain", "bos", "ixt")}
+    counts = {kind: m["counts"] for kind, m in meta.items()}
+    docs = counts["plain"]["documents"]
+    assert counts["bos"]["documents"] == counts["ixt"]["documents"] == docs > 0
+    assert meta["bos"]["prepend_bos"] is True and meta["plain"]["prepend_bos"] is False
+    # Same text tokens; the control adds exactly one <s> per document; IXT adds prefixes
+    # within the demo template's budget (48 tokens plus the two delimiters).
+    assert counts["bos"]["tokens"] - counts["plain"]["tokens"] == docs
+    assert counts["ixt"]["text_tokens"] == counts["plain"]["text_tokens"]
+    assert counts["ixt"]["prefix_tokens"] == counts["ixt"]["tokens"] - counts["plain"]["tokens"]
+    assert 0 < counts["ixt"]["prefix_tokens"] <= (48 + 2) * counts["ixt"]["prefixed_documents"]
+    assert meta["ixt"]["template"]["name"] == "critique-demo" and meta["plain"]["template"]["name"] == "none"
+
+
+@pytest.mark.slow
+def test_quick_demo_measures_every_run_on_the_same_tokens(quick_demo):
+    out, _ = quick_demo
+    measured = {p.stem: json.loads(p.read_text()) for p in (out / "measurements").glob("*.json")}
+    assert sorted(measured) == sorted(f"{k}_s{s}" for k in ("plain", "bos", "ixt") for s in (1234, 1235))
+    assert len({m["text_tokens"] for m in measured.values()}) == 1  # same documents, same windows
+    for name, m in measured.items():
+        curve = m["curves"][name]
+        assert [p["iteration"] for p in curve] == [5, 10]
+        keys = {"plain": {"none"}, "bos": {"bos"}, "ixt": {"none", "best", "worst"}}[name.split("_")[0]]
+        assert all(keys <= set(p) and all(0 < p[k] < 20 for k in keys) for p in curve)
+        prompts = len((out / "data" / "prompts.jsonl").read_text().splitlines())
+        for task in m["task"].values():
+            assert task["by_kind"]["prose"]["samples"] == prompts
+
+
+@pytest.mark.slow
+def test_quick_demo_report_leads_with_the_fair_ratio(quick_demo):
+    from megatron_ixt.evaluation.report import load_runs, tokens_to_reach
+
+    out, _ = quick_demo
+    report = (out / "report.md").read_text()
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Headline: IXT against the better of two references"
+    for heading in ("## Task metric", "## Conditioning gap by flaw type", "## Generations under the best",
+                    "## Data: the critics' levels", "## Stages and wall time"):
+        assert any(s.startswith(heading) for s in sections), sections
+    for plot in ("loss_vs_tokens", "gap_by_flaw"):
+        png = out / "plots" / f"{plot}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000 and f"plots/{plot}.png" in report
+    # The reported ratios are the measured curves' (recomputed here independently).
+    results = json.loads((out / "results.json").read_text())
+    runs = load_runs(out)
+    for row in results["ratio_rows_best"]:
+        ref_run = runs[f"{row['better']}_s{row['seed']}"]
+        key = {"plain": "none", "bos": "bos"}[row["better"]]
+        needed, _ = tokens_to_reach(ref_run["curve"], key, row["ixt_loss"])
+        got = row["refs"][row["better"]]["ratio"]
+        assert (needed is None and got is None) or abs(needed / row["tokens"] - got) < 1e-9
+        for other in row["refs"].values():  # the better reference needs no more tokens than the other
+            if other["tokens"] is not None:
+                assert row["refs"][row["better"]]["tokens"] is not None
+                assert row["refs"][row["better"]]["tokens"] <= other["tokens"]
+    assert {r["kind"] for r in results["task"]} == {"plain", "bos", "ixt"}
+    assert all(0 <= r["ci95"][0] <= r["share"] <= r["ci95"][1] <= 1 for r in results["task"])
+
+
+@pytest.mark.slow
+def test_quick_demo_conditioning_uses_training_critiques(quick_demo):
     out, _ = quick_demo
     result = json.loads((out / "conditioning.json").read_text())
     summary = result["summary"]
     assert summary["documents"] == len(result["documents"]) > 0
     for cond in ("none", "own", "best", "worst"):
         assert 0 < summary[cond]["loss"] < 20, summary
-    assert isinstance(summary["gap_worst_minus_best"], float)
     held_out = {json.loads(line)["id"] for line in (out / "data" / "heldout.jsonl").read_text().splitlines()}
-    trained = {json.loads(line)["id"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
-    assert {d["id"] for d in result["documents"]} <= held_out and not held_out & trained
-
-
-@pytest.mark.slow
-def test_quick_demo_report_and_plots(quick_demo):
-    out, _ = quick_demo
-    report = (out / "report.md").read_text()
-    for heading in ("# IXT demo report", "## Stages and wall time", "## Data", "## Training",
-                    "## Conditioning", "## Generations"):
-        assert heading in report
-    assert "conditioning gap" in report.lower()
-    for plot in ("loss_curves", "level_losses", "conditioning"):
-        png = out / "plots" / f"{plot}.png"
-        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
-        assert f"plots/{plot}.png" in report
-    generations = json.loads((out / "generations.json").read_text())
-    assert {(g["kind"], g["level"]) for g in generations} == {("prose", 5), ("prose", 1), ("code", 5), ("code", 1)}
-    for g in generations:
-        assert f"Quality: {g['level']}/5" in g["prefix"]
-        assert "<|feedback|>" not in g["output"]
+    trained = [json.loads(line) for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert {d["id"] for d in result["documents"]} <= held_out and not held_out & {d["id"] for d in trained}
+    train_feedback = {json.dumps(d["feedback"], sort_keys=True) for d in trained}
+    for line in (out / "data" / "heldout_eval.jsonl").read_text().splitlines():
+        doc = json.loads(line)  # best and worst prefixes are critiques the critics wrote in training
+        assert json.dumps(doc["best_feedback"], sort_keys=True) in train_feedback
+        assert json.dumps(doc["worst_feedback"], sort_keys=True) in train_feedback
+        assert doc["best_feedback"]["score"] >= doc["worst_feedback"]["score"]
 
 
 # --- pieces, no subprocess training ---------------------------------------------------------
@@ -119,33 +170,6 @@ def test_failing_stage_reports_the_error_line_and_log(tmp_path):
     assert "noise 0\n" in (tmp_path / "stage.log").read_text()
 
 
-def test_parse_generation_stops_at_log_lines():
-    output = ("[12:00:00 rank 0] loaded ckpt\n[prefix] <|feedback|>Quality: 5/5<|/feedback|>\n[prompt] def \n"
-              "[output] f(x):\n    return x\n[12:00:01 rank 0] done\n")
-    parsed = run_demo.parse_generation(output)
-    assert parsed == {"prefix": "<|feedback|>Quality: 5/5<|/feedback|>", "output": "f(x):\n    return x"}
-
-
-def test_report_renders_from_minimal_inputs(tmp_path):
-    from megatron_ixt.evaluation.report import write_report
-
-    rows = [{"iteration": i, "consumed_samples": 16 * i, "lm loss": 8 - i / 10, "text loss": 8 - i / 10,
-             "prefix loss": 5 - i / 5} for i in range(1, 21)]
-    rows.append({"iteration": 20, "split": "validation", "lm loss": 6.1, "text loss": 6.2,
-                 "text loss level 1": 6.0, "text loss level 5": 6.3})
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    docs = [{"id": i, "domain": "code", "level": 1 + i % 5, "tokens": 50,
-             "loss": {"none": 5.0, "own": 4.9, "best": 4.8, "worst": 4.95}} for i in range(10)]
-    summary = {"documents": 10, "gap_worst_minus_best": 0.15, "share_best_below_worst": 1.0,
-               "own_minus_none_by_level": {"1": -0.1}, **{c: {"documents": 10, "loss": docs[0]["loss"][c]}
-                                                          for c in ("none", "own", "best", "worst")}}
-    (tmp_path / "conditioning.json").write_text(json.dumps({"summary": summary, "documents": docs}))
-    files = write_report(tmp_path)
-    report = (tmp_path / "report.md").read_text()
-    assert "+0.150 nats/token" in report and "## Generations" not in report  # no generations: no section
-    assert all(f.exists() for f in files) and len(files) == 4
-
-
 def test_output_dir_is_cleared_only_when_it_is_the_demos(tmp_path):
     foreign = tmp_path / "home"
     foreign.mkdir()
@@ -155,9 +179,9 @@ def test_output_dir_is_cleared_only_when_it_is_the_demos(tmp_path):
         pipeline.prepare_output_dir(foreign, run_demo.OUTPUT_ENTRIES)
     assert (foreign / "data").is_dir()  # nothing removed
 
-    old = tmp_path / "old_demo"  # what the former `make demo` target left: our entries only
-    (old / "tensorboard").mkdir(parents=True)
-    (old / "metrics.jsonl").write_text("{}\n")
+    old = tmp_path / "old_demo"  # what an unmarked earlier demo left: our entries only
+    (old / "metrics").mkdir(parents=True)
+    (old / "results.json").write_text("{}\n")
     pipeline.prepare_output_dir(old, run_demo.OUTPUT_ENTRIES)
     assert sorted(p.name for p in old.iterdir()) == [pipeline.MARKER]
     (old / "notes.txt").write_text("mine")  # once marked, unknown files are left alone
@@ -166,12 +190,65 @@ def test_output_dir_is_cleared_only_when_it_is_the_demos(tmp_path):
     assert sorted(p.name for p in old.iterdir()) == sorted([pipeline.MARKER, "notes.txt"])
 
 
-def test_training_progress_lines_are_shortened():
-    line = ("[18:39:05 rank 1] iteration     25/400 | consumed samples 400 | ms/iter 883.0 | tokens/s 4,639 | "
-            "TFLOP/s/device 0.020 | lr 2.999e-03 | lm loss 7.2358 | prefix loss 5.9146 | text loss 7.2980 | ...")
-    assert run_demo.training_progress(line) == ("step 25/400: text loss 7.2980, prefix loss 5.9146, 883.0 ms/step, "
-                                                 "4,639 tokens/s")
-    valid = ("[18:39:29 rank 1] validation at iteration 50 | lm loss 5.4415 | prefix loss 0.3087 | text loss 5.6782 | "
-             "text loss level 1 5.5501 | text loss level 5 5.8165")
-    assert run_demo.training_progress(valid) == "validation at step 50: text loss 5.6782 (L1 5.5501, L5 5.8165)"
-    assert run_demo.training_progress("[18:39:29 rank 0] saved checkpoint") is None
+def test_tokens_to_reach_interpolates_and_never_extrapolates():
+    from megatron_ixt.evaluation.report import tokens_to_reach
+
+    curve = [{"tokens": 100, "loss": 6.0}, {"tokens": 200, "loss": 5.0}, {"tokens": 300, "loss": 4.5}]
+    assert tokens_to_reach(curve, "loss", 5.5) == (150.0, "=")
+    assert tokens_to_reach(curve, "loss", 4.75) == (250.0, "=")
+    assert tokens_to_reach(curve, "loss", 6.5) == (100.0, "<=")  # an upper bound, said so
+    assert tokens_to_reach(curve, "loss", 4.4) == (None, "not reached")
+
+
+def test_wilson_interval_matches_known_values():
+    from megatron_ixt.evaluation.report import wilson
+
+    low, high = wilson(50, 100)
+    assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
+    low, high = wilson(0, 20)
+    assert low == 0.0 and abs(high - 0.1611) < 1e-3
+
+
+def _curve(losses, key, step_tokens=1000):
+    return [{"iteration": 10 * (i + 1), "tokens": 10 * (i + 1) * step_tokens, key: v} for i, v in enumerate(losses)]
+
+
+def test_fair_ratio_takes_the_better_reference_and_bounds_the_unreached(tmp_path):
+    from megatron_ixt.evaluation.report import write_report
+
+    (tmp_path / "measurements").mkdir()
+    curves = {"plain_s1": _curve([6.0, 5.0, 4.6, 4.4], "none"), "bos_s1": _curve([5.8, 4.8, 4.4, 4.2], "bos"),
+              "ixt_s1": [{**p, "none": p["best"] + 0.05, "worst": p["best"] + 0.1}
+                         for p in _curve([5.2, 4.6, 4.3, 4.1], "best")]}
+    for name, curve in curves.items():
+        (tmp_path / "measurements" / f"{name}.json").write_text(json.dumps(
+            {"curves": {name: curve}, "task": {}, "tokens_per_step": 1000, "text_tokens": 1}))
+    (tmp_path / "demo.json").write_text(json.dumps({"settings": {"train_iters": 40}}))
+    write_report(tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["iteration"]: r for r in results["ratio_rows_best"]}
+    # Half budget (step 20, loss 4.6): plain reaches 4.6 at 30k tokens, bos at 25k (half-way
+    # from 4.8 at 20k to 4.4 at 30k): bos is the better reference, ratio 25k / 20k = 1.25.
+    assert rows[20]["better"] == "bos" and abs(rows[20]["refs"]["bos"]["ratio"] - 1.25) < 1e-9
+    assert abs(rows[20]["refs"]["plain"]["ratio"] - 1.5) < 1e-9
+    # Final (step 40, loss 4.1): neither reference gets there: a lower bound, not a number.
+    assert rows[40]["refs"]["bos"]["ratio"] is None and rows[40]["refs"]["bos"]["lower_bound"] == 1.0
+    report = (tmp_path / "report.md").read_text()
+    assert "**Fair ratio at half the budget: 1.25x" in report and "> 1.00x (not reached)" in report
+
+
+def test_best_and_worst_feedback_are_the_critics_extremes_per_domain():
+    from references import best_worst_by_domain
+
+    train = [{"domain": "prose", "feedback": {"score": 9, "critique": "Passes."}},
+             {"domain": "prose", "feedback": {"score": 9, "critique": "Good."}},
+             {"domain": "prose", "feedback": {"score": 9, "critique": "Passes."}},
+             {"domain": "prose", "feedback": {"score": 2, "critique": "Misspelt."}},
+             {"domain": "math", "feedback": {"score": 10, "critique": "Right."}},
+             {"domain": "math", "feedback": {"score": 1, "critique": "Wrong."}},
+             {"domain": "math", "text": "no feedback"}]
+    picked = best_worst_by_domain(train)
+    assert picked["prose"]["best"]["critique"] == "Passes."  # the most common of the top score
+    assert picked["prose"]["worst"]["critique"] == "Misspelt."
+    assert picked["math"] == {"best": {"score": 10, "critique": "Right."}, "worst": {"score": 1, "critique": "Wrong."}}
+

@@ -56,7 +56,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def load_runs(out: Path) -> dict[str, dict]:
@@ -71,11 +71,11 @@ def load_runs(out: Path) -> dict[str, dict]:
     return runs
 
 
-def ratio_rows(runs: dict[str, dict], ixt_key: str, references=REFERENCES) -> list[dict]:
+def ratio_rows(runs: dict[str, dict], ixt_key: str, references=REFERENCES, ixt_kind: str = "ixt") -> list[dict]:
     """Per seed and IXT checkpoint: the ratio against each reference and the better one."""
     rows = []
     for name, run in sorted(runs.items()):
-        if run["kind"] != "ixt":
+        if run["kind"] != ixt_kind:
             continue
         refs = {kind: r for r in runs.values() for kind in [r["kind"]]
                 if kind in references and r["seed"] == run["seed"]}
@@ -183,7 +183,7 @@ def critic_levels(out: Path) -> list[dict]:
     return [{"group": k, "levels": v} for k, v in sorted(table.items())]
 
 
-def plot_curves(runs: dict[str, dict], path: Path) -> None:
+def plot_curves(runs: dict[str, dict], path: Path, extra_styles: Optional[dict] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +191,8 @@ def plot_curves(runs: dict[str, dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {("plain", "none"): ("tab:gray", "plain"), ("bos", "bos"): ("tab:blue", "plain + BOS (control)"),
-              ("ixt", "best"): ("tab:red", "IXT, best feedback"), ("ixt", "none"): ("tab:orange", "IXT, no prefix")}
+              ("ixt", "best"): ("tab:red", "IXT, best feedback"), ("ixt", "none"): ("tab:orange", "IXT, no prefix"),
+              **(extra_styles or {})}
     for (kind, key), (color, label) in styles.items():
         mine = [r for r in runs.values() if r["kind"] == kind]
         for i, run in enumerate(sorted(mine, key=lambda r: r["seed"])):
