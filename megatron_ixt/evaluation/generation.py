@@ -44,6 +44,12 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 def generate(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: SamplingConfig,
              blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> str:
     """Continue ``prompt`` after the given prefix token ids; returns the generated text."""
+    return tokenizer.detokenize(generate_ids(model, tokenizer, prefix_ids, prompt, cfg, blocked, max_length))
+
+
+def generate_ids(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: SamplingConfig,
+                 blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> list[int]:
+    """As `generate`, but returns the generated token ids (without the final eod)."""
     context = [tokenizer.eod, *prefix_ids, *tokenizer.tokenize(prompt)]
     blocked = set(blocked or []) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id}
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -63,4 +69,4 @@ def generate(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: Sampling
             break
         context.append(token)
         out.append(token)
-    return tokenizer.detokenize(out)
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -302,9 +303,10 @@ def check_model_compatible(saved: dict, cfg: Config, where: str) -> None:
 def read_common_state(path: str) -> dict:
     """The common (non-sharded) part of a checkpoint: ``common.pt``.
 
-    Megatron-LM's holds its argparse ``args`` namespace (and a few enums inside it), which
-    ``torch.load``'s safe unpickler refuses unless they are allow-listed; Megatron-LM
-    allow-lists the same ones when it loads its own checkpoints."""
+    Megatron-LM's holds its argparse ``args`` namespace (and enums inside it), which
+    ``torch.load``'s safe unpickler refuses unless they are allow-listed. Megatron-LM
+    allow-lists the same classes, process-wide, when it loads its own checkpoints; so does
+    this (``dist_checkpointing.load`` reads common.pt again)."""
     import argparse
 
     safe = [argparse.Namespace]
@@ -314,13 +316,13 @@ def read_common_state(path: str) -> dict:
         safe += [AttnBackend, AttnMaskType]
     except ImportError:  # pragma: no cover - older megatron-core
         pass
+    torch.serialization.add_safe_globals(safe)
     try:
-        with torch.serialization.safe_globals(safe):
-            return dist_checkpointing.load_common_state_dict(path)
-    except Exception as error:  # the unpickler raises UnpicklingError wrapped in several ways
-        if "common.pt" not in str(error) and "Unsupported global" not in str(error) and "weights_only" not in str(error):
-            raise
-        raise ConfigError(f"checkpoint {path}: cannot read common.pt safely ({str(error).splitlines()[0]})") from None
+        return dist_checkpointing.load_common_state_dict(path)
+    except pickle.UnpicklingError as error:
+        unsupported = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        raise ConfigError(f"checkpoint {path}: common.pt holds objects that are not loaded without running their "
+                          f"code ({unsupported[0] if unsupported else error})") from None
 
 
 def checkpoint_source(common: dict, path: str) -> str:

@@ -1,0 +1,109 @@
+"""Tokenizer files of an exported model: `tokenizer.json` + `tokenizer_config.json`.
+
+The exported `tokenizer.json` encodes text with the same ids as this project's tokenizer
+(checked on sample texts at export time) and holds the two feedback delimiters as special
+tokens at the ids training used, appended ones included:
+
+* HuggingFaceTokenizer: its own `tokenizer.json`.
+* SentencePieceTokenizer: converted with transformers' `SpmConverter`, which follows the
+  model's normalizer spec, merges (BPE) or scores (unigram) and user-defined pieces.
+* GPT2BPETokenizer: OpenAI's byte-level BPE, as `tokenizers` builds it from the two files.
+
+Unlike training (where a delimiter string inside a document is ordinary text), the exported
+tokenizer matches the delimiter strings in text, as Hugging Face tokenizers do with special
+tokens: that is how a prompt such as "<|feedback|>Quality: 5/5<|/feedback|>def f(" selects
+the feedback in vLLM or lm-evaluation-harness. Tokenize untrusted text with
+`split_special_tokens=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from megatron_ixt.conversion import ConversionError
+from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.data.tokenizers import GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_TEXTS = (
+    "def fibonacci(n):\n    if n < 2:\n        return n\n\treturn fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "The quick brown fox jumps over the lazy dog. 12345 caf\u00e9 \u4e2d\u6587 \U0001f600",
+    "  leading spaces, trailing spaces  \n\n\nblank lines",
+    "Quality: 5/5\nScore: 9.5/10; Writing style 9, Expertise 8\nCritique: Clear and correct.",
+)
+
+
+def _library_tokenizer(tokenizer):
+    """A `tokenizers.Tokenizer` encoding text like `tokenizer` (delimiters not yet special)."""
+    from tokenizers import Tokenizer, decoders
+
+    if isinstance(tokenizer, HuggingFaceTokenizer):
+        return Tokenizer.from_file(tokenizer._files["tokenizer_model"])
+    if isinstance(tokenizer, GPT2BPETokenizer):
+        return Tokenizer.from_str(tokenizer._tok.to_str())
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        from sentencepiece import sentencepiece_model_pb2
+        from transformers.convert_slow_tokenizer import SpmConverter
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        with open(tokenizer._files["tokenizer_model"], "rb") as f:
+            proto.ParseFromString(f.read())
+        pieces = [(p.piece, p.score) for p in proto.pieces]
+        # A dict vocabulary selects the BPE model (merges ranked by piece score), a list of
+        # (piece, score) the unigram model: the same algorithm as the SentencePiece model.
+        vocab = {p: i for i, (p, _) in enumerate(pieces)} if proto.trainer_spec.model_type == 2 else pieces
+        converted = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+        if proto.normalizer_spec.add_dummy_prefix:
+            # SentencePiece drops the space its dummy prefix added when it decodes.
+            converted.decoder = decoders.Sequence([converted.decoder, decoders.Strip(" ", 1, 0)])
+        return converted
+    raise ConversionError(f"a {tokenizer.tokenizer_type} has no text vocabulary to export")
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return {i: t for t, i in tokenizer.vocab.items()}[token_id] if token_id not in (
+        tokenizer.feedback_open_id, tokenizer.feedback_close_id) else tokenizer.detokenize([token_id])
+
+
+def export_tokenizer(tokenizer, out_dir: str, model_max_length: int) -> dict:
+    """Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`;
+    return a summary (ids, agreement on the sample texts)."""
+    from tokenizers import AddedToken
+
+    library = _library_tokenizer(tokenizer)
+    open_id, close_id = tokenizer.feedback_open_id, tokenizer.feedback_close_id
+    eod_text = _token_text(tokenizer, tokenizer.eod)
+    # Existing pieces (built-in delimiters, the eod) keep their ids; missing delimiters are
+    # appended, which puts them at the next free ids: the ones training used.
+    library.add_special_tokens([AddedToken(eod_text, special=True, normalized=False)])
+    library.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (FEEDBACK_OPEN, FEEDBACK_CLOSE)])
+    got = (library.token_to_id(FEEDBACK_OPEN), library.token_to_id(FEEDBACK_CLOSE), library.token_to_id(eod_text))
+    if got != (open_id, close_id, tokenizer.eod):
+        raise ConversionError(f"the exported tokenizer gives <|feedback|>, <|/feedback|>, eod the ids {got}, "
+                              f"training used {(open_id, close_id, tokenizer.eod)}")
+    agree = sum(library.encode(t, add_special_tokens=False).ids == list(tokenizer.tokenize(t)) for t in SAMPLE_TEXTS)
+    if agree < len(SAMPLE_TEXTS):
+        logger.warning("the exported tokenizer.json encodes %d of %d sample texts differently from %s",
+                       len(SAMPLE_TEXTS) - agree, len(SAMPLE_TEXTS), tokenizer.tokenizer_type)
+    os.makedirs(out_dir, exist_ok=True)
+    library.save(os.path.join(out_dir, "tokenizer.json"))
+    specials = {"eos_token": eod_text, "bos_token": eod_text, "pad_token": eod_text,
+                "additional_special_tokens": [FEEDBACK_OPEN, FEEDBACK_CLOSE]}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "extra_special_tokens": [FEEDBACK_OPEN, FEEDBACK_CLOSE],
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
+        json.dump(specials, f, indent=2)
+    return {"feedback_open_id": open_id, "feedback_close_id": close_id, "eod": tokenizer.eod,
+            "sample_texts_identical": f"{agree}/{len(SAMPLE_TEXTS)}"}

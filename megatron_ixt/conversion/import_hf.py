@@ -1,0 +1,164 @@
+"""Import a Llama-style Hugging Face checkpoint as a megatron-core distributed checkpoint.
+
+Input: a folder with `config.json`, `model.safetensors` (or shards with
+`model.safetensors.index.json`) and `tokenizer.json` (or a SentencePiece `tokenizer.model`).
+Output (`--save DIR`), ready for `pretrain_ixt.py --config DIR/model.yaml --load DIR`:
+
+    DIR/iter_0000000/              the weights (torch_dist), as pretrain_ixt.py saves them
+    DIR/latest_checkpointed_iteration.txt
+    DIR/tokenizer/                 the tokenizer files, copied
+    DIR/model.yaml                 model shape, tokenizer and layout settings for training
+
+The tokenizer gets the feedback delimiters as this project's tokenizers give them (its
+own tokens if it has them, else two ids after its vocabulary), and the embedding (and
+output) matrices get rows for every id the model lacks, delimiters and the vocabulary
+padding of the chosen TP size included, initialised to the mean of the existing rows.
+
+The weights are written from one process at TP=1 with the padding of the chosen TP size;
+the checkpoint records the chosen layout, and megatron-core reshards it when a run at
+that (or any other) layout loads it. It holds weights only: loading it restores no
+optimizer, RNG or iteration counters, with or without `--finetune`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+
+import torch
+import yaml
+
+from megatron_ixt.conversion import ConversionError
+from megatron_ixt.conversion.llama import from_hf, model_settings_from_hf
+
+logger = logging.getLogger(__name__)
+
+
+def read_hf_weights(folder: str) -> dict:
+    """All tensors of a Hugging Face checkpoint folder (single file or sharded), as float32."""
+    from safetensors.torch import load_file
+
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json "
+                              "(PyTorch .bin checkpoints: load and save_pretrained them with safetensors first)")
+    weights = {}
+    for name in files:
+        weights.update(load_file(os.path.join(folder, name)))
+    return {k: v.float() for k, v in weights.items()}
+
+
+def copy_tokenizer(folder: str, destination: str) -> tuple[str, str]:
+    """Copy the tokenizer files; return (tokenizer type, path) for this project's flags."""
+    os.makedirs(destination, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if os.path.isfile(os.path.join(folder, name)):
+            shutil.copy2(os.path.join(folder, name), os.path.join(destination, name))
+    if os.path.isfile(os.path.join(destination, "tokenizer.json")):
+        return "HuggingFaceTokenizer", os.path.join(destination, "tokenizer.json")
+    if os.path.isfile(os.path.join(destination, "tokenizer.model")):
+        return "SentencePieceTokenizer", os.path.join(destination, "tokenizer.model")
+    raise ConversionError(f"{folder}: no tokenizer.json or tokenizer.model")
+
+
+def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                   seq_length: int | None = None, divisible_by: int = 128, bf16: bool = False) -> dict:
+    """Convert (module docstring); returns a summary."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_ixt.config.schema import Config
+    from megatron_ixt.data.tokenizers import build_tokenizer
+    from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
+    from megatron_ixt.runtime.distributed import initialize_distributed
+    from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name
+
+    config_path = os.path.join(input_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ConversionError(f"{input_dir}: no config.json")
+    with open(config_path) as f:
+        hf_config = json.load(f)
+    settings = model_settings_from_hf(hf_config, config_path)
+    if os.path.exists(save) and os.listdir(save):
+        raise ConversionError(f"--save {save}: exists and is not empty")
+    hf = read_hf_weights(input_dir)
+
+    os.makedirs(save, exist_ok=True)
+    tokenizer_type, tokenizer_path = copy_tokenizer(input_dir, os.path.join(os.path.abspath(save), "tokenizer"))
+    tokenizer = build_tokenizer(tokenizer_type, tokenizer_path)
+
+    cfg = Config()
+    for name, value in settings.items():
+        setattr(cfg.model, name, value)
+    cfg.model.seq_length = seq_length or min(settings["max_position_embeddings"] or 4096, 4096)
+    cfg.model.make_vocab_size_divisible_by = divisible_by
+    cfg.model.bf16 = bf16
+    cfg.parallel.tensor_model_parallel_size = tensor_parallel
+    cfg.parallel.pipeline_model_parallel_size = pipeline_parallel
+    cfg.data.tokenizer_type = tokenizer_type
+    cfg.data.tokenizer_model = tokenizer_path
+    padded = padded_vocab_size(tokenizer.vocab_size, cfg)
+
+    build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
+    build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
+    build.model.make_vocab_size_divisible_by = divisible_by * tensor_parallel
+    build.model.transformer_impl = "local"
+    initialize_distributed(build)
+    model = build_model_chunks(build, tokenizer.vocab_size)[0]
+    assert model.vocab_size == padded, (model.vocab_size, padded)
+
+    rows = hf["model.embed_tokens.weight"].shape[0]
+    appended = [i for i in (tokenizer.feedback_open_id, tokenizer.feedback_close_id)
+                if tokenizer.delimiter_source == "appended"]
+    if tokenizer.base_vocab_size > rows:
+        raise ConversionError(f"{input_dir}: the tokenizer has {tokenizer.base_vocab_size} tokens, the embedding "
+                              f"only {rows} rows")
+    state = from_hf(hf, cfg.model, padded, new_rows=[i for i in appended if i < rows])
+    expected = {k for k in model.state_dict() if not k.endswith("_extra_state")}
+    if set(state) != expected:
+        raise ConversionError(f"weight names differ: missing {sorted(expected - set(state))}, "
+                              f"unexpected {sorted(set(state) - expected)}")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+
+    final = checkpoint_name(save, 0)
+    partial = final + ".partial"
+    os.makedirs(partial)
+    dist_checkpointing.save({
+        "model": model.sharded_state_dict(),
+        "iteration": 0,
+        "config": cfg.to_dict(),
+        "layout": {"tensor_model_parallel_size": tensor_parallel, "pipeline_model_parallel_size": pipeline_parallel,
+                   "data_parallel_size": 1},
+        "padded_vocab_size": padded,
+        "checkpoint_version": 1,
+        "weights_only": True,
+        "converted_from": {"format": "huggingface", "path": os.path.abspath(input_dir),
+                           "architectures": hf_config.get("architectures")},
+    }, partial)
+    with open(os.path.join(partial, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.rename(partial, final)
+    with open(os.path.join(save, TRACKER_FILE), "w") as f:
+        f.write("0\n")
+    user_config = {"model": {k: v for k, v in cfg.to_dict()["model"].items() if k in settings or k in (
+        "seq_length", "make_vocab_size_divisible_by", "bf16")},
+                   "data": {"tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_path},
+                   "parallel": {"tensor_model_parallel_size": tensor_parallel,
+                                "pipeline_model_parallel_size": pipeline_parallel}}
+    with open(os.path.join(save, "model.yaml"), "w") as f:
+        f.write(f"# Imported from {os.path.abspath(input_dir)} by tools/convert_checkpoint.py --from hf\n")
+        yaml.safe_dump(user_config, f, sort_keys=False)
+    summary = {"save": save, "vocab_size": tokenizer.vocab_size, "hf_rows": rows, "padded_vocab_size": padded,
+               "delimiters": tokenizer.delimiter_source,
+               "feedback_ids": [tokenizer.feedback_open_id, tokenizer.feedback_close_id],
+               "parameters": sum(v.numel() for v in state.values())}
+    logger.info("imported %s into %s: %s", input_dir, save, summary)
+    return summary

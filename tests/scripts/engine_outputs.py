@@ -1,0 +1,42 @@
+"""Logits of fixed token batches and a greedy generation under the best feedback, from this
+project's inference engine at the layout given by the flags (test helper for the Hugging
+Face export: run under torchrun; rank 0 saves the results)."""
+
+import argparse
+import sys
+
+import torch
+
+from megatron_ixt.data.prefixes import prefix_token_ids
+from megatron_ixt.evaluation.engine import add_inference_args, load_for_inference, on_output_rank
+from megatron_ixt.evaluation.generation import SamplingConfig, generate_ids
+from megatron_ixt.runtime.distributed import destroy_distributed
+from megatron_ixt.runtime.logs import setup_logging
+
+
+def main() -> None:
+    setup_logging()
+    parser = argparse.ArgumentParser()
+    add_inference_args(parser)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--prompt", default="def fibonacci(n):\n")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    args = parser.parse_args()
+    cfg, model, tokenizer = load_for_inference(args)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, tokenizer.vocab_size, (2, cfg.model.seq_length), generator=generator)
+    prefix = prefix_token_ids(tokenizer, "quality", 5)
+    context = [tokenizer.eod, *prefix, *tokenizer.tokenize(args.prompt)]
+    logits = model.logits(tokens)
+    context_logits = model.logits(torch.tensor([context]))
+    generated = generate_ids(model, tokenizer, prefix, args.prompt,
+                             SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=True))
+    if on_output_rank():
+        torch.save({"tokens": tokens, "logits": logits.cpu(), "context": context,
+                    "context_logits": context_logits.cpu(), "generated_ids": generated,
+                    "vocab_size": tokenizer.vocab_size, "eod": tokenizer.eod}, args.out)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
