@@ -109,31 +109,47 @@ def pack_samples(sizes: np.ndarray, prefix_insert: Optional[np.ndarray], seq_len
         boundaries.append((doc, offset))
 
 
+def loss_mask_and_position_ids(tokens: np.ndarray, eod: int, reset_position_ids: bool,
+                               eod_mask_loss: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The loss mask (float32) and position ids (int64) of megatron-core's
+    ``_get_ltor_masks_and_position_ids``, in NumPy: a handful of vector operations on the
+    sample (its Python loop over EOD tokens, or the equivalent torch calls, cost more per
+    sample than the whole rest of ``__getitem__``)."""
+    s = tokens.shape[0]
+    loss_mask = np.ones(s, dtype=np.float32)
+    position_ids = np.arange(s, dtype=np.int64)
+    if eod_mask_loss or reset_position_ids:
+        is_eod = tokens == eod
+        if eod_mask_loss:
+            loss_mask[is_eod] = 0.0
+        if reset_position_ids:
+            # Positions restart after each EOD: subtract the start of the token's document.
+            after_eod = np.flatnonzero(is_eod[:-1]) + 1
+            if after_eod.size:
+                starts = np.zeros(s, dtype=np.int64)
+                starts[after_eod] = after_eod
+                position_ids -= np.maximum.accumulate(starts)
+    return loss_mask, position_ids
+
+
 def document_masks(tokens: torch.Tensor, eod: int, reset_position_ids: bool, reset_attention_mask: bool,
                    eod_mask_loss: bool, create_attention_mask: bool):
     """megatron-core's ``_get_ltor_masks_and_position_ids``, vectorised: it loops over the
     EOD tokens of a sample and rewrites an [s, s] mask per EOD (O(docs x s^2)); here each
     token gets the index of its document segment once (an EOD belongs to the document it
     ends) and the mask is one comparison. Same outputs (tests/test_ixt_dataset.py checks
-    them against a brute-force reference)."""
-    s = tokens.numel()
-    is_eod = tokens == eod
-    segment = torch.cumsum(is_eod, 0) - is_eod.long()
-    loss_mask = torch.ones(s, dtype=torch.float)
-    if eod_mask_loss:
-        loss_mask[is_eod] = 0.0
-    position_ids = torch.arange(s, dtype=torch.long)
-    if reset_position_ids:
-        starts = torch.zeros(s, dtype=torch.long)
-        starts[1:] = torch.where(is_eod[:-1], position_ids[1:], 0)
-        position_ids = position_ids - torch.cummax(starts, 0).values
+    them against megatron-core's)."""
+    loss_mask, position_ids = loss_mask_and_position_ids(tokens.numpy(), eod, reset_position_ids, eod_mask_loss)
     attention_mask = None
     if create_attention_mask:
+        s = tokens.numel()
+        is_eod = tokens == eod
+        segment = torch.cumsum(is_eod, 0) - is_eod.long()
         allowed = torch.ones(s, s, dtype=torch.bool).tril_()
         if reset_attention_mask:
             allowed &= segment.unsqueeze(1) == segment.unsqueeze(0)
         attention_mask = (~allowed).unsqueeze(0)  # True = masked, as megatron-core returns it
-    return attention_mask, loss_mask, position_ids
+    return attention_mask, torch.from_numpy(loss_mask), torch.from_numpy(position_ids)
 
 
 class IXTLowLevelDataset:
@@ -275,33 +291,42 @@ class IXTDataset(GPTDataset):
         """The pieces of sample ``idx`` (after shuffling): ``(sequence id, raw offset, length,
         is the prefix dropped, re-inserted prefix tokens)`` per occurrence it touches."""
         idx = int(self.shuffle_index[idx])
-        beg, beg_off = (int(x) for x in self.sample_index[idx])
-        end, end_off = (int(x) for x in self.sample_index[idx + 1])
+        # One .tolist() per array instead of an int() per element: this runs once per sample.
+        (beg, beg_off), (end, end_off) = self.sample_index[idx:idx + 2].tolist()
         extra = self.config.add_extra_token_to_sequence
+        repeat = self.config.ixt_repeat_prefix
+        docs = self.document_index[beg:end + 1].tolist()
+        dropped_flags = self.prefix_dropped[beg:end + 1].tolist()
+        prefix_lengths, sequence_lengths = self.dataset.prefix_lengths, self.dataset.sequence_lengths
         parts = []
-        for occ in range(beg, end + 1):
-            doc = int(self.document_index[occ])
-            dropped = bool(self.prefix_dropped[occ])
-            skip = int(self.dataset.prefix_lengths[doc]) if dropped else 0
-            start = beg_off if occ == beg else 0
-            stop = (end_off + extra) if occ == end else int(self.dataset.sequence_lengths[doc]) - skip
-            inserted = 0
-            if occ == beg and start > 0 and self.config.ixt_repeat_prefix and not dropped:
-                inserted = min(start, int(self.dataset.prefix_lengths[doc]))
+        for k, (doc, dropped) in enumerate(zip(docs, dropped_flags)):
+            prefix = int(prefix_lengths[doc])
+            skip = prefix if dropped else 0
+            start = beg_off if k == 0 else 0
+            stop = (end_off + extra) if k == end - beg else int(sequence_lengths[doc]) - skip
+            inserted = min(start, prefix) if (k == 0 and start > 0 and repeat and not dropped) else 0
             if stop - start > 0 or inserted:
-                parts.append((doc, start + skip, stop - start, dropped, inserted))
+                parts.append((doc, start + skip, stop - start, bool(dropped), inserted))
         return parts
 
-    def _masks(self, tokens: torch.Tensor):
+    def _masks(self, tokens: np.ndarray):
+        """(attention mask or None, loss mask, position ids); the [s, s] mask only with
+        ``create_attention_mask``."""
         c = self.config
+        if c.create_attention_mask:
+            attention_mask, loss_mask, position_ids = document_masks(
+                torch.from_numpy(tokens), c.tokenizer.eod, c.reset_position_ids, c.reset_attention_mask,
+                c.eod_mask_loss, True)
+            return attention_mask, loss_mask.numpy(), position_ids
         if self.masks_and_position_ids_are_cacheable:  # no per-document masks: same for every sample
             if not self.masks_and_position_ids_are_cached:
-                self.cached_attention_mask, self.cached_loss_mask, self.cached_position_ids = document_masks(
-                    tokens, c.tokenizer.eod, False, False, False, c.create_attention_mask)
+                self.cached_loss_mask, self.cached_position_ids = loss_mask_and_position_ids(tokens, c.tokenizer.eod,
+                                                                                             False, False)
                 self.masks_and_position_ids_are_cached = True
-            return self.cached_attention_mask, self.cached_loss_mask.clone(), self.cached_position_ids
-        return document_masks(tokens, c.tokenizer.eod, c.reset_position_ids, c.reset_attention_mask,
-                              c.eod_mask_loss, c.create_attention_mask)
+            return None, self.cached_loss_mask.copy(), torch.from_numpy(self.cached_position_ids)
+        loss_mask, position_ids = loss_mask_and_position_ids(tokens, c.tokenizer.eod, c.reset_position_ids,
+                                                             c.eod_mask_loss)
+        return None, loss_mask, torch.from_numpy(position_ids)
 
     def __getitem__(self, idx: Optional[int]) -> dict[str, torch.Tensor]:
         parts = self.sample_parts(0 if idx is None else idx)
@@ -333,8 +358,7 @@ class IXTDataset(GPTDataset):
         labels = text[1:]
         pad = labels == self._pad_token_id
         label_prefix = is_prefix[1:]
-        attention_mask, loss_mask, position_ids = self._masks(torch.from_numpy(text[:-1]))
-        loss_mask = loss_mask.numpy()
+        attention_mask, loss_mask, position_ids = self._masks(text[:-1])
         loss_mask[pad] = 0.0
         if self.config.ixt_prefix_loss == "exclude":
             loss_mask[label_prefix] = 0.0
