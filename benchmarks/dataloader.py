@@ -1,21 +1,37 @@
-"""Samples/s of the IXT dataset against megatron-core's GPTDataset on the same files.
+"""The IXT dataset against megatron-core's GPTDataset: index-build time and samples/s.
 
-    python benchmarks/dataloader.py [--samples 4000] [--seq-length 1024]
+    python benchmarks/dataloader.py                      # both parts
+    python benchmarks/dataloader.py --index-docs 1e6 1e7 --skip-samples
+    python benchmarks/dataloader.py --skip-index --samples 3000 --rounds 5
 
-Both read the same .bin/.idx (the GPT dataset through a view without the side file), with
-the same split, sequence length and document-aware masks; each configuration is timed
-over the same number of samples after the index is built (index building is reported
-separately: it is a one-off per run, cached on disk).
+Index build (what rank 0 does before training while the other ranks wait): synthetic
+per-sequence arrays of 1M, 10M and 100M documents (lengths 20..1000 tokens, 70% with a
+8..40-token prefix), `num_samples` covering 95% of one epoch; each configuration builds
+its document, sample and shuffle indices into a fresh cache folder (the `.npy` writes
+included, as in a run), GPTDataset first, then the IXT dataset plain, with prefix
+dropout, with `--ixt-repeat-prefix`, and with both. numba's compilation is paid once per
+installation and is timed separately.
+
+Samples/s: both datasets read the same real `.bin/.idx` (benchmarks/_corpus.py; the GPT
+dataset through a view without the side file), through a `DataLoader` (micro-batch 4, no
+workers, one thread) as the training loop reads them, without an [s, s] attention mask
+(the training step derives document boundaries on the device). The configurations run
+interleaved, `--rounds` times, so that the machine's other load hits each alike; the
+figures are medians over rounds, and "vs GPT" is the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,23 +39,81 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _corpus import build_corpus  # noqa: E402
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig  # noqa: E402
+from megatron.core.datasets.utils import Split  # noqa: E402
 
 from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig  # noqa: E402
 from megatron_ixt.data.tokenizers import build_tokenizer  # noqa: E402
 
+IXT_VARIANTS = [
+    ("IXTDataset", {}),
+    ("IXTDataset dropout 0.1", {"ixt_feedback_dropout": 0.1}),
+    ("IXTDataset --ixt-repeat-prefix", {"ixt_repeat_prefix": True}),
+    ("IXTDataset --ixt-repeat-prefix, dropout 0.1", {"ixt_repeat_prefix": True, "ixt_feedback_dropout": 0.1}),
+]
 
-def build(cls, config_cls, prefix, tokenizer, seq, samples, cache, reset, **ixt):
+
+# -- index build ---------------------------------------------------------------------------
+
+
+class SyntheticSequences:
+    """What both datasets read of a low-level dataset to build their indices."""
+
+    def __init__(self, num_docs: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.sequence_lengths = rng.integers(20, 1001, num_docs, dtype=np.int32)
+        self.prefix_lengths = np.where(rng.random(num_docs, dtype=np.float32) < 0.7,
+                                       rng.integers(8, 41, num_docs, dtype=np.int32), 0).astype(np.int32)
+        self.levels = np.zeros(0, dtype=np.int32)  # never read while building indices
+        self.path_prefix = f"synthetic-{num_docs}"
+
+    def __len__(self) -> int:
+        return len(self.sequence_lengths)
+
+
+def build_once(cls, config_cls, low, num_samples: int, seq: int, tokenizer, **ixt) -> tuple[float, int]:
+    """Seconds to construct the dataset (= build and save its indices) and its sample count."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_CACHE_DIR")) as cache:
+        config = config_cls(random_seed=1234, sequence_length=seq, blend=([low.path_prefix], None), split="100,0,0",
+                            path_to_cache=cache, tokenizer=tokenizer, reset_position_ids=False,
+                            reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False, **ixt)
+        indices = np.arange(len(low), dtype=np.int32)
+        start = time.perf_counter()
+        ds = cls(low, low.path_prefix, indices, num_samples, Split.train, config)
+        seconds = time.perf_counter() - start
+        n = len(ds)
+        del ds, indices
+        gc.collect()
+    return seconds, n
+
+
+def index_builds(sizes: list[int], seq: int, tokenizer) -> None:
+    t0 = time.perf_counter()
+    build_once(IXTDataset, IXTDatasetConfig, SyntheticSequences(1000), 10, seq, tokenizer,
+               ixt_repeat_prefix=True, ixt_feedback_dropout=0.1)
+    print(f"(first IXT build incl. numba compile or cache load: {time.perf_counter() - t0:.2f} s)")
+    print(f"{'documents':>11}  {'dataset':44} {'build s':>8} {'vs GPT':>7} {'samples':>11}")
+    for num_docs in sizes:
+        low = SyntheticSequences(num_docs)
+        num_samples = int(0.95 * int(low.sequence_lengths.sum(dtype=np.int64)) / seq)
+        gpt_s, gpt_n = build_once(GPTDataset, GPTDatasetConfig, low, num_samples, seq, tokenizer)
+        print(f"{num_docs:>11,}  {'GPTDataset':44} {gpt_s:>8.2f} {'1.00x':>7} {gpt_n:>11,}", flush=True)
+        for name, ixt in IXT_VARIANTS:
+            s, n = build_once(IXTDataset, IXTDatasetConfig, low, num_samples, seq, tokenizer, **ixt)
+            print(f"{num_docs:>11,}  {name:44} {s:>8.2f} {s / gpt_s:>6.2f}x {n:>11,}", flush=True)
+        del low
+        gc.collect()
+
+
+# -- samples/s -----------------------------------------------------------------------------
+
+
+def build_real(cls, config_cls, prefix, tokenizer, seq, samples, cache, reset, **ixt):
     config = config_cls(random_seed=1234, sequence_length=seq, blend=([prefix], None), split="100,0,0",
                         path_to_cache=cache, tokenizer=tokenizer, reset_position_ids=reset,
-                        reset_attention_mask=reset, eod_mask_loss=False, create_attention_mask=reset, **ixt)
-    from megatron.core.datasets.utils import Split
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
+                        reset_attention_mask=reset, eod_mask_loss=False, create_attention_mask=False, **ixt)
     low = cls.build_low_level_dataset(prefix, config)
-    indices = torch.arange(cls.numel_low_level_dataset(low)).numpy().astype("int32")
-    start = time.perf_counter()
-    ds = cls(low, prefix, indices, samples, Split.train, config)
-    return ds, time.perf_counter() - start
+    indices = np.arange(cls.numel_low_level_dataset(low), dtype=np.int32)
+    return cls(low, prefix, indices, samples, Split.train, config)
 
 
 def rate(ds, samples: int, batch: int) -> float:
@@ -52,33 +126,49 @@ def rate(ds, samples: int, batch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def samples_per_second(args, tokenizer, corpus) -> None:
+    print(f"\n{args.samples} samples of {args.seq_length} tokens, micro-batch {args.micro_batch_size}, "
+          f"{args.rounds} interleaved rounds (medians)")
+    print(f"{'dataset':52} {'samples/s':>10} {'vs GPT':>7}")
+    for reset in (False, True):
+        runs = [("GPTDataset", GPTDataset, GPTDatasetConfig, corpus["plain"], {})]
+        runs += [(name, IXTDataset, IXTDatasetConfig, corpus["ixt"], ixt) for name, ixt in IXT_VARIANTS]
+        with tempfile.TemporaryDirectory() as cache:
+            datasets = [(name, build_real(cls, ccls, prefix, tokenizer, args.seq_length, args.samples, cache, reset, **ixt))
+                        for name, cls, ccls, prefix, ixt in runs]
+            rates = {name: [] for name, _ in datasets}
+            for _ in range(args.rounds):
+                for name, ds in datasets:
+                    rates[name].append(rate(ds, args.samples, args.micro_batch_size))
+        gpt = rates["GPTDataset"]
+        for name, values in rates.items():
+            ratio = statistics.median(v / g for v, g in zip(values, gpt))
+            label = f"{name}{' +reset position ids' if reset else ''}"
+            print(f"{label:52} {statistics.median(values):>10.0f} {ratio:>6.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index-docs", type=float, nargs="+", default=[1e6, 1e7, 1e8])
+    parser.add_argument("--index-seq-length", type=int, default=4096)
+    parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--skip-samples", action="store_true")
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--seq-length", type=int, default=1024)
     parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "megatron_ixt_bench"))
-    parser.add_argument("--repeats", type=int, default=3, help="best of N timings per configuration")
     args = parser.parse_args()
     # One thread, as in a DataLoader worker; also keeps timings stable on a shared machine.
     torch.set_num_threads(1)
-    corpus = build_corpus(Path(args.cache))
-    tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=corpus["tokenizer"])
-    print(f"{args.samples} samples of {args.seq_length} tokens, micro-batch {args.micro_batch_size}, best of {args.repeats}")
-    print(f"{'dataset':34} {'index build s':>13} {'samples/s':>10} {'vs GPT':>7}")
-    for reset in (False, True):
-        runs = [("GPTDataset", GPTDataset, GPTDatasetConfig, corpus["plain"], {}),
-                ("IXTDataset", IXTDataset, IXTDatasetConfig, corpus["ixt"], {"ixt_feedback_dropout": 0.1}),
-                ("IXTDataset --ixt-repeat-prefix", IXTDataset, IXTDatasetConfig, corpus["ixt"],
-                 {"ixt_feedback_dropout": 0.1, "ixt_repeat_prefix": True})]
-        base = None
-        for name, cls, config_cls, prefix, ixt in runs:
-            with tempfile.TemporaryDirectory() as cache:
-                ds, build_s = build(cls, config_cls, prefix, tokenizer, args.seq_length, args.samples, cache, reset, **ixt)
-                best = max(rate(ds, args.samples, args.micro_batch_size) for _ in range(args.repeats))
-            base = base or best
-            label = f"{name}{' +reset masks' if reset else ''}"
-            print(f"{label:34} {build_s:>13.2f} {best:>10.0f} {100 * best / base:>6.0f}%", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    if not args.skip_index:
+        null = build_tokenizer("NullTokenizer", vocab_size=32000)
+        index_builds([int(n) for n in args.index_docs], args.index_seq_length, null)
+    if not args.skip_samples:
+        corpus = build_corpus(Path(args.cache))
+        tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=corpus["tokenizer"])
+        samples_per_second(args, tokenizer, corpus)
 
 
 if __name__ == "__main__":
