@@ -13,6 +13,11 @@ as compact numpy chunks (4 bytes per sequence + 4 per document) instead of Pytho
 numpy scalars, and copies each shard's `.bin` with `os.sendfile` (no pass through Python).
 Memory therefore grows only with the index arrays, never with the token data.
 
+`DatasetWriter.append_dataset` appends a whole finished dataset (a SLURM shard; see
+`megatron_ixt.data.merge`) the same way, through memory maps of its files, written in
+pieces of `PIECE` elements: a merge runs in constant memory, whatever the number of
+documents.
+
 Plain numpy, no megatron-core import: the data tools start in a fraction of a second (the
 dtype codes below are megatron-core's `DType`; tests/data/test_indexed_io.py checks them).
 """
@@ -38,6 +43,10 @@ PREFIX_LENGTH_COLUMN = 0
 """Side-file column: prefix length in tokens, both delimiters included (0: no prefix)."""
 QUALITY_LEVEL_COLUMN = 1
 """Side-file column: quality level 1..5 (0: not annotated)."""
+
+PIECE = 1 << 20
+"""Elements written per step from a memory-mapped array (bounds the merge's memory)."""
+_HEADER_BYTES = len(INDEX_HEADER) + 8 + 1 + 8 + 8
 
 
 def token_dtype(vocab_size: int) -> type:
@@ -96,6 +105,62 @@ def _append_file(dst_fd: int, src_path: str, size: int) -> None:
                 view = view[os.write(dst_fd, view):]
 
 
+@dataclass
+class IndexFile:
+    """A finished dataset's `.idx`, memory-mapped (nothing is read until used)."""
+
+    path: str
+    dtype: np.dtype
+    sequence_lengths: np.ndarray
+    """int32 [S], memory-mapped."""
+    document_indices: np.ndarray
+    """int64 [D + 1], memory-mapped: 0, then the end sequence of every document."""
+
+
+def read_index(dataset_prefix: str) -> IndexFile:
+    """Open `<dataset_prefix>.idx`; `ValueError` naming the file if it is not a valid index
+    or does not match the size of its `.bin`."""
+    path = dataset_prefix + ".idx"
+    with open(path, "rb") as f:
+        header = f.read(_HEADER_BYTES)
+    if len(header) < _HEADER_BYTES or header[:len(INDEX_HEADER)] != INDEX_HEADER:
+        raise ValueError(f"{path}: not a megatron-core index (expected the header {INDEX_HEADER!r})")
+    version, code, num_sequences, num_doc_entries = struct.unpack("<QBQQ", header[len(INDEX_HEADER):])
+    codes = {c: t for t, c in DTYPE_CODES.items()}
+    if version != 1 or code not in codes or num_doc_entries < 1:
+        raise ValueError(f"{path}: unsupported index (version {version}, dtype code {code}, "
+                         f"{num_doc_entries} document entries); expected version 1 and a dtype code 1..8")
+    expected = _HEADER_BYTES + num_sequences * 12 + num_doc_entries * 8
+    if os.path.getsize(path) < expected:
+        raise ValueError(f"{path}: truncated: {os.path.getsize(path)} bytes, expected at least {expected}")
+    lengths = np.memmap(path, dtype="<i4", mode="r", offset=_HEADER_BYTES, shape=(num_sequences,)) \
+        if num_sequences else np.zeros(0, np.int32)
+    documents = np.memmap(path, dtype="<i8", mode="r", offset=_HEADER_BYTES + num_sequences * 12,
+                          shape=(num_doc_entries,))
+    index = IndexFile(path, np.dtype(codes[code]), lengths, documents)
+    bin_size = os.path.getsize(dataset_prefix + ".bin")
+    tokens = sum(int(piece.sum(dtype=np.int64)) for piece in _pieces(lengths))
+    if bin_size != tokens * index.dtype.itemsize:
+        raise ValueError(f"{dataset_prefix}.bin: {bin_size} bytes, but its .idx counts {tokens} tokens of "
+                         f"{index.dtype.itemsize} bytes")
+    return index
+
+
+class _DocumentEnds:
+    """A docs chunk given as a dataset's `document_indices` (ends) rather than as counts."""
+
+    def __init__(self, ends: np.ndarray):
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return len(self.ends) - 1
+
+
+def _pieces(array: np.ndarray):
+    for start in range(0, len(array), PIECE):
+        yield array[start:start + PIECE]
+
+
 class DatasetWriter:
     """Appends shards in order to one `.bin`; writes `.idx` and `.ixt.npy` at `finalize`."""
 
@@ -120,6 +185,30 @@ class DatasetWriter:
         self.num_sequences += len(shard.sequence_lengths)
         self.num_documents += len(shard.sequences_per_document)
 
+    def append_dataset(self, dataset_prefix: str, side: Optional[np.ndarray] = None) -> None:
+        """Append a finished dataset (`.bin`, `.idx` and its side file, or `side`). Only
+        memory maps are kept; `finalize` streams them. `ValueError` naming the file when the
+        dataset is not one this writer can append."""
+        index = read_index(dataset_prefix)
+        if index.dtype != self.dtype:
+            raise ValueError(f"{index.path}: tokens are {index.dtype.name}, the merged dataset's {self.dtype.name}")
+        if side is None:
+            side = read_side_file(dataset_prefix)
+        if len(side) != len(index.sequence_lengths):
+            raise ValueError(f"{dataset_prefix}{SIDE_FILE_SUFFIX}: {len(side)} rows, not one per sequence of "
+                             f"{index.path} ({len(index.sequence_lengths)})")
+        if int(index.document_indices[0]) != 0 or int(index.document_indices[-1]) != len(index.sequence_lengths):
+            raise ValueError(f"{index.path}: document indices do not span its {len(index.sequence_lengths)} sequences")
+        tokens = sum(int(piece.sum(dtype=np.int64)) for piece in _pieces(index.sequence_lengths))
+        if tokens:
+            _append_file(self._bin_fd, dataset_prefix + ".bin", tokens * self.dtype.itemsize)
+        self._lengths.append(index.sequence_lengths)
+        self._docs.append(_DocumentEnds(index.document_indices))
+        self._side.append(side)
+        self.num_tokens += tokens
+        self.num_sequences += len(index.sequence_lengths)
+        self.num_documents += len(index.document_indices) - 1
+
     def finalize(self) -> None:
         os.close(self._bin_fd)
         self._bin_fd = -1
@@ -136,9 +225,11 @@ class DatasetWriter:
 def write_index(
     idx_path: str, dtype: np.dtype, length_chunks: list[np.ndarray], docs_chunks: list[np.ndarray]
 ) -> None:
-    """Write an `.idx` from chunks of sequence lengths and of sequences-per-document.
+    """Write an `.idx` from chunks of sequence lengths and of sequences-per-document
+    (or `_DocumentEnds` of an appended dataset).
 
-    Written chunk by chunk, so no second full-size copy of the index is ever made.
+    Written in pieces, so no second full-size copy of the index is ever made, and chunks
+    that are memory maps are never read whole.
     """
     num_sequences = sum(len(c) for c in length_chunks)
     num_documents = sum(len(c) for c in docs_chunks)
@@ -150,23 +241,31 @@ def write_index(
         f.write(struct.pack("<Q", num_sequences))
         f.write(struct.pack("<Q", num_documents + 1))
         for chunk in length_chunks:
-            f.write(np.ascontiguousarray(chunk, dtype="<i4").tobytes())
+            for piece in _pieces(chunk):
+                f.write(np.ascontiguousarray(piece, dtype="<i4").tobytes())
         offset = np.int64(0)
         for chunk in length_chunks:
-            ends = np.cumsum(chunk, dtype=np.int64) * itemsize + offset
-            starts = np.empty_like(ends)
-            starts[:1] = offset
-            starts[1:] = ends[:-1]
-            f.write(starts.astype("<i8").tobytes())
-            if len(ends):
-                offset = ends[-1]
+            for piece in _pieces(chunk):
+                ends = np.cumsum(piece, dtype=np.int64) * itemsize + offset
+                starts = np.empty_like(ends)
+                starts[:1] = offset
+                starts[1:] = ends[:-1]
+                f.write(starts.astype("<i8").tobytes())
+                if len(ends):
+                    offset = ends[-1]
         f.write(np.zeros(1, dtype="<i8").tobytes())
         done = np.int64(0)
         for chunk in docs_chunks:
-            ends = np.cumsum(chunk, dtype=np.int64) + done
-            f.write(ends.astype("<i8").tobytes())
-            if len(ends):
-                done = ends[-1]
+            if isinstance(chunk, _DocumentEnds):  # already cumulative: shift past what came before
+                for piece in _pieces(chunk.ends[1:]):
+                    f.write((piece.astype(np.int64) + done).astype("<i8").tobytes())
+                done += np.int64(chunk.ends[-1])
+                continue
+            for piece in _pieces(chunk):
+                ends = np.cumsum(piece, dtype=np.int64) + done
+                f.write(ends.astype("<i8").tobytes())
+                if len(ends):
+                    done = ends[-1]
 
 
 def write_side_file(path: str, chunks: list[np.ndarray], num_rows: int) -> None:
@@ -176,7 +275,8 @@ def write_side_file(path: str, chunks: list[np.ndarray], num_rows: int) -> None:
             f, {"descr": "<i4", "fortran_order": False, "shape": (num_rows, 2)}
         )
         for chunk in chunks:
-            f.write(np.ascontiguousarray(chunk, dtype="<i4").tobytes())
+            for piece in _pieces(chunk):
+                f.write(np.ascontiguousarray(piece, dtype="<i4").tobytes())
 
 
 def read_side_file(dataset_prefix: str, mmap: bool = True) -> np.ndarray:

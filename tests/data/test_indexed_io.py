@@ -83,3 +83,58 @@ def test_dtype_table_is_megatron_cores():
         assert dtype_code(numpy_type) == DType.code_from_dtype(numpy_type)
     for size in (None, 0, 4000, 65499, 65500, 65536, 10**6):
         assert token_dtype(size) == DType.optimal_dtype(size)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_append_dataset_matches_add_index_in_small_pieces(tmp_path, dtype, monkeypatch):
+    """The merge path (finished datasets through memory maps, written piece by piece) gives
+    IndexedDatasetBuilder.add_index's bytes; a tiny PIECE exercises every piece boundary."""
+    import megatron_ixt.data.indexed_io as indexed_io
+
+    monkeypatch.setattr(indexed_io, "PIECE", 7)
+    rng = np.random.default_rng(1)
+    batches = [random_documents(rng, n, dtype) for n in (30, 0, 1, 45)]
+    reference = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=dtype)
+    sides = []
+    for b, docs in enumerate(batches):
+        part = DatasetWriter(str(tmp_path / f"part{b}.bin"), str(tmp_path / f"part{b}.idx"),
+                             str(tmp_path / f"part{b}.ixt.npy"), dtype)
+        shard = shard_of(docs, dtype, tmp_path / f"shard{b}.bin")
+        part.append(shard)
+        part.finalize()
+        sides.append(shard.side)
+        reference.add_index(str(tmp_path / f"part{b}"))
+    reference.finalize(str(tmp_path / "ref.idx"))
+
+    writer = DatasetWriter(str(tmp_path / "ours.bin"), str(tmp_path / "ours.idx"), str(tmp_path / "ours.ixt.npy"), dtype)
+    for b in range(len(batches)):
+        writer.append_dataset(str(tmp_path / f"part{b}"))
+    writer.finalize()
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"ref{suffix}").read_bytes()
+    np.testing.assert_array_equal(read_side_file(str(tmp_path / "ours")), np.concatenate(sides))
+
+
+def test_append_dataset_refuses_damaged_shards(tmp_path):
+    from megatron_ixt.data.indexed_io import read_index
+
+    rng = np.random.default_rng(2)
+    writer = DatasetWriter(str(tmp_path / "a.bin"), str(tmp_path / "a.idx"), str(tmp_path / "a.ixt.npy"), np.uint16)
+    writer.append(shard_of(random_documents(rng, 20, np.uint16), np.uint16, tmp_path / "s.bin"))
+    writer.finalize()
+    assert len(read_index(str(tmp_path / "a")).document_indices) == 21
+    with open(tmp_path / "a.bin", "ab") as f:
+        f.write(b"xx")  # one token too many
+    with pytest.raises(ValueError, match=r"a\.bin: .* bytes, but its \.idx counts"):
+        read_index(str(tmp_path / "a"))
+    (tmp_path / "b.idx").write_bytes(b"not an index")
+    (tmp_path / "b.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"b\.idx: not a megatron-core index"):
+        read_index(str(tmp_path / "b"))
+    good = DatasetWriter(str(tmp_path / "d.bin"), str(tmp_path / "d.idx"), str(tmp_path / "d.ixt.npy"), np.uint16)
+    good.append(shard_of(random_documents(rng, 5, np.uint16), np.uint16, tmp_path / "t.bin"))
+    good.finalize()
+    other = DatasetWriter(str(tmp_path / "c.bin"), str(tmp_path / "c.idx"), str(tmp_path / "c.ixt.npy"), np.int32)
+    with pytest.raises(ValueError, match="tokens are uint16, the merged dataset's int32"):
+        other.append_dataset(str(tmp_path / "d"))
+    other.close()

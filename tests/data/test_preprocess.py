@@ -268,3 +268,35 @@ def test_documents_quoting_a_delimiter_are_counted(tmp_path, sp_model):
     dataset = IndexedDataset(prefix)  # keep it alive: its arrays are views of its memory map
     assert tokenizer.feedback_open_id not in dataset[0].tolist()
     check_layout(prefix, docs, tokenizer, "critique")
+
+
+def test_merged_shards_equal_one_run_and_mismatched_shards_are_refused(tmp_path, sp_model, code_documents):
+    """tools/merge_datasets.py (the SLURM merge step) over per-file runs gives the bytes of
+    one run over all files; shards made with other flags are refused, and nothing is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs = code_documents[:240]  # a third of them with feedback
+    parts = [write_jsonl(tmp_path / f"part{i}.jsonl", docs[i * 80:(i + 1) * 80]) for i in range(3)]
+    flags = ("--append-eod", "--prefix-template", "critique")
+    preprocess(",".join(map(str, parts)), tmp_path / "one", *flags, model=sp_model)
+    shards = [tmp_path / "shards" / f"shard_{i:05d}" for i in range(3)]
+    for part, shard in zip(parts, shards):
+        preprocess(part, shard, *flags, model=sp_model)
+    tool = Path(__file__).resolve().parents[2] / "tools" / "merge_datasets.py"
+    run = subprocess.run([sys.executable, str(tool), "--output-prefix", str(tmp_path / "merged"), *map(str, shards)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    for suffix in (".bin", ".idx", ".ixt.npy"):
+        assert (tmp_path / f"one_text_document{suffix}").read_bytes() == \
+            (tmp_path / f"merged_text_document{suffix}").read_bytes(), suffix
+    merged, single = read_metadata(str(tmp_path / "merged_text_document")), read_metadata(str(tmp_path / "one_text_document"))
+    assert merged["counts"] == single["counts"] and len(merged["merged_from"]) == 3
+
+    preprocess(parts[0], tmp_path / "other", "--append-eod", "--prefix-template", "quality", model=sp_model)
+    run = subprocess.run([sys.executable, str(tool), "--output-prefix", str(tmp_path / "bad"), str(shards[0]),
+                          str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "other_text_document differs from" in run.stderr and "template" in run.stderr
+    assert not list(tmp_path.glob("bad*"))
