@@ -43,12 +43,12 @@ class Settings:
     sentences shuffled, two pages spliced)."""
     prose_chunk_chars: int = 1500
     """Prose documents of ~250 words: most fit one 512-token sample with their prefix."""
-    held_out_share: float = 0.1
+    held_out_share: float = 0.15
     """Share of document groups kept out of training for all evaluations."""
     vocab_size: int = 4000
-    train_iters: int = 150
-    """Training steps of 8 x 512 tokens per run: 150 steps see 0.61M tokens (six runs must
-    fit in ~10 minutes of two cores: ~1.5 CPU-seconds per step and run)."""
+    train_iters: int = 100
+    """Training steps of 8 x 512 tokens per run: 100 steps see 0.41M tokens. Six runs must
+    fit in about 9 minutes of two cores, at ~1.6 CPU-seconds per step and run."""
     save_interval: int = 25
     """A checkpoint (a point on the loss-vs-tokens curves) every this many steps."""
     seq_length: int = 512
@@ -57,9 +57,14 @@ class Settings:
     """Training seeds; every run of a seed sees the same documents in the same order."""
     eval_docs: int = 400
     """Held-out documents measured under the four conditions at PP=2 (gap by flaw type)."""
-    prompts: int = 60
-    """Task-metric prompts (held-out good prose), one continuation each per run and seed."""
-    gen_tokens: int = 96
+    prompts: int = 80
+    """Task-metric prompts (held-out good prose), two continuations each per run and seed."""
+    samples_per_prompt: int = 2
+    gen_tokens: int = 64
+    max_text_tokens: int = 256
+    """Text tokens scored per held-out document on the curves (the same for every run)."""
+    sample_min_words: int = 20
+    """The spelling rule's least evidence on a 64-token sample (documents: 40 words)."""
     template: str = str(REPO / "examples" / "demo" / "critique_template.yaml")
     """Prefix template: the critique template with a 48-token budget (critique_template.yaml)."""
     feedback_dropout: float = 0.1
@@ -244,7 +249,9 @@ def main(argv=None) -> int:
                 "--run", f"{run_name(k, seed)}={out / 'checkpoints' / run_name(k, seed)}", "--kind", k,
                 "--heldout", data / "heldout_good.jsonl", "--prompts", data / "prompts.jsonl",
                 "--template", s.template, "--seq-length", s.seq_length, "--seed", args.seed,
-                "--gen-tokens", s.gen_tokens, "--output", out / "measurements" / f"{run_name(k, seed)}.json"]
+                "--gen-tokens", s.gen_tokens, "--samples-per-prompt", s.samples_per_prompt,
+                "--max-text-tokens", s.max_text_tokens, "--sample-min-words", s.sample_min_words,
+                "--output", out / "measurements" / f"{run_name(k, seed)}.json"]
                 for k, seed in runs}, stages.logs)
             return f"{len(runs)} runs measured"
 

@@ -43,8 +43,13 @@ from megatron_ixt.training.loop import tokenizer_from_config  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
 # Conditions measured per kind of run. Every condition scores exactly the same text tokens.
-CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best", "worst")}
-TASK_CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best", "worst")}
+# The curves need one condition per reference and two for IXT (best: the headline; none:
+# IXT without a prefix against plain); the worst feedback is measured at the final
+# checkpoint only (the conditioning gap on good documents). Every forward pass counts
+# against the demo's 15 minutes.
+CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best")}
+FINAL_CONDITIONS = {"plain": (), "bos": (), "ixt": ("worst",)}
+TASK_CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("best", "worst")}
 
 
 def saved_iterations(ckpt: Path) -> list[int]:
@@ -95,7 +100,7 @@ def context_ids(tokenizer, template: str, doc: dict, condition: str) -> list[int
 
 
 def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int,
-                   conditions=("none", "bos", "best", "worst")) -> dict[str, list]:
+                   conditions=("none", "bos", "best", "worst"), max_text_tokens: int = 0) -> dict[str, list]:
     """Per condition, ``[eod] context text`` for every document. The text window is the same
     in every condition and every run (cut so that the longest context still fits), so all
     conditions and all models score exactly the same tokens, as
@@ -104,6 +109,7 @@ def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int,
     for doc in docs:
         contexts = {cond: context_ids(tokenizer, template, doc, cond) for cond in conditions}
         room = seq_length - max(len(c) for c in contexts.values()) - 1
+        room = min(room, max_text_tokens) if max_text_tokens else room
         text = list(tokenizer.tokenize(doc["text"]))[:room]
         for cond, context in contexts.items():
             out[cond].append(([tokenizer.eod, *context, *text], 1 + len(context)))
@@ -167,7 +173,8 @@ def task_metric(model, tokenizer, prompts: list[dict], condition: str, template:
     # Sample length is our choice, not the model's: the text critic's length rules (fewer
     # than 50 words, fewer than 3 sentences) would fail every 64-token sample alike.
     critics = {"python": build_critic("python"),
-               "text": build_critic("text", skip_rules=("too_short", "few_sentences"))}
+               "text": build_critic("text", skip_rules=("too_short", "few_sentences"),
+                                    min_checked_words=args.sample_min_words)}
     contexts, meta = [], []
     for p in prompts:
         for _ in range(args.samples_per_prompt):
@@ -205,6 +212,10 @@ def main() -> int:
     parser.add_argument("--template", default="quality")
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--max-text-tokens", type=int, default=0,
+                        help="score at most this many text tokens per document (0: as many as fit)")
+    parser.add_argument("--sample-min-words", type=int, default=40,
+                        help="the text critic's least evidence for its spelling rule on samples")
     parser.add_argument("--samples-per-prompt", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=40)
@@ -221,7 +232,8 @@ def main() -> int:
     cfg = config_from_checkpoint(str(first), overrides)
     init_inference(cfg)
     tokenizer = tokenizer_from_config(cfg)
-    sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length)
+    sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length,
+                               max_text_tokens=args.max_text_tokens)
     conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]
     tokens_per_step = cfg.training.global_batch_size * cfg.model.seq_length
     result = {"documents": len(docs), "text_tokens": sum(len(s) - c for s, c in sequences["none"]),
@@ -237,10 +249,12 @@ def main() -> int:
                 cfg.checkpoint.load = checkpoint_view(ckpt, iteration, Path(views))
                 model = InferenceModel(cfg, tokenizer.vocab_size)
                 point = {"iteration": iteration, "tokens": iteration * tokens_per_step}
-                for cond in conditions:
+                final = iteration == iterations[-1]
+                for cond in conditions + (FINAL_CONDITIONS[args.kind] if final else ()):
                     point[cond] = text_loss(model, sequences[cond])
                 curve.append(point)
-                print(f"{name} iteration {iteration}: " + ", ".join(f"{c} {point[c]:.4f}" for c in conditions)
+                print(f"{name} iteration {iteration}: " + ", ".join(f"{c} {v:.4f}" for c, v in point.items()
+                                                                     if c not in ("iteration", "tokens"))
                       + f" ({time.time() - started:.1f} s)", flush=True)
                 if iteration == iterations[-1] and prompts:
                     for cond in task_conditions:

@@ -273,9 +273,13 @@ def write_report(out: Path) -> list[Path]:
     for key in ("half", "final"):
         values = [better_ratio(r) for r in heads[key]]
         measured = [v for v in values if v is not None]
-        summary[key] = {"ratios": values, "text": spread(measured) if len(measured) == len(values) else
-                        f"not measurable on {len(values) - len(measured)} of {len(values)} seeds "
-                        f"(reference never reached IXT's loss); measured: {spread(measured)}"}
+        text = spread(measured) if len(measured) == len(values) else \
+            (f"not measurable on {len(values) - len(measured)} of {len(values)} seeds (reference never reached "
+             f"IXT's loss: " + ", ".join(fmt_ratio(r["refs"][r["better"]]) for r in heads[key]) + ")")
+        bounds = [r["seed"] for r in heads[key] if r.get("better") and r["refs"][r["better"]]["how"] == "<="]
+        if bounds:  # reached at the reference's first checkpoint: only an upper bound
+            text += f" (an upper bound on seed(s) {', '.join(map(str, bounds))}: reached at the first checkpoint)"
+        summary[key] = {"ratios": values, "text": text}
     lines += ["", f"**Fair ratio at half the budget: {summary['half']['text']}.** "
                   f"At the final checkpoint: {summary['final']['text']}.", ""]
     headline = f"headline: fair ratio {summary['half']['text']} at half budget; final {summary['final']['text']}"
@@ -298,7 +302,8 @@ def write_report(out: Path) -> list[Path]:
     for name, run in sorted(runs.items()):
         keys = ["best", "none", "worst"] if run["kind"] == "ixt" else [REFERENCES[run["kind"]]]
         for key in keys:
-            lines.append(f"| {name} ({key}) | " + " | ".join(f"{p[key]:.4f}" for p in run["curve"]) + " |")
+            lines.append(f"| {name} ({key}) | " + " | ".join(f"{p[key]:.4f}" if key in p else "" for p in run["curve"])
+                         + " |")
     # -- task metric ----------------------------------------------------------------------
     lines += ["", "## Task metric: the critics judge sampled continuations", "",
               "Continuations of held-out good prose (first 8 words as the prompt, "

@@ -67,6 +67,8 @@ class TextStats:
     text: str
     word_chars: int  # characters in words (whitespace excluded)
     digits: int
+    min_checked_words: int = 40
+    """Least number of checkable words for the spelling rule to judge."""
 
     @classmethod
     def of(cls, text: str) -> "TextStats":
@@ -81,7 +83,7 @@ class TextStats:
     @cached_property
     def dictionary_misses(self) -> float:
         share, checked = text_signals.dictionary_miss_share(self.text, text_signals.dictionary())
-        return share if checked >= 40 else 0.0  # too few words to tell typos from chance
+        return share if checked >= self.min_checked_words else 0.0  # too few words to tell typos from chance
 
     @cached_property
     def word_order_errors(self) -> float:
@@ -287,11 +289,13 @@ class TextCritic(Critic):
     version = "2"
     default_workers = 1  # pure Python: threads would only contend for the GIL
 
-    def __init__(self, skip_rules: tuple[str, ...] | list[str] = ()):
+    def __init__(self, skip_rules: tuple[str, ...] | list[str] = (), min_checked_words: int = 40):
         unknown = set(skip_rules) - set(RULE_NAMES)
         if unknown:
             raise ValueError(f"unknown text rules {sorted(unknown)}; rules are {', '.join(RULE_NAMES)}")
         self.rules = tuple(rule for rule in RULES if rule.name not in set(skip_rules))
+        # The spelling rule needs evidence: with fewer checkable words one typo decides.
+        self.min_checked_words = min_checked_words
         if any(rule.name == "dictionary_misses" for rule in self.rules):
             text_signals.dictionary()  # no word list: say so now, not on the first document
 
@@ -301,6 +305,7 @@ class TextCritic(Critic):
     def evaluate(self, text: str) -> list[tuple[Rule, float]]:
         """The failed rules with their measured values, in rule order."""
         stats = TextStats.of(text)
+        stats.min_checked_words = self.min_checked_words
         failed = []
         for rule in self.rules:
             value = rule.measure(stats)
