@@ -171,9 +171,9 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
     hf_model = _tiny_llama(hf_dir, texts[:300]).eval()
     ckpt = tmp_path / "ckpt"
     proc = run_python("tools/convert_checkpoint.py", ["--from", "hf", "--input", hf_dir, "--save", ckpt,
-                                                      "--tensor-model-parallel-size", 2, "--seq-length", 64])
+                                                      "--tensor-model-parallel-size", 2, "--seq-length", 128])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{\n") + 1:])  # the printed summary
     assert summary["delimiters"] == "appended" and summary["feedback_ids"] == [1000, 1001]
     assert summary["padded_vocab_size"] == 1024  # 1002 ids, padded to a multiple of 128 x TP 2
 
@@ -184,8 +184,8 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
                                                    tokenizer_json, "--append-eod", "--prefix-template", "critique"])
     assert proc.returncode == 0, proc.stderr
     flags = ["--config", ckpt / "model.yaml", "--load", ckpt, "--data-path", tmp_path / "ds_text_document",
-             "--micro-batch-size", 2, "--global-batch-size", 4, "--train-iters", 2, "--lr", 1e-4,
-             "--lr-warmup-iters", 0, "--eval-interval", 0, "--split", "100,0,0", "--seq-length", 64,
+             "--micro-batch-size", 4, "--global-batch-size", 16, "--train-iters", 2, "--lr", 1e-4,
+             "--lr-warmup-iters", 0, "--eval-interval", 0, "--split", "100,0,0", "--seq-length", 128,
              "--data-cache-path", tmp_path / "cache", "--log-file", tmp_path / "log.jsonl", "--log-interval", 1]
     proc = run_torchrun(2, "pretrain_ixt.py", flags)
     assert "weights only" in proc.stdout
@@ -197,11 +197,10 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
     cfg, _ = parse_config([str(f) for f in flags])
     tokenizer = build_tokenizer("HuggingFaceTokenizer", str(tokenizer_json))
     train, _, _ = build_datasets(cfg, tokenizer)
-    batch = [train[i] for i in range(4)]
+    batch = [train[i] for i in range(16)]
     tokens = torch.stack([b["tokens"] for b in batch])
     labels = torch.stack([b["labels"] for b in batch])
     mask = torch.stack([b["loss_mask"] for b in batch]).float()
-    assert (tokens == 1000).any() and (tokens == 1001).any()  # feedback prefixes in the batch
     rows_before = hf_model.get_input_embeddings().weight.shape[0]
     means = [hf_model.get_input_embeddings().weight.mean(0), hf_model.lm_head.weight.mean(0)]
     hf_model.resize_token_embeddings(1024, mean_resizing=False)
@@ -214,6 +213,7 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
     print(f"first-iteration loss: pretrain_ixt.py {first_loss:.8f}, Hugging Face {hf_loss:.8f}, "
           f"difference {abs(first_loss - hf_loss):.3g}")
     assert abs(first_loss - hf_loss) < 1e-5
+    assert (tokens == 1000).any() and (tokens == 1001).any()  # the batch has feedback prefixes
 
 
 # -- Megatron-LM checkpoints ---------------------------------------------------------------
@@ -261,3 +261,6 @@ def test_megatron_lm_checkpoint(tmp_path):
     output = proc.stderr + proc.stdout
     assert proc.returncode != 0 and "KeyError" not in output
     assert "--num-layers: checkpoint 4, configured 2; --ffn-hidden-size: checkpoint 192, configured 128" in output, output
+    # The inference tools say what it is instead of a bare KeyError: 'config'.
+    proc = run_python("tools/generate.py", ["--load", ckpt, "--prompt", "1 2 3"])
+    assert proc.returncode == 2 and "a Megatron-LM checkpoint" in proc.stderr, proc.stderr

@@ -79,6 +79,7 @@ def choose_dataset(cfg: Config, tokenizer):
     missing = [p for p in prefixes if not os.path.isfile(p + ".bin") or not os.path.isfile(p + ".idx")]
     if missing:
         raise ConfigError(f"--data-path: no indexed dataset at {', '.join(missing)} (expected PREFIX.bin and PREFIX.idx)")
+    check_tokenizer_matches(prefixes, tokenizer)
     with_side = [os.path.isfile(p + SIDE_FILE_SUFFIX) for p in prefixes]
     if all(with_side):
         ixt = cfg.ixt
@@ -91,6 +92,31 @@ def choose_dataset(cfg: Config, tokenizer):
         raise ConfigError(f"--data-path mixes IXT datasets with plain ones without {SIDE_FILE_SUFFIX}: {', '.join(plain)}")
     logger.info("no %s side files: training on plain GPT datasets (no feedback prefixes)", SIDE_FILE_SUFFIX)
     return GPTDataset, gpt_dataset_config(cfg, tokenizer)
+
+
+def check_tokenizer_matches(prefixes: list[str], tokenizer) -> None:
+    """Refuse datasets preprocessed with another tokenizer than training's: the ids their
+    `.meta.json` records (vocabulary size, eod, both feedback delimiters, appended ones
+    included) must be this tokenizer's. Datasets without a `.meta.json` (Megatron-LM's) pass."""
+    import json
+
+    from megatron_ixt.config.cli import ConfigError
+    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX
+
+    ours = {"vocab_size": tokenizer.vocab_size, "eod": getattr(tokenizer, "eod", None),
+            "feedback_open_id": getattr(tokenizer, "feedback_open_id", None),
+            "feedback_close_id": getattr(tokenizer, "feedback_close_id", None)}
+    for prefix in prefixes:
+        path = prefix + META_FILE_SUFFIX
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f).get("tokenizer") or {}
+        diffs = [f"{key} {recorded[key]} (training: {value})" for key, value in ours.items()
+                 if recorded.get(key) is not None and value is not None and recorded[key] != value]
+        if diffs:
+            raise ConfigError(f"{path}: preprocessed with another tokenizer ({recorded.get('type')}, "
+                              f"{', '.join((recorded.get('files') or {}).values())}): " + "; ".join(diffs))
 
 
 def build_datasets(cfg: Config, tokenizer, dataset_cls=None, config=None):

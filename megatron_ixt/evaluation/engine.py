@@ -24,7 +24,8 @@ from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
 from megatron_ixt.training.checkpointing import (
-    model_sharded_state_dict, check_model_compatible, checkpoint_name, load_model_weights, read_tracker)
+    checkpoint_name, checkpoint_source, check_model_compatible, load_model_weights, model_sharded_state_dict,
+    read_common_state, read_tracker)
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -36,7 +37,10 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
     if iteration is None:
         raise ConfigError(f"--load {load}: no checkpoint (missing latest_checkpointed_iteration.txt)")
     path = checkpoint_name(load, iteration)
-    common = dist_checkpointing.load_common_state_dict(path)
+    common = read_common_state(path)
+    if checkpoint_source(common, path) != "megatron_ixt":
+        raise ConfigError(f"--load {load}: a Megatron-LM checkpoint (its common.pt has 'args', not this project's "
+                          "'config'): load it with pretrain_ixt.py --finetune and the same model flags, then save")
     cfg = Config.from_dict(common["config"])
     from megatron_ixt.config.cli import leaf_fields
 

@@ -147,3 +147,19 @@ def test_vocabulary_that_reaches_a_delimiter_is_still_not_forged(tmp_path):
     for ids in (tokenizer.tokenize(text), tokenizer.tokenize_batch([text, "say"])[0].tolist()):
         assert tokenizer.feedback_open_id not in ids and tokenizer.feedback_close_id not in ids
         assert ids[:1] == [vocab["s"]] and len(ids) > 10
+
+
+def test_training_refuses_a_dataset_of_another_tokenizer(tmp_path, sp_model, sp_model_without_delimiters, stdlib_texts):
+    from megatron_ixt.config.cli import ConfigError
+    from megatron_ixt.data.datasets import check_tokenizer_matches
+    from megatron_ixt.data.preprocess import run_preprocess
+    from megatron_ixt.data.preprocess_args import parse_config
+
+    source = write_jsonl(tmp_path / "docs.jsonl", annotated_documents(stdlib_texts[:20]))
+    run_preprocess(parse_config(["--input", str(source), "--output-prefix", str(tmp_path / "d"), "--tokenizer-type",
+                                 "SentencePieceTokenizer", "--tokenizer-model", sp_model_without_delimiters]))
+    prefix = str(tmp_path / "d_text_document")
+    check_tokenizer_matches([prefix], build_tokenizer("SentencePieceTokenizer", sp_model_without_delimiters))
+    with pytest.raises(ConfigError, match=r"d_text_document.meta.json: preprocessed with another tokenizer.*"
+                                          r"vocab_size 802 \(training: 2000\).*feedback_open_id 800 \(training: 5\)"):
+        check_tokenizer_matches([prefix], build_tokenizer("SentencePieceTokenizer", sp_model))
