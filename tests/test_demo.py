@@ -74,11 +74,15 @@ def test_quick_demo_measures_every_run_on_the_same_tokens(quick_demo):
     for name, m in measured.items():
         curve = m["curves"][name]
         assert [p["iteration"] for p in curve] == [5, 10]
-        keys = {"plain": {"none"}, "bos": {"bos"}, "ixt": {"none", "best", "worst"}}[name.split("_")[0]]
+        kind = name.split("_")[0]
+        keys = {"plain": {"none"}, "bos": {"bos"}, "ixt": {"none", "best"}}[kind]
         assert all(keys <= set(p) and all(0 < p[k] < 20 for k in keys) for p in curve)
+        assert ("worst" in curve[-1]) == (kind == "ixt")  # the gap on good documents, at the end
         prompts = len((out / "data" / "prompts.jsonl").read_text().splitlines())
+        assert sorted(m["task"]) == sorted(f"{name}/{c}" for c in {"plain": ["none"], "bos": ["bos"],
+                                                                    "ixt": ["best", "worst"]}[kind])
         for task in m["task"].values():
-            assert task["by_kind"]["prose"]["samples"] == prompts
+            assert task["by_kind"]["prose"]["samples"] == 2 * prompts  # two continuations per prompt
 
 
 @pytest.mark.slow
