@@ -1,26 +1,39 @@
 #!/usr/bin/env python
-"""Benchmark tools/preprocess_data.py: docs/s, MB/s, tokens/s and peak memory per worker count.
+"""Benchmark tools/preprocess_data.py end to end, optionally against Megatron-LM's own tool.
 
-    python benchmarks/preprocess.py                      # 50,000 docs, 1 and 2 workers
-    python benchmarks/preprocess.py --megatron-lm ~/Megatron-LM   # also time upstream's tool
+    python benchmarks/preprocess.py                                   # ours: 50,000 docs, 1 and 2 workers
+    python benchmarks/preprocess.py --workers 2 --repeats 5 \
+        --reference-tree /work/megatron-lm-ref \
+        --reference-python /work/megatron-lm-ref-venv/bin/python       # ours vs Megatron-LM, interleaved
+    python benchmarks/preprocess.py --workers 2 --documents 2700000 --repeats 1   # ~2 GB of input
 
 The input is real text: the CPython standard library sources (tests included), cut into
-documents of ~740 characters and cycled up to `--documents`. A 4k-piece SentencePiece
-model (lossless settings of tools/train_tokenizer.py) is trained on it once and cached in
-`--work-dir`. Each configuration runs as a fresh process, as a user would run it:
+documents of ~740 characters and cycled up to `--documents` (50,000 documents: 38 MB). A
+4k-piece SentencePiece model (lossless settings of tools/train_tokenizer.py) is trained
+on it once and cached in `--work-dir`. Each run is a fresh process, as a user (or a SLURM
+array task) runs it, so start-up is included:
 
-* docs/s, MB/s, tokens/s: "processing" rates count from the end of start-up, as both tools
-  report them; "end-to-end" divides by the whole wall time (start-up included).
-* CPU s: user + system time of the tool and its workers, start-up included (less sensitive
-  than rates to other load on a shared machine);
+* wall s: the whole run, start-up to exit; the headline figure ("end to end");
+* docs/s, MB/s, tokens/s: "processing" rates from the end of start-up, as both tools
+  report them; "end to end" docs/s divides by the wall time;
+* CPU s: user + system time of the tool and its workers (less sensitive than rates to
+  other load on a shared machine);
 * peak memory: the largest sum over the process tree (main + workers) of the proportional
   set size (shared pages split between processes), sampled every 100 ms.
 
-Plain documents (no feedback) are what Megatron-LM's tool can process; the `+prefix` row runs
-the same corpus with `--annotated-fraction` of the documents carrying critique feedback.
-With `--megatron-lm DIR` (a Megatron-LM checkout) or `--upstream-script FILE` (any script
-with its flags), upstream's tool runs on the same input and tokenizer and the outputs are
-compared byte for byte.
+Plain documents (no feedback) are what Megatron-LM's tool can process; the `+prefix` row
+runs the same corpus with `--annotated-fraction` of the documents carrying critique
+feedback.
+
+The reference: `--reference-tree` is a Megatron-LM source tree (its
+`tools/preprocess_data.py` and `megatron.training` run from it) and `--reference-python`
+the interpreter of a separate environment with the matching megatron-core and torch
+(e.g. `torch==2.13.0 megatron-core==0.16.1 sentencepiece six regex pyyaml pydantic` for
+tag core_v0.16.1). The figures name it by the tree's `git describe` (or its `REFERENCE`
+file, first line, for a tree extracted without git metadata). The configurations run
+interleaved (ours, reference, ours, ...) `--repeats` times, so that other load on the
+machine hits both alike; medians are reported, with the median of the per-pair ratios.
+Outputs are compared byte for byte.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import os
 import random
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -128,6 +142,7 @@ def summarize(name: str, workers: int, run: dict, out_prefix: str, input_bytes: 
         "wall_s": run["wall_s"],
         "cpu_s": run["cpu_s"],
         "peak_mib": run["peak_bytes"] / 2**20,
+        "log": run["log"][-4000:],
     }
 
 
@@ -140,9 +155,12 @@ def main() -> None:
     parser.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--annotated-fraction", type=float, default=0.3)
-    parser.add_argument("--megatron-lm", help="Megatron-LM checkout: also run its tools/preprocess_data.py")
-    parser.add_argument("--upstream-script", help="a script with Megatron-LM's preprocess_data.py flags")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; the best is reported")
+    parser.add_argument("--reference-tree", "--megatron-lm", dest="reference_tree",
+                        help="Megatron-LM source tree: also run its tools/preprocess_data.py")
+    parser.add_argument("--reference-python", default=sys.executable,
+                        help="interpreter of the reference's environment (default: this one)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per configuration (medians)")
+    parser.add_argument("--no-prefix-row", action="store_true", help="skip the +prefix configuration")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
@@ -151,7 +169,7 @@ def main() -> None:
     annotated = work / f"ixt_{args.documents}.jsonl"
     if not plain.exists():
         make_corpus(plain, args.documents, args.doc_chars, 0.0)
-    if not annotated.exists():
+    if not annotated.exists() and not args.no_prefix_row:
         make_corpus(annotated, args.documents, args.doc_chars, args.annotated_fraction)
     model = work / f"sp_{args.model_type}_{args.vocab_size}.model"
     if not model.exists():
@@ -168,50 +186,73 @@ def main() -> None:
     for workers in args.workers:
         for label, corpus, extra in (("megatron_ixt", plain, []),
                                      ("megatron_ixt+prefix", annotated, ["--prefix-template", "critique"])):
-            if corpus is annotated and workers != max(args.workers):
+            if corpus is annotated and (workers != max(args.workers) or args.no_prefix_row):
                 continue
             out = str(work / f"out_{label.replace('+', '_')}_{workers}")
             cmd = [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(corpus),
                    "--output-prefix", out, "--workers", str(workers), *common, *extra]
             configs.append((label, workers, cmd, env, out, corpus))
-    upstream = args.upstream_script or (args.megatron_lm and str(Path(args.megatron_lm) / "tools" / "preprocess_data.py"))
-    if upstream:
-        upstream_env = dict(env)
-        if args.megatron_lm:
-            upstream_env["PYTHONPATH"] = os.pathsep.join([args.megatron_lm, env.get("PYTHONPATH", "")])
+    reference = None
+    if args.reference_tree:
+        tree = Path(args.reference_tree).resolve()
+        reference = reference_name(tree)
+        ref_env = {**env, "PYTHONPATH": os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])}
         for workers in args.workers:
-            out = str(work / f"out_upstream_{workers}")
-            cmd = [sys.executable, upstream, "--input", str(plain), "--output-prefix", out,
-                   "--workers", str(workers), *common]
-            configs.append(("Megatron-LM", workers, cmd, upstream_env, out, plain))
+            out = str(work / f"out_reference_{workers}")
+            cmd = [args.reference_python, str(tree / "tools" / "preprocess_data.py"), "--input", str(plain),
+                   "--output-prefix", out, "--workers", str(workers), *common]
+            configs.append(("reference", workers, cmd, ref_env, out, plain))
+        print(f"reference: {reference}")
+    print(f"input: {plain.name}, {plain.stat().st_size / 1e6:.1f} MB, {args.documents} documents; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
-    # Round robin over the configurations, --repeats times: on a shared machine, other load
-    # comes and goes; the best run of each is the least disturbed one, and all see the same.
-    best: dict = {}
+    # Round robin over the configurations: on a shared machine other load comes and goes,
+    # and interleaving makes it hit every configuration alike.
+    runs: dict = {}
     for repeat in range(args.repeats):
         for label, workers, cmd, run_env, out, corpus in configs:
             result = summarize(label, workers, measure(cmd, run_env), out, corpus.stat().st_size, args.documents)
+            result["load"] = os.getloadavg()[0]
             print(f"[{repeat + 1}/{args.repeats}] " + _row(result), flush=True)
-            key = (label, workers)
-            if key not in best or result["docs_per_s"] > best[key]["docs_per_s"]:
-                best[key] = result
-    print(f"\nBest of {args.repeats}:")
-    for result in best.values():
+            runs.setdefault((label, workers), []).append(result)
+    medians = {key: {k: (statistics.median(r[k] for r in rs) if isinstance(rs[0][k], float) else rs[0][k])
+                     for k in rs[0]} for key, rs in runs.items()}
+    print(f"\nMedians of {args.repeats} interleaved runs:")
+    for result in medians.values():
         print(_row(result))
-    if upstream:
+    if reference:
         for workers in args.workers:
-            ours, theirs = str(work / f"out_megatron_ixt_{workers}"), str(work / f"out_upstream_{workers}")
-            same = all(Path(ours + s).read_bytes() == Path(theirs + s).read_bytes()
+            ours, theirs = runs[("megatron_ixt", workers)], runs[("reference", workers)]
+            same = all(Path(str(work / f"out_megatron_ixt_{workers}") + s).read_bytes()
+                       == Path(str(work / f"out_reference_{workers}") + s).read_bytes()
                        for s in ("_text_document.bin", "_text_document.idx"))
-            speedup = best[("megatron_ixt", workers)]["docs_per_s"] / best[("Megatron-LM", workers)]["docs_per_s"]
-            print(f"{workers} worker(s): {speedup:.2f}x Megatron-LM's docs/s; outputs byte-identical: {same}")
-    (work / "results.json").write_text(json.dumps(list(best.values()), indent=2))
+            wall = medians[("reference", workers)]["wall_s"] / medians[("megatron_ixt", workers)]["wall_s"]
+            paired = statistics.median(t["wall_s"] / o["wall_s"] for o, t in zip(ours, theirs))
+            print(f"{workers} worker(s), end to end: megatron_ixt {medians[('megatron_ixt', workers)]['wall_s']:.2f} s, "
+                  f"{reference} {medians[('reference', workers)]['wall_s']:.2f} s (medians): {wall:.2f}x faster "
+                  f"(median of paired ratios {paired:.2f}x); outputs byte-identical: {same}")
+    (work / "results.json").write_text(json.dumps({"reference": reference, "runs": {
+        f"{label} workers={workers}": rs for (label, workers), rs in runs.items()}}, indent=2, default=str))
+
+
+def reference_name(tree: Path) -> str:
+    """How the figures name the reference: the tree's git description, else its REFERENCE file."""
+    described = subprocess.run(["git", "-C", str(tree), "describe", "--tags", "--always", "--dirty"],
+                               capture_output=True, text=True)
+    if described.returncode == 0 and described.stdout.strip():
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+        version = f"{described.stdout.strip()} ({commit.stdout.strip()[:12]})"
+    elif (tree / "REFERENCE").is_file():
+        version = (tree / "REFERENCE").read_text().splitlines()[0].strip()
+    else:
+        version = "unknown version (no git metadata, no REFERENCE file)"
+    return f"Megatron-LM's tools/preprocess_data.py at {version}, from {tree}"
 
 
 def _row(r: dict) -> str:
     return (f"{r['tool']:<18} workers={r['workers']}: {r['docs_per_s']:>8.0f} docs/s  "
             f"{r['mb_per_s']:6.2f} MB/s  {r['tokens_per_s'] / 1e6:5.2f} M tokens/s  "
-            f"(end to end {r['end_to_end_docs_per_s']:6.0f} docs/s, {r['wall_s']:.1f} s, {r['cpu_s']:.1f} CPU s)  "
+            f"(end to end {r['end_to_end_docs_per_s']:6.0f} docs/s, {r['wall_s']:.2f} s, {r['cpu_s']:.1f} CPU s)  "
             f"peak {r['peak_mib']:.0f} MiB")
 
 
