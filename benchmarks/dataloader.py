@@ -8,8 +8,8 @@ Index build (what rank 0 does before training while the other ranks wait): synth
 per-sequence arrays of 1M, 10M and 100M documents (lengths 20..1000 tokens, 70% with a
 8..40-token prefix), `num_samples` covering 95% of one epoch; each configuration builds
 its document, sample and shuffle indices into a fresh cache folder (the `.npy` writes
-included, as in a run), GPTDataset first, then the IXT dataset plain, with prefix
-dropout, with `--ixt-repeat-prefix`, and with both. numba's compilation is paid once per
+included, as in a run): GPTDataset, then the IXT dataset plain, with prefix dropout, with
+`--ixt-repeat-prefix`, and with both, interleaved `--index-rounds` times (medians). numba's compilation is paid once per
 installation and is timed separately.
 
 Samples/s: both datasets read the same real `.bin/.idx` (benchmarks/_corpus.py; the GPT
@@ -86,20 +86,28 @@ def build_once(cls, config_cls, low, num_samples: int, seq: int, tokenizer, **ix
     return seconds, n
 
 
-def index_builds(sizes: list[int], seq: int, tokenizer) -> None:
+def index_builds(sizes: list[int], seq: int, tokenizer, rounds: int) -> None:
     t0 = time.perf_counter()
     build_once(IXTDataset, IXTDatasetConfig, SyntheticSequences(1000), 10, seq, tokenizer,
                ixt_repeat_prefix=True, ixt_feedback_dropout=0.1)
     print(f"(first IXT build incl. numba compile or cache load: {time.perf_counter() - t0:.2f} s)")
-    print(f"{'documents':>11}  {'dataset':44} {'build s':>8} {'vs GPT':>7} {'samples':>11}")
+    print(f"{'documents':>11}  {'dataset':44} {'build s':>8} {'vs GPT':>7} {'samples':>11}   (median of {rounds} "
+          "interleaved rounds; vs GPT: median of the per-round time ratios)")
+    runs = [("GPTDataset", GPTDataset, GPTDatasetConfig, {})]
+    runs += [(name, IXTDataset, IXTDatasetConfig, ixt) for name, ixt in IXT_VARIANTS]
     for num_docs in sizes:
         low = SyntheticSequences(num_docs)
         num_samples = int(0.95 * int(low.sequence_lengths.sum(dtype=np.int64)) / seq)
-        gpt_s, gpt_n = build_once(GPTDataset, GPTDatasetConfig, low, num_samples, seq, tokenizer)
-        print(f"{num_docs:>11,}  {'GPTDataset':44} {gpt_s:>8.2f} {'1.00x':>7} {gpt_n:>11,}", flush=True)
-        for name, ixt in IXT_VARIANTS:
-            s, n = build_once(IXTDataset, IXTDatasetConfig, low, num_samples, seq, tokenizer, **ixt)
-            print(f"{num_docs:>11,}  {name:44} {s:>8.2f} {s / gpt_s:>6.2f}x {n:>11,}", flush=True)
+        times: dict = {name: [] for name, *_ in runs}
+        counts = {}
+        for _ in range(rounds):
+            for name, cls, config_cls, ixt in runs:
+                seconds, counts[name] = build_once(cls, config_cls, low, num_samples, seq, tokenizer, **ixt)
+                times[name].append(seconds)
+        for name, *_ in runs:
+            ratio = statistics.median(t / g for t, g in zip(times[name], times["GPTDataset"]))
+            print(f"{num_docs:>11,}  {name:44} {statistics.median(times[name]):>8.2f} {ratio:>6.2f}x "
+                  f"{counts[name]:>11,}", flush=True)
         del low
         gc.collect()
 
@@ -151,6 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index-docs", type=float, nargs="+", default=[1e6, 1e7, 1e8])
     parser.add_argument("--index-seq-length", type=int, default=4096)
+    parser.add_argument("--index-rounds", type=int, default=3, help="interleaved rounds per size (medians)")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--skip-samples", action="store_true")
     parser.add_argument("--samples", type=int, default=3000)
@@ -164,7 +173,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if not args.skip_index:
         null = build_tokenizer("NullTokenizer", vocab_size=32000)
-        index_builds([int(n) for n in args.index_docs], args.index_seq_length, null)
+        index_builds([int(n) for n in args.index_docs], args.index_seq_length, null, args.index_rounds)
     if not args.skip_samples:
         corpus = build_corpus(Path(args.cache))
         tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=corpus["tokenizer"])
