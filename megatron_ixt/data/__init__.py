@@ -9,7 +9,9 @@ such as `megatron_ixt.data.errors` does not pull in megatron-core):
 * `tokenizers` - `build_tokenizer` with Megatron-LM's type names;
 * `indexed_io` - the preprocessed files (`read_side_file`, `read_metadata`);
 * `preprocess` - the pipeline behind tools/preprocess_data.py;
-* `datasets`, `ixt_dataset` - megatron-core datasets over the preprocessed files.
+* `merge` - merging preprocessed datasets (SLURM shards) in constant memory;
+* `datasets`, `ixt_dataset` - megatron-core datasets over the preprocessed files (`packing`:
+  their compiled index kernels).
 
 See docs/data.md.
 """
