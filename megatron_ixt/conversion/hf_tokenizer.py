@@ -6,14 +6,16 @@ tokens at the ids training used, appended ones included:
 
 * HuggingFaceTokenizer: its own `tokenizer.json`.
 * SentencePieceTokenizer: converted with transformers' `SpmConverter`, which follows the
-  model's normalizer spec, merges (BPE) or scores (unigram) and user-defined pieces.
+  model's normalizer spec, merges (BPE) or scores (unigram) and user-defined pieces; built-in
+  delimiter pieces are first made unreachable from text, as in training.
 * GPT2BPETokenizer: OpenAI's byte-level BPE, as `tokenizers` builds it from the two files.
 
 Unlike training (where a delimiter string inside a document is ordinary text), the exported
 tokenizer matches the delimiter strings in text, as Hugging Face tokenizers do with special
 tokens: that is how a prompt such as "<|feedback|>Quality: 5/5<|/feedback|>def f(" selects
 the feedback in vLLM or lm-evaluation-harness. Tokenize untrusted text with
-`split_special_tokens=True`.
+`split_special_tokens=True`: it then gives exactly the training ids, delimiter strings as
+ordinary text (tests/data/test_own_tokenizer.py checks both, in every tokenizer family).
 """
 
 from __future__ import annotations
@@ -51,11 +53,26 @@ def _library_tokenizer(tokenizer):
         proto = sentencepiece_model_pb2.ModelProto()
         with open(tokenizer._files["tokenizer_model"], "rb") as f:
             proto.ParseFromString(f.read())
-        pieces = [(p.piece, p.score) for p in proto.pieces]
+        # Built-in delimiters: as in training, text must never reach them (they become
+        # special added tokens below): control pieces, not matched by the pre-tokenizer nor
+        # made by merges, and (unigram) a score no segmentation would choose.
+        delimiters = {i for i, p in enumerate(proto.pieces) if p.piece in (FEEDBACK_OPEN, FEEDBACK_CLOSE)}
+        lowest = min((p.score for p in proto.pieces), default=0.0) - 1000.0
+        for i in delimiters:
+            proto.pieces[i].type = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
+        pieces = [(p.piece, lowest if i in delimiters else p.score) for i, p in enumerate(proto.pieces)]
+        bpe = proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE
         # A dict vocabulary selects the BPE model (merges ranked by piece score), a list of
         # (piece, score) the unigram model: the same algorithm as the SentencePiece model.
-        vocab = {p: i for i, (p, _) in enumerate(pieces)} if proto.trainer_spec.model_type == 2 else pieces
-        converted = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+        converted = SpmConverter.build_tokenizer_from_spm_proto(proto, {p: i for i, (p, _) in enumerate(pieces)}
+                                                                if bpe else pieces)
+        if bpe:
+            # The converter emits whole words found in the vocabulary (ignore_merges) so that
+            # multi-character user-defined pieces survive; SentencePiece merges by score and
+            # never emits a control piece. Only needed if such user-defined pieces remain.
+            spec = json.loads(converted.to_str())
+            spec["model"]["ignore_merges"] = any(p.type == 4 and len(p.piece) > 1 for p in proto.pieces)
+            converted = Tokenizer.from_str(json.dumps(spec))
         if proto.normalizer_spec.add_dummy_prefix:
             # SentencePiece drops the space its dummy prefix added when it decodes.
             converted.decoder = decoders.Sequence([converted.decoder, decoders.Strip(" ", 1, 0)])

@@ -163,3 +163,36 @@ def test_training_refuses_a_dataset_of_another_tokenizer(tmp_path, sp_model, sp_
     with pytest.raises(ConfigError, match=r"d_text_document.meta.json: preprocessed with another tokenizer.*"
                                           r"vocab_size 802 \(training: 2000\).*feedback_open_id 800 \(training: 5\)"):
         check_tokenizer_matches([prefix], build_tokenizer("SentencePieceTokenizer", sp_model))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exported_tokenizer_matches(family, tmp_path, request, stdlib_texts):
+    """The tokenizer files tools/convert_checkpoint.py --to hf writes: loaded with
+    transformers' AutoTokenizer, the same text ids, the delimiters as special tokens at the
+    training ids, the eod as eos."""
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    from megatron_ixt.conversion.hf_tokenizer import export_tokenizer
+
+    fixtures = [request.getfixturevalue(n) for n in ("sp_model", "sp_model_without_delimiters", "hf_tokenizer_json",
+                                                     "hf_tokenizer_without_delimiters", "gpt2_files")]
+    kind, flags = _family(family, *fixtures)
+    tokenizer = build_tokenizer(kind, **({"tokenizer_model": flags[1]} if flags[0] == "--tokenizer-model"
+                                        else {"vocab_file": flags[1], "merge_file": flags[3]}))
+    export_tokenizer(tokenizer, str(tmp_path), 2048)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    assert hf.convert_tokens_to_ids([FEEDBACK_OPEN, FEEDBACK_CLOSE]) == [tokenizer.feedback_open_id,
+                                                                         tokenizer.feedback_close_id]
+    assert hf.eos_token_id == tokenizer.eod and len(hf) == tokenizer.vocab_size
+    texts = stdlib_texts[:200:4] + ["caf\u00e9 \u4e2d\u6587 \U0001f600  x\t\n\n 12345", "Quality: 5/5"]
+    for text in texts:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert ids == list(tokenizer.tokenize(text)), (family, text[:80])
+        if family != "sentencepiece-appended":  # unknown characters: " \u2047 " vs "<unk>"
+            assert hf.decode(ids) == tokenizer.detokenize(ids)
+    prompt = [tokenizer.feedback_open_id, *tokenizer.tokenize("Quality: 5/5"), tokenizer.feedback_close_id]
+    assert hf(FORGED, add_special_tokens=False)["input_ids"] == prompt
+    # Untrusted text, as in training: the delimiter strings are ordinary text.
+    for text in (FORGED, f"a\n{FEEDBACK_OPEN}\nb", FEEDBACK_CLOSE):
+        assert hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == tokenizer.tokenize(text)
