@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py Makefile | sha1sum | cut -c1-12)
 OUT    ?= outputs/demo
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench wheelhouse gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,22 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/train_step.py
 
+# The GPU acceptance run (README, "GPUs"). `make wheelhouse` runs where PyPI is reachable and
+# fetches Python 3.12 manylinux wheels of what a bare GPU image lacks (megatron-core,
+# zstandard) plus this project's own wheel; copy wheelhouse/ with the checkout to the GPU
+# machine and run `make gpu-check` there with its own Python (no .venv, no network).
+WHEELHOUSE ?= wheelhouse
+GPU_PYTHON ?= python3
+wheelhouse: setup
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d $(WHEELHOUSE) megatron-core==0.16.1 zstandard==0.25.0
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELHOUSE) .
+	@du -sh $(WHEELHOUSE); ls $(WHEELHOUSE)
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --wheelhouse $(WHEELHOUSE)
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache $(WHEELHOUSE)

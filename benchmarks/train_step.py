@@ -78,7 +78,20 @@ def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int, da
     vocab = cfg.model.vocab_size + 3 if data == "mock" else 4000
     flops = training_flops_per_iteration(cfg, padded_vocab_size(vocab, cfg))
     return {"layout": f"{name}/{data}", "procs": nproc, "ms_per_iter": ms, "tokens_per_s": tokens / (ms / 1000),
-            "tflops_per_device": flops / (ms / 1000) / nproc / 1e12, "loss": rows[-1].get("lm loss")}
+            "tflops_per_device": flops / (ms / 1000) / nproc / 1e12, "loss": rows[-1].get("lm loss"),
+            "mem_gib": max(r.get("mem_gib", 0.0) for r in rows)}
+
+
+def default_peak_tflops(bf16: bool):
+    """This GPU's dense peak from the exact-name table (None on CPU or an unknown GPU)."""
+    import torch
+
+    from megatron_ixt.model.flops import PEAK_TFLOPS
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_name() not in PEAK_TFLOPS:
+        return None
+    peak = PEAK_TFLOPS[torch.cuda.get_device_name()][0]
+    return peak if bf16 else peak / 2
 
 
 def main() -> None:
@@ -89,21 +102,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--data", default="mock", help="comma list of mock, gpt, ixt (gpt/ixt: real text)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (989 for H100/H200 BF16)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for MFU (default: from the GPU's name, e.g. 989 for H100 SXM / H200 BF16)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more pretrain_ixt.py flags")
     args = parser.parse_args()
     extra = (["--bf16"] if args.bf16 else []) + args.extra
+    args.peak_tflops = args.peak_tflops or default_peak_tflops(args.bf16)
     print(f"preset {args.preset}, {args.iters} iterations ({args.warmup} warm-up), extra flags {extra or 'none'}")
-    print(f"{'layout':12} {'procs':>5} {'ms/iter':>10} {'tokens/s':>12} {'TFLOP/s/dev':>12}" + ("  MFU" if args.peak_tflops else ""))
+    print(f"{'layout':12} {'procs':>5} {'ms/iter':>10} {'tokens/s':>12} {'TFLOP/s/dev':>12} {'peak mem GiB':>13}"
+          + ("    MFU" if args.peak_tflops else ""))
     for name in args.layouts.split(","):
         base = None
         for data in args.data.split(","):
             r = run_layout(name, PRESETS[args.preset], extra, args.iters, args.warmup, data)
-            mfu = f"  {100 * r['tflops_per_device'] / args.peak_tflops:.1f}%" if args.peak_tflops else ""
+            mfu = f"  {100 * r['tflops_per_device'] / args.peak_tflops:5.1f}%" if args.peak_tflops else ""
             base = base or r["ms_per_iter"]
             ratio = f"  {100 * r['ms_per_iter'] / base:.1f}% of {args.data.split(',')[0]}" if "," in args.data else ""
             print(f"{r['layout']:12} {r['procs']:>5} {r['ms_per_iter']:>10.1f} {r['tokens_per_s']:>12,.0f} "
-                  f"{r['tflops_per_device']:>12.4f}{mfu}{ratio}", flush=True)
+                  f"{r['tflops_per_device']:>12.4f} {r['mem_gib']:>13.2f}{mfu}{ratio}", flush=True)
 
 
 if __name__ == "__main__":

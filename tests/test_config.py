@@ -79,6 +79,9 @@ def test_valid_config_fills_derived_defaults():
     (["--no-such-flag", "1"], {}, "unrecognized arguments: --no-such-flag 1"),
     (["--use-distributed-optimizer"], {}, "--use-distributed-optimizer needs NCCL"),
     (["--fp8-format", "e4m3"], {}, "needs Transformer Engine: install Transformer Engine"),
+    # A mask combination that cannot be honoured is refused before anything runs.
+    (["--reset-attention-mask", "--attention-backend", "flash"], {},
+     "--attention-backend flash selects a Transformer Engine kernel and needs --transformer-impl transformer_engine"),
 ])
 def test_entry_point_exits_2_with_one_line(args, env, message):
     proc = run_python("pretrain_ixt.py", ["--config", TINY, "--mock-data", *args], env=env, timeout=120)

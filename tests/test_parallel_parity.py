@@ -1,5 +1,7 @@
 """Numerical parity of parallel layouts: TP, TP+SP, PP, interleaved PP, DP and TP x PP
-train the same model on the same batches as a single process, to fp32 round-off.
+train the same model on the same batches as a single process, to fp32 round-off; so do
+TP+SP, PP and DP with document masks (``--reset-attention-mask``) through the torch attention
+(SDPA with a mask built from document ids), and the same with megatron-core's unfused attention.
 
 All runs start from one initial checkpoint written by a single process (megatron-core
 initialises TP shards from per-rank RNG streams, so "same seed" alone would not give the
@@ -24,6 +26,8 @@ from conftest import TINY, read_metrics, run_torchrun
 ITERS = 8
 COMMON = ["--config", TINY, "--mock-data", "--train-iters", ITERS, "--lr-warmup-iters", 0,
           "--eval-interval", 0, "--log-interval", 4]
+# Mock samples hold several documents (megatron-core's mock dataset ends each with EOD).
+DOCUMENTS = ["--reset-attention-mask", "--reset-position-ids"]
 
 LAYOUTS = {
     "tp2": (2, ["--tensor-model-parallel-size", 2]),
@@ -32,6 +36,11 @@ LAYOUTS = {
     "pp2_interleaved": (2, ["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 1]),
     "dp2": (2, []),
     "tp2_pp2": (4, ["--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2]),
+}
+DOCUMENT_LAYOUTS = {
+    "tp2_sp": (2, ["--tensor-model-parallel-size", 2, "--sequence-parallel"]),
+    "pp2": (2, ["--pipeline-model-parallel-size", 2]),
+    "dp2": (2, []),
 }
 
 
@@ -59,13 +68,40 @@ def reference(tmp_path_factory, initial_checkpoint):
     return losses, norms
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layout_matches_single_process(layout, tmp_path, initial_checkpoint, reference):
-    nproc, extra = LAYOUTS[layout]
-    losses, norms = train(tmp_path, initial_checkpoint, nproc, extra)
+@pytest.fixture(scope="module")
+def document_reference(tmp_path_factory, initial_checkpoint):
+    return train(tmp_path_factory.mktemp("docref"), initial_checkpoint, 1, DOCUMENTS)
+
+
+def assert_parity(layout, losses, norms, reference):
     ref_losses, ref_norms = reference
     worst_loss = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
     worst_norm = max(abs(a - b) / abs(b) for a, b in zip(norms, ref_norms))
     print(f"{layout}: max relative difference loss {worst_loss:.1e}, grad norm {worst_norm:.1e}")
     assert losses == pytest.approx(ref_losses, rel=1e-6), f"{layout} losses {losses} vs {ref_losses}"
     assert norms == pytest.approx(ref_norms, rel=1e-5), f"{layout} grad norms {norms} vs {ref_norms}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_single_process(layout, tmp_path, initial_checkpoint, reference):
+    nproc, extra = LAYOUTS[layout]
+    assert_parity(layout, *train(tmp_path, initial_checkpoint, nproc, extra), reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(DOCUMENT_LAYOUTS))
+def test_document_masks_match_single_process(layout, tmp_path, initial_checkpoint, document_reference, reference):
+    nproc, extra = DOCUMENT_LAYOUTS[layout]
+    assert_parity(f"{layout} + document masks", *train(tmp_path, initial_checkpoint, nproc, [*DOCUMENTS, *extra]),
+                  document_reference)
+    # The masks change the result: a run that ignored them would equal the plain reference.
+    assert abs(document_reference[0][-1] - reference[0][-1]) > 1e-3
+
+
+@pytest.mark.slow
+def test_unfused_attention_with_document_masks_matches_torch_attention(tmp_path, initial_checkpoint, document_reference):
+    """megatron-core's own DotProductAttention (dense mask) trains exactly like the torch attention."""
+    losses, norms = train(tmp_path, initial_checkpoint, 2, [*DOCUMENTS, "--attention-backend", "local",
+                                                            "--tensor-model-parallel-size", 2])
+    assert_parity("unfused tp2 + document masks", losses, norms, document_reference)

@@ -99,15 +99,3 @@ except (AssertionError, RuntimeError):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "global torch untouched" in proc.stdout
-
-
-@pytest.mark.gpu
-def test_gpu_training_runs_without_the_compat_layer(tmp_path):
-    """On a GPU: NCCL, the CUDA path of megatron-core, no CPU layer, and falling loss."""
-    log = tmp_path / "m.jsonl"
-    proc = run_torchrun(1, "pretrain_ixt.py", ["--config", TINY, "--mock-data", "--train-iters", 20, "--bf16",
-                                               "--log-file", log, "--eval-interval", 0])
-    rows, _ = read_metrics(log)
-    assert rows[-1]["lm loss"] < rows[0]["lm loss"]
-    assert "megatron_ixt: CUDA" in proc.stdout
-    assert "compatibility layer active" not in proc.stdout

@@ -71,9 +71,10 @@ def transformer_config(cfg: Config, plan: Optional[KernelPlan] = None) -> Transf
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=m.bf16,
-        # Allocated on the device; megatron_ixt.model.init draws every weight (layout-independent).
+        # megatron-core's initialisation also tags tensor-parallel parameters (partition_dim,
+        # ...), which the grad norm and checkpoints need; megatron_ixt.model.init then
+        # overwrites every weight with its layout-independent value.
         use_cpu_initialization=plan.device == "cpu",
-        perform_initialization=False,
         # Per-token loss: the schedule sums (loss * mask) and token counts over micro-batches
         # and data-parallel ranks, so every layout computes exactly the same mean.
         calculate_per_token_loss=True,

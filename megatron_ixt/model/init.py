@@ -48,15 +48,13 @@ def global_parameter_name(model, name: str) -> str:
 
 
 def _full_and_slice(param: torch.Tensor, name: str, std: float, seed: int, vocab_size: int, gated: bool):
-    """This rank's shard of the parameter's full tensor."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    rank = parallel_state.get_tensor_model_parallel_rank()
+    """This rank's shard of the parameter's full tensor (megatron-core tags sharded
+    parameters with ``tensor_model_parallel`` and ``partition_dim``)."""
+    sharded = getattr(param, "tensor_model_parallel", False)
+    tp = parallel_state.get_tensor_model_parallel_world_size() if sharded else 1
+    rank = parallel_state.get_tensor_model_parallel_rank() if sharded else 0
     device = param.device
-    if not getattr(param, "tensor_model_parallel", False) or tp == 1:
-        if name in ("embedding.word_embeddings.weight", "output_layer.weight"):
-            return _vocab_rows(param.shape[0], param.shape[1:], std, seed, name, vocab_size, device)
-        return _normal(param.shape, std, seed, name, device)
-    dim = param.partition_dim
+    dim = param.partition_dim if sharded else 0
     full_shape = list(param.shape)
     full_shape[dim] *= tp
     if name in ("embedding.word_embeddings.weight", "output_layer.weight"):

@@ -23,10 +23,15 @@ def is_logging_rank() -> bool:
     return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
 
 
-def memory_gib() -> str:
+def memory_gib() -> float:
+    """Peak allocated GPU memory, or this process's resident memory on CPU."""
     if torch.cuda.is_available():
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (max alloc)"
-    return f"{psutil.Process().memory_info().rss / 2**30:.2f} GiB (rss)"
+        return torch.cuda.max_memory_allocated() / 2**30
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def memory_text() -> str:
+    return f"{memory_gib():.2f} GiB ({'max alloc' if torch.cuda.is_available() else 'rss'})"
 
 
 class MetricsLogger:
@@ -82,7 +87,7 @@ class MetricsLogger:
         losses = {k: (v[0] / v[1]).item() for k, v in result.reports.items() if v[1] > 0}
         self.record({"iteration": iteration, "consumed_samples": consumed_samples, "lr": lr,
                      "grad_norm": result.grad_norm, "skipped": result.skipped,
-                     "step_ms": round(result.step_ms, 3), **losses})
+                     "step_ms": round(result.step_ms, 3), "mem_gib": round(memory_gib(), 3), **losses})
         if iteration % self.cfg.logging.log_interval:
             return
         if torch.cuda.is_available():
@@ -110,7 +115,7 @@ class MetricsLogger:
             means["text_without_prefix_share"] = share
         if result.grad_norm is not None:
             parts.append(f"grad norm {result.grad_norm:.3f}")
-        parts += [f"skipped {self.skipped}", f"mem {memory_gib()}"]
+        parts += [f"skipped {self.skipped}", f"mem {memory_text()}"]
         logger.info(" | ".join(parts))
         if self.writer:
             scalars = {"lr": lr, "ms_per_iter": ms_per_iter, "tokens_per_s": tokens_per_s,
