@@ -86,7 +86,7 @@ def build_once(cls, config_cls, low, num_samples: int, seq: int, tokenizer, **ix
     return seconds, n
 
 
-def index_builds(sizes: list[int], seq: int, tokenizer, rounds: int) -> None:
+def index_builds(sizes: list[int], seq: int, tokenizer, rounds: int, kernels_only: bool = False) -> None:
     t0 = time.perf_counter()
     build_once(IXTDataset, IXTDatasetConfig, SyntheticSequences(1000), 10, seq, tokenizer,
                ixt_repeat_prefix=True, ixt_feedback_dropout=0.1)
@@ -100,16 +100,42 @@ def index_builds(sizes: list[int], seq: int, tokenizer, rounds: int) -> None:
         num_samples = int(0.95 * int(low.sequence_lengths.sum(dtype=np.int64)) / seq)
         times: dict = {name: [] for name, *_ in runs}
         counts = {}
-        for _ in range(rounds):
+        for _ in range(0 if kernels_only else rounds):
             for name, cls, config_cls, ixt in runs:
                 seconds, counts[name] = build_once(cls, config_cls, low, num_samples, seq, tokenizer, **ixt)
                 times[name].append(seconds)
-        for name, *_ in runs:
+        for name, *_ in (runs if not kernels_only else []):
             ratio = statistics.median(t / g for t, g in zip(times[name], times["GPTDataset"]))
             print(f"{num_docs:>11,}  {name:44} {statistics.median(times[name]):>8.2f} {ratio:>6.2f}x "
                   f"{counts[name]:>11,}", flush=True)
+        kernels(low, seq, rounds)
         del low
         gc.collect()
+
+
+def kernels(low: SyntheticSequences, seq: int, rounds: int) -> None:
+    """The packers alone on one shuffled epoch: megatron-core's C++ `build_sample_idx` (over
+    per-occurrence sizes, as GPTDataset calls it) against packing.pack with re-inserted
+    prefixes (reading sizes and prefixes through the occurrence index)."""
+    from megatron.core.datasets import helpers
+
+    from megatron_ixt.data import packing
+
+    n = len(low)
+    occurrences = np.random.default_rng(0).permutation(n).astype(np.int32)
+    dropped = np.zeros(n, dtype=bool)
+    cpp, ours = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        helpers.build_sample_idx(low.sequence_lengths, occurrences, seq, 1,
+                                 int(low.sequence_lengths.sum(dtype=np.int64)), True, True)
+        cpp.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        packing.pack(occurrences, low.sequence_lengths, low.prefix_lengths, dropped, seq, 1, repeat_prefix=True)
+        ours.append(time.perf_counter() - start)
+    c, o = statistics.median(cpp), statistics.median(ours)
+    print(f"{n:>11,}  packer alone: helpers.build_sample_idx {c:.2f} s ({n / c / 1e6:.1f}M docs/s), "
+          f"packing.pack --ixt-repeat-prefix {o:.2f} s ({n / o / 1e6:.1f}M docs/s): {c / o:.2f}x its speed", flush=True)
 
 
 # -- samples/s -----------------------------------------------------------------------------
@@ -161,6 +187,7 @@ def main() -> None:
     parser.add_argument("--index-seq-length", type=int, default=4096)
     parser.add_argument("--index-rounds", type=int, default=3, help="interleaved rounds per size (medians)")
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--kernels-only", action="store_true", help="index part: only the packers, not the datasets")
     parser.add_argument("--skip-samples", action="store_true")
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--seq-length", type=int, default=1024)
@@ -173,7 +200,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if not args.skip_index:
         null = build_tokenizer("NullTokenizer", vocab_size=32000)
-        index_builds([int(n) for n in args.index_docs], args.index_seq_length, null, args.index_rounds)
+        index_builds([int(n) for n in args.index_docs], args.index_seq_length, null, args.index_rounds, args.kernels_only)
     if not args.skip_samples:
         corpus = build_corpus(Path(args.cache))
         tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=corpus["tokenizer"])

@@ -29,8 +29,9 @@ The reference: `--reference-tree` is a Megatron-LM source tree (its
 `tools/preprocess_data.py` and `megatron.training` run from it) and `--reference-python`
 the interpreter of a separate environment with the matching megatron-core and torch
 (e.g. `torch==2.13.0 megatron-core==0.16.1 sentencepiece six regex pyyaml pydantic` for
-tag core_v0.16.1). The figures name it by the tree's `git describe` (or its `REFERENCE`
-file, first line, for a tree extracted without git metadata). The configurations run
+tag core_v0.16.1). The figures name it "Megatron-LM's tools/preprocess_data.py at" the
+tree's `git describe`; a tree without git metadata names itself in full by the first line
+of a `REFERENCE` file (e.g. how it was obtained, or that it is not Megatron-LM at all). The configurations run
 interleaved (ours, reference, ours, ...) `--repeats` times, so that other load on the
 machine hits both alike; medians are reported, with the median of the per-pair ratios.
 Outputs are compared byte for byte.
@@ -242,8 +243,8 @@ def reference_name(tree: Path) -> str:
     if described.returncode == 0 and described.stdout.strip():
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
         version = f"{described.stdout.strip()} ({commit.stdout.strip()[:12]})"
-    elif (tree / "REFERENCE").is_file():
-        version = (tree / "REFERENCE").read_text().splitlines()[0].strip()
+    elif (tree / "REFERENCE").is_file():  # a tree without git metadata names itself, in full
+        return f"{(tree / 'REFERENCE').read_text().splitlines()[0].strip()}, from {tree}"
     else:
         version = "unknown version (no git metadata, no REFERENCE file)"
     return f"Megatron-LM's tools/preprocess_data.py at {version}, from {tree}"
