@@ -27,6 +27,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_ixt.config.schema import Config
+from megatron_ixt.runtime.kernels import current_device
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def micro_batches(cfg: Config, dataset, consumed_samples: int) -> Optional[Itera
     )
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=current_device().type == "cuda", persistent_workers=cfg.data.num_workers > 0,
         # Its own generator: a DataLoader iterator otherwise draws its base seed from the
         # global RNG, which would shift dropout masks after a resume.
         generator=torch.Generator().manual_seed(cfg.training.seed),

@@ -23,6 +23,7 @@ from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_para
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
+from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training.checkpointing import (
     checkpoint_name, checkpoint_source, check_model_compatible, load_model_weights, model_sharded_state_dict,
     read_common_state, read_tracker)
@@ -74,7 +75,7 @@ class InferenceModel:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return current_device()
 
     @torch.no_grad()
     def _run(self, tokens: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:

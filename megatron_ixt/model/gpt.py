@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import ModuleSpec, TransformerConfig
+from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnBackend, AttnMaskType
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
@@ -101,11 +102,15 @@ def _core_attention(plan: KernelPlan, layer: ModuleSpec) -> ModuleSpec:
     The unfused one gets a ``padding`` mask type under document masks: with ``causal``,
     apex's fused softmax applies its own triangle and ignores the mask."""
     attention = layer.submodules.self_attention
+    core = None
     if plan.attention in ("sdpa", "flex"):
         core = ModuleSpec(module=TorchCoreAttention, params={"kernel": plan.attention})
+    elif plan.attention == "unfused":
+        core = DotProductAttention  # also inside Transformer Engine's layer spec
+        if plan.document_masks == "dense":
+            attention = dataclasses.replace(attention, params={**attention.params, "attn_mask_type": AttnMaskType.padding})
+    if core is not None:
         attention = dataclasses.replace(attention, submodules=dataclasses.replace(attention.submodules, core_attention=core))
-    elif plan.attention == "unfused" and plan.document_masks == "dense":
-        attention = dataclasses.replace(attention, params={**attention.params, "attn_mask_type": AttnMaskType.padding})
     return dataclasses.replace(layer, submodules=dataclasses.replace(layer.submodules, self_attention=attention))
 
 

@@ -35,6 +35,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
+from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training import faults
 
 logger = logging.getLogger("megatron_ixt")
@@ -209,7 +210,7 @@ class Saver:
         if not self.root:
             return False
         flag = torch.tensor([1.0 if self._signal_received else 0.0],
-                            device="cuda" if torch.cuda.is_available() else "cpu")
+                            device=current_device())
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
