@@ -3,6 +3,7 @@ active on CPU only, invisible outside megatron-core, and never touched on CUDA."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,14 +71,21 @@ def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
     monkeypatch.setattr(parallel_state, "initialize_model_parallel", lambda **kw: calls.setdefault("mp", kw))
     monkeypatch.setattr(distributed, "seed_everything", lambda seed: None)
     monkeypatch.setattr(cpu_compat, "activate", lambda: pytest.fail("CPU layer activated on CUDA"))
+    from megatron_ixt.runtime import kernels
+
+    h100 = kernels.DeviceFacts(cuda=True, device_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
+    monkeypatch.setattr(kernels.DeviceFacts, "detect", staticmethod(lambda: h100))
     for k, v in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "x", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "unset")  # recorded, so the test's value is undone after
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS")
     from megatron_ixt.config import parse_config
 
     cfg, _ = parse_config(["--config", str(TINY), "--mock-data", "--tensor-model-parallel-size", "2"])
     distributed.initialize_distributed(cfg)
     assert calls["pg"]["backend"] == "nccl" and calls["device"] == 3
-    assert calls["mp"]["tensor_model_parallel_size"] == 2
+    assert calls["mp"]["tensor_model_parallel_size"] == 2 and calls["mp"]["distributed_timeout_minutes"] == 10
+    assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"  # set before CUDA starts, as Megatron-LM requires
     assert not cpu_compat.is_active()
 
 
