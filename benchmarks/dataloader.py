@@ -70,20 +70,22 @@ class SyntheticSequences:
         return len(self.sequence_lengths)
 
 
-def build_once(cls, config_cls, low, num_samples: int, seq: int, tokenizer, **ixt) -> tuple[float, int]:
-    """Seconds to construct the dataset (= build and save its indices) and its sample count."""
+def build_once(cls, config_cls, low, num_samples: int, seq: int, tokenizer, **ixt) -> tuple[float, float, int]:
+    """Wall and CPU seconds to construct the dataset (= build and save its indices), and its
+    sample count. CPU time (this process: the build is single-threaded) is the steadier figure
+    on a machine shared with other work."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_CACHE_DIR")) as cache:
         config = config_cls(random_seed=1234, sequence_length=seq, blend=([low.path_prefix], None), split="100,0,0",
                             path_to_cache=cache, tokenizer=tokenizer, reset_position_ids=False,
                             reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False, **ixt)
         indices = np.arange(len(low), dtype=np.int32)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ds = cls(low, low.path_prefix, indices, num_samples, Split.train, config)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         n = len(ds)
         del ds, indices
         gc.collect()
-    return seconds, n
+    return seconds, cpu, n
 
 
 def index_builds(sizes: list[int], seq: int, tokenizer, rounds: int, kernels_only: bool = False) -> None:
@@ -91,23 +93,28 @@ def index_builds(sizes: list[int], seq: int, tokenizer, rounds: int, kernels_onl
     build_once(IXTDataset, IXTDatasetConfig, SyntheticSequences(1000), 10, seq, tokenizer,
                ixt_repeat_prefix=True, ixt_feedback_dropout=0.1)
     print(f"(first IXT build incl. numba compile or cache load: {time.perf_counter() - t0:.2f} s)")
-    print(f"{'documents':>11}  {'dataset':44} {'build s':>8} {'vs GPT':>7} {'samples':>11}   (median of {rounds} "
-          "interleaved rounds; vs GPT: median of the per-round time ratios)")
+    print(f"{'documents':>11}  {'dataset':44} {'wall s':>8} {'CPU s':>8} {'CPU vs GPT':>10} {'samples':>11}   "
+          f"(median of {rounds} interleaved rounds; vs GPT: median of the per-round CPU-time ratios)")
     runs = [("GPTDataset", GPTDataset, GPTDatasetConfig, {})]
     runs += [(name, IXTDataset, IXTDatasetConfig, ixt) for name, ixt in IXT_VARIANTS]
     for num_docs in sizes:
         low = SyntheticSequences(num_docs)
         num_samples = int(0.95 * int(low.sequence_lengths.sum(dtype=np.int64)) / seq)
         times: dict = {name: [] for name, *_ in runs}
+        cpus: dict = {name: [] for name, *_ in runs}
         counts = {}
         for _ in range(0 if kernels_only else rounds):
             for name, cls, config_cls, ixt in runs:
-                seconds, counts[name] = build_once(cls, config_cls, low, num_samples, seq, tokenizer, **ixt)
+                seconds, cpu, counts[name] = build_once(cls, config_cls, low, num_samples, seq, tokenizer, **ixt)
                 times[name].append(seconds)
-        for name, *_ in (runs if not kernels_only else []):
-            ratio = statistics.median(t / g for t, g in zip(times[name], times["GPTDataset"]))
-            print(f"{num_docs:>11,}  {name:44} {statistics.median(times[name]):>8.2f} {ratio:>6.2f}x "
-                  f"{counts[name]:>11,}", flush=True)
+                cpus[name].append(cpu)
+                if rounds == 1:
+                    print(f"{num_docs:>11,}  {name:44} {seconds:>8.2f} {cpu:>8.2f} "
+                          f"{cpu / cpus['GPTDataset'][0]:>9.2f}x {counts[name]:>11,}", flush=True)
+        for name, *_ in (runs if not kernels_only and rounds > 1 else []):
+            ratio = statistics.median(t / g for t, g in zip(cpus[name], cpus["GPTDataset"]))
+            print(f"{num_docs:>11,}  {name:44} {statistics.median(times[name]):>8.2f} "
+                  f"{statistics.median(cpus[name]):>8.2f} {ratio:>9.2f}x {counts[name]:>11,}", flush=True)
         kernels(low, seq, rounds)
         del low
         gc.collect()
@@ -126,15 +133,15 @@ def kernels(low: SyntheticSequences, seq: int, rounds: int) -> None:
     dropped = np.zeros(n, dtype=bool)
     cpp, ours = [], []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = time.process_time()
         helpers.build_sample_idx(low.sequence_lengths, occurrences, seq, 1,
                                  int(low.sequence_lengths.sum(dtype=np.int64)), True, True)
-        cpp.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        cpp.append(time.process_time() - start)
+        start = time.process_time()
         packing.pack(occurrences, low.sequence_lengths, low.prefix_lengths, dropped, seq, 1, repeat_prefix=True)
-        ours.append(time.perf_counter() - start)
+        ours.append(time.process_time() - start)
     c, o = statistics.median(cpp), statistics.median(ours)
-    print(f"{n:>11,}  packer alone: helpers.build_sample_idx {c:.2f} s ({n / c / 1e6:.1f}M docs/s), "
+    print(f"{n:>11,}  packer alone (CPU s): helpers.build_sample_idx {c:.2f} s ({n / c / 1e6:.1f}M docs/s), "
           f"packing.pack --ixt-repeat-prefix {o:.2f} s ({n / o / 1e6:.1f}M docs/s): {c / o:.2f}x its speed", flush=True)
 
 
