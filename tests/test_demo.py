@@ -256,3 +256,19 @@ def test_best_and_worst_feedback_are_the_critics_extremes_per_domain():
     assert picked["prose"]["worst"]["critique"] == "Misspelt."
     assert picked["math"] == {"best": {"score": 10, "critique": "Right."}, "worst": {"score": 1, "critique": "Wrong."}}
 
+
+
+@pytest.mark.slow
+def test_ixt_vs_baseline_adds_quality_prefixes_to_the_demo(quick_demo, tmp_path):
+    out, _ = quick_demo
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "ixt_vs_baseline" / "run.py"), "--demo-dir",
+                           str(out), "--output-dir", str(tmp_path / "ivb")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    measured = sorted(p.stem for p in (tmp_path / "ivb" / "measurements").glob("*.json"))
+    assert measured == sorted([f"{k}_s{s}" for k in ("plain", "bos", "ixt", "ixtq") for s in (1234, 1235)])
+    meta = json.loads((tmp_path / "ivb" / "data" / "ixtq_text_document.meta.json").read_text())
+    assert meta["template"]["name"] == "quality"
+    results = (tmp_path / "ivb" / "results.md").read_text()
+    assert "quality-level prefixes" in results and "critique prefixes" in results
+    assert (tmp_path / "ivb" / "loss_vs_tokens.png").read_bytes()[:8] == PNG_MAGIC
