@@ -77,9 +77,10 @@ def test_export_matches_the_engine(layout, ixt_corpus, tmp_path):
 
     # Greedy under the best feedback: [eod] <|feedback|> Quality: 5/5 <|/feedback|> prompt.
     context = torch.tensor([engine["context"]])
-    generated = model.generate(context, max_new_tokens=len(engine["generated_ids"]), do_sample=False,
-                               generation_config=transformers.GenerationConfig.from_pretrained(out))
-    hf_ids = generated[0, context.shape[1]:].tolist()
+    generation = transformers.GenerationConfig.from_pretrained(out)  # eos = eod, delimiters suppressed
+    generation.update(max_new_tokens=len(engine["generated_ids"]), do_sample=False)
+    hf_ids = model.generate(context, generation_config=generation)[0, context.shape[1]:].tolist()
+    print(f"{layout}: greedy under the best feedback: engine {engine['generated_ids']}, Hugging Face {hf_ids}")
     assert len(engine["generated_ids"]) > 0
     assert hf_ids[:len(engine["generated_ids"])] == engine["generated_ids"]
 
