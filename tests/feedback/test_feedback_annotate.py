@@ -29,7 +29,7 @@ def test_ids_order_and_pass_through(tmp_path, jsonl, prose_docs):
     assert [d["id"] for d in written] == [f"corpus.jsonl:{i}" for i in range(1, 5)] + ["has-feedback"]
     assert list(written[0])[0] == "id"  # the assigned id comes first
     assert written[-1]["feedback"] == {"score": 3}  # existing feedback kept
-    assert all(d["feedback"]["judge"] == "text-critic/1" for d in written[:4])
+    assert all(d["feedback"]["judge"] == "text-critic/2" for d in written[:4])
     assert summary.outcomes == {"annotated": 4, "kept": 1}
     assert summary.as_dict()["by_domain"]["prose"]["annotated"] == 4
 
@@ -39,7 +39,7 @@ def test_list_text_and_null_feedback(tmp_path, jsonl):
     out = tmp_path / "out.jsonl"
     annotate_file(jsonl.write(tmp_path / "in.jsonl", docs), out, build_critic("text"), progress=False)
     written = jsonl.read(out)[0]
-    assert written["text"] == docs[0]["text"] and written["feedback"]["judge"] == "text-critic/1"
+    assert written["text"] == docs[0]["text"] and written["feedback"]["judge"] == "text-critic/2"
 
 
 def test_fraction_selects_by_id_hash(tmp_path, jsonl):
