@@ -41,7 +41,7 @@ def write_results(out: Path, train_iters: int) -> str:
             ratios = []
             for row in heads[which]:
                 refs = row["refs"]
-                better = refs[row["better"]] if row["better"] else None
+                better = refs[row["better"]] if row["better"] else None  # None: neither reached
                 ratios.append(better["ratio"] if better else None)
                 lines.append(f"| {label} | {which} (step {row['iteration']}) | {row['seed']} | {row['ixt_loss']:.4f} | "
                              f"{none_loss[(row['seed'], row['iteration'])]:.4f} | {fmt_ratio(refs['plain'])} | "

@@ -91,7 +91,8 @@ def ratio_rows(runs: dict[str, dict], ixt_key: str, references=REFERENCES, ixt_k
             # The better reference reaches the loss with fewer tokens (never: infinitely many).
             better = min(row["refs"], key=lambda k: (row["refs"][k]["tokens"] is None,
                                                      row["refs"][k]["tokens"] or 0), default=None)
-            row["better"] = better
+            # Neither got there: no better reference, the ratio is a lower bound for both.
+            row["better"] = better if better and row["refs"][better]["tokens"] is not None else None
             rows.append(row)
     return rows
 
@@ -267,15 +268,16 @@ def write_report(out: Path) -> list[Path]:
             refs = row["refs"]
             lines.append(f"| {label} (step {row['iteration']}) | {row['seed']} | {row['tokens'] / 1e6:.2f}M | "
                          f"{row['ixt_loss']:.4f} | {fmt_ratio(refs['plain']) if 'plain' in refs else 'n/a'} | "
-                         f"{fmt_ratio(refs['bos']) if 'bos' in refs else 'n/a'} | {row['better']} | "
-                         f"{fmt_ratio(refs[row['better']]) if row['better'] else 'n/a'} |")
+                         f"{fmt_ratio(refs['bos']) if 'bos' in refs else 'n/a'} | {row['better'] or 'neither reached'} | "
+                         f"{fmt_ratio(refs[row['better']]) if row['better'] else min(map(fmt_ratio, refs.values()))} |")
     summary = {}
     for key in ("half", "final"):
         values = [better_ratio(r) for r in heads[key]]
         measured = [v for v in values if v is not None]
         text = spread(measured) if len(measured) == len(values) else \
             (f"not measurable on {len(values) - len(measured)} of {len(values)} seeds (reference never reached "
-             f"IXT's loss: " + ", ".join(fmt_ratio(r["refs"][r["better"]]) for r in heads[key]) + ")")
+             f"IXT's loss: " + ", ".join(fmt_ratio(r["refs"][r["better"]]) if r["better"] else
+                                         min(map(fmt_ratio, r["refs"].values())) for r in heads[key]) + ")")
         bounds = [r["seed"] for r in heads[key] if r.get("better") and r["refs"][r["better"]]["how"] == "<="]
         if bounds:  # reached at the reference's first checkpoint: only an upper bound
             text += f" (an upper bound on seed(s) {', '.join(map(str, bounds))}: reached at the first checkpoint)"
