@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ("preprocess_data", "train_tokenizer", "annotate_feedback", "checkpoint_info")
+TOOLS = ("preprocess_data", "train_tokenizer", "annotate_feedback", "merge_datasets", "checkpoint_info")
 HEAVY = ("torch", "megatron.core")
 
 def main() -> None:

@@ -12,7 +12,7 @@ import pytest
 from megatron_ixt.data.tokenizer_base import LegacyTokenizerBase
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_TOOLS = ("preprocess_data", "train_tokenizer", "annotate_feedback", "checkpoint_info")
+DATA_TOOLS = ("preprocess_data", "train_tokenizer", "annotate_feedback", "merge_datasets", "checkpoint_info")
 
 
 @pytest.mark.parametrize("tool", DATA_TOOLS)
