@@ -4,8 +4,8 @@ beginning-of-document token, IXT with critique prefixes) -> three trainings per 
 seeds, side by side -> held-out loss of every checkpoint and the critics' verdicts on
 sampled continuations -> conditioning by flaw type, measured at PP=2 -> report.md.
 
-    python examples/demo/run_demo.py --output-dir outputs/demo          # ~13 min on 2 cores
-    python examples/demo/run_demo.py --output-dir /tmp/demo --quick     # ~2 min, a smoke test
+    python examples/demo/run_demo.py --output-dir outputs/demo          # 20 min on 2 busy cores
+    python examples/demo/run_demo.py --output-dir /tmp/demo --quick     # ~4 min, a smoke test
 
 Every stage runs the project's real tool as a subprocess (the commands are in
 ``<output-dir>/logs/<stage>.log``, first line), so this file is also a worked example of
@@ -32,7 +32,7 @@ from references import RUN_KINDS, best_worst_by_domain, is_good, task_prompts  #
 
 @dataclass
 class Settings:
-    """The demo's budget, sized for ~13 minutes on two busy cores (docs/demo.md)."""
+    """The demo's budget: about 1,000 CPU-seconds of training (docs/demo.md, "Wall time")."""
 
     max_docs: int = 2400
     """Documents in the corpus (annotation runs at ~40-60 docs/s)."""
@@ -84,7 +84,7 @@ OUTPUT_ENTRIES = ("data", "checkpoints", "logs", "plots", "cache", "metrics", "m
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "demo")
-    parser.add_argument("--quick", action="store_true", help="a tiny budget (smoke test, ~2 min)")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget (smoke test, ~4 min)")
     parser.add_argument("--train-iters", type=int, help="override the budget's training steps")
     parser.add_argument("--save-interval", type=int, help="override the checkpoint interval")
     parser.add_argument("--max-docs", type=int, help="override the budget's corpus size")
