@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def measure(cmd: list[str], env: dict) -> dict:
     """Run `cmd`; return wall time, peak memory of its process tree and its output."""
     start = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe: nothing reads a pipe while the tool runs, and a long run's
+    # progress lines would fill it and block the tool.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -117,8 +121,10 @@ def measure(cmd: list[str], env: dict) -> dict:
             pids = []
         peak = max(peak, sum(_pss_bytes(pid) for pid in pids))
         time.sleep(0.1)
-    output = proc.stdout.read()
     proc.wait()
+    log.seek(0)
+    output = log.read()
+    log.close()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tool and its (joined) workers
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
