@@ -51,6 +51,9 @@ def test_layout_matches_megatron_rank_order():
 
 
 def test_cpu_compat_refuses_cuda(monkeypatch):
+    # A fresh process's state: tests that run megatron-core in this process (test_attention.py)
+    # activated the layer already.
+    monkeypatch.setattr(cpu_compat, "_ACTIVE", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match="must not be activated on a CUDA machine"):
         cpu_compat.activate()
@@ -63,6 +66,7 @@ def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
     from megatron.core import parallel_state
 
     calls = {}
+    monkeypatch.setattr(cpu_compat, "_ACTIVE", False)  # as in a fresh process (see above)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("device", d))
