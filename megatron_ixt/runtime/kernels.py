@@ -229,7 +229,7 @@ def plan_kernels(cfg, facts: DeviceFacts) -> KernelPlan:
         cpu_compat=not cuda,
         transformer_impl=impl,
         attention=attention,
-        te_attention_backend=(choice if choice in ("auto", *_TE_ONLY_BACKENDS) else "auto") if attention == "te" else None,
+        te_attention_backend=choice if attention == "te" else None,  # "te" only comes from auto/flash/fused/unfused
         document_masks=document_masks,
         # apex's kernel; megatron-core's torch softmax is used otherwise (same math).
         masked_softmax_fusion=cuda and facts.apex and attention == "unfused",
