@@ -57,10 +57,13 @@ def validate_scale(value: Any, field_name: str = "feedback.scale") -> tuple[floa
 
 @dataclass(frozen=True)
 class Feedback:
-    """Critique feedback attached to a document (the `feedback` object, validated).
+    """Critique feedback on one document: the `feedback` object of the format, and the verdict
+    every critic of `megatron_ixt.feedback` returns (one class for both).
 
     `score` may be None only for feedback built by hand for rendering (for example a
     "desired critique" at evaluation time); feedback read from data always has a score.
+    `reasoning` is a judge's private reasoning (thinking models only): it is not part of the
+    format, `to_record` leaves it out, and it takes no part in comparisons.
     """
 
     score: Optional[float]
@@ -68,6 +71,17 @@ class Feedback:
     axes: Mapping[str, float] = field(default_factory=dict)
     critique: Optional[str] = None
     judge: Optional[str] = None
+    reasoning: Optional[str] = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Checked here too (not only in from_dict) so that a critic cannot build a verdict
+        # that the data tools would reject; from_dict has already named the field for data.
+        low, high = self.scale
+        if self.score is not None and not (_is_number(self.score) and low <= self.score <= high):
+            raise FieldError("feedback.score", f"a finite number within the scale [{low:g}, {high:g}]", self.score)
+        for name, value in self.axes.items():
+            if not (_is_number(value) and low <= value <= high):
+                raise FieldError(f"feedback.axes.{name}", f"a number within the scale [{low:g}, {high:g}]", value)
 
     @classmethod
     def from_dict(
@@ -131,6 +145,36 @@ class Feedback:
         low, high = self.scale
         return (self.score - low) / (high - low)
 
+    @property
+    def level(self) -> int:
+        """The fixed-threshold quality level 1..5 (`levels.quality_level`)."""
+        from megatron_ixt.data.levels import quality_level
+
+        if self.score is None:
+            raise ValueError("this feedback has no score")
+        return quality_level(self.score, self.scale)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object stored under a document's `feedback` key (`reasoning` left out)."""
+        record: dict[str, Any] = {"score": _round(self.score), "scale": [_round(v) for v in self.scale]}
+        # Standard axes first, in display order, so that records diff cleanly.
+        names = [a for a in STANDARD_AXES if a in self.axes] + sorted(a for a in self.axes if a not in STANDARD_AXES)
+        if names:
+            record["axes"] = {name: _round(self.axes[name]) for name in names}
+        if self.critique is not None:
+            record["critique"] = self.critique
+        if self.judge is not None:
+            record["judge"] = self.judge
+        return record
+
+
+def _round(value: Optional[float]) -> Union[float, int, None]:
+    """Two decimals, and integers written as integers (`10` rather than `10.0`)."""
+    if value is None:
+        return None
+    value = round(float(value), 2)
+    return int(value) if value.is_integer() else value
+
 
 @dataclass(frozen=True)
 class DocumentSpec:
@@ -150,6 +194,18 @@ class Document:
     feedback: Optional[Feedback] = None
     id: Optional[Union[str, int]] = None
     domain: Optional[str] = None
+    obj: Optional[dict] = field(default=None, compare=False, repr=False)
+    """The parsed line itself, with any other keys (critics read them; see `CRITIC_KEYS`)."""
+
+
+CRITIC_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "language": ((str,), "a string"),
+    "tests": ((str,), "a string of test code"),
+    "entry_point": ((str,), "a function name"),
+    "fragment": ((bool,), "true or false"),
+    "reference_answer": ((str, int, float), "a string or a number"),
+}
+"""Optional keys that let a critic check a document (docs/feedback.md): key -> (types, expected)."""
 
 
 def validate_document(obj: Any, spec: DocumentSpec = DocumentSpec()) -> Document:
@@ -175,6 +231,13 @@ def validate_document(obj: Any, spec: DocumentSpec = DocumentSpec()) -> Document
     domain = obj.get("domain")
     if domain is not None and not isinstance(domain, str):
         raise FieldError("domain", "a string", domain)
+    for key, (types, expected) in CRITIC_KEYS.items():
+        value = obj.get(key)
+        if value is not None and type(value) not in types:
+            raise FieldError(key, expected, value)
+    if obj.get("tests") is not None and not obj.get("entry_point"):
+        raise FieldError("entry_point", "the name of the function under test (the key is missing; "
+                         "a document with 'tests' needs one)")
 
     raw_feedback = obj.get(spec.feedback_key)
     # `"feedback": null` is accepted as "not annotated": annotation pipelines often write
@@ -184,7 +247,7 @@ def validate_document(obj: Any, spec: DocumentSpec = DocumentSpec()) -> Document
         if raw_feedback is None
         else Feedback.from_dict(raw_feedback, spec.default_scale, prefix=spec.feedback_key)
     )
-    return Document(texts=texts, feedback=feedback, id=doc_id, domain=domain)
+    return Document(texts=texts, feedback=feedback, id=doc_id, domain=domain, obj=obj)
 
 
 def parse_document_line(

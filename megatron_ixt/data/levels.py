@@ -37,8 +37,16 @@ def normalize_score(score: float, scale: Sequence[float]) -> float:
 
 
 def quality_level(score: float, scale: Sequence[float] = (0, 10)) -> int:
-    """The fixed-threshold quality level 1..5 of `score` on `scale` (DEVELOPING.md formula)."""
+    """The fixed-threshold quality level 1..5 of `score` on `scale` (DEVELOPING.md formula).
+
+    The one definition in the project (critics, evaluation and the data tools use it). A
+    score outside its scale raises `ValueError`: it is a broken record, not a level. A critic
+    that computes a raw score beyond its scale clamps it itself (`feedback.record.clamp`)
+    before building its `Feedback`, where the choice is visible.
+    """
     low, high = scale
+    if not low < high:
+        raise ValueError(f"scale must be [min, max] with min < max, got {list(scale)}")
     if not low <= score <= high:
         raise ValueError(f"score {score} is outside its scale [{low}, {high}]")
     # Exactly the contract's expression, evaluated in the same order, so that every package

@@ -139,6 +139,16 @@ class LineBatchReader:
             stream.close()
 
 
+def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """`(line number, raw line)` of one input file, decompressed (`.gz`, `.zst`) as for the
+    preprocessing tool; for readers that go through a file line by line (feedback annotation)."""
+    stream = _InputStream(path)
+    try:
+        yield from enumerate(_read_lines(stream), start=1)
+    finally:
+        stream.close()
+
+
 def _read_lines(stream: _InputStream) -> Iterator[bytes]:
     # Decompression errors surface while reading; name the file instead of a bare traceback.
     import zlib

@@ -1,6 +1,8 @@
 """Critics that write feedback on training documents, and the annotation pipeline.
 
-Critics (all return a :class:`Feedback` record on the 0-10 scale, see ``record.py``):
+Critics (all return a :class:`Feedback` record on the 0-10 scale, see ``record.py``; the
+document format, ``Feedback``, ``quality_level`` and the input errors belong to
+``megatron_ixt.data``):
 
 - ``llm``: a (thinking) judge model behind an OpenAI-compatible endpoint, rubric over the
   five axes (``llm_critic.py``, prompts in ``prompts/``);
@@ -24,12 +26,13 @@ the document keys, the critics' rules and the data sources.
 from megatron_ixt.feedback.annotate import ResumeError, annotate_file, is_selected
 from megatron_ixt.feedback.base import (CRITIC_NAMES, Critic, JudgeUnavailable, NotApplicable,
                                         VerdictError, build_critic, critic_class)
-from megatron_ixt.feedback.documents import InputError, iter_documents
+from megatron_ixt.data.errors import DataError, DocumentError
+from megatron_ixt.feedback.documents import iter_documents
 from megatron_ixt.feedback.progress import Summary
 from megatron_ixt.feedback.record import AXES, SCALE, Feedback, quality_level
 
 __all__ = [
-    "AXES", "SCALE", "CRITIC_NAMES", "Critic", "Feedback", "InputError", "JudgeUnavailable",
+    "AXES", "SCALE", "CRITIC_NAMES", "Critic", "DataError", "DocumentError", "Feedback", "JudgeUnavailable",
     "NotApplicable", "ResumeError", "Summary", "VerdictError", "annotate_file", "build_critic",
     "critic_class", "is_selected", "iter_documents", "quality_level",
 ]

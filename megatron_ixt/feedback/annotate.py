@@ -201,7 +201,7 @@ def annotate_file(inputs: Sequence[str | os.PathLike] | str | os.PathLike, outpu
                   progress: bool = True, fsync_interval_s: float = 1.0) -> Summary:
     """Annotate the documents of ``inputs`` into ``output``; resumable. See the module doc.
 
-    Raises InputError (bad input line), ResumeError (output not resumable), JudgeUnavailable
+    Raises DocumentError (bad input line), InputError (unreadable input file), ResumeError (output not resumable), JudgeUnavailable
     (judge unreachable: rerun to resume) and KeyboardInterrupt; in every case the output
     holds only complete lines of finished documents.
     """

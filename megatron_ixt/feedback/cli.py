@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from megatron_ixt.feedback.annotate import ResumeError, annotate_file
 from megatron_ixt.feedback.base import CRITIC_NAMES, JudgeUnavailable, build_critic
-from megatron_ixt.feedback.documents import InputError
+from megatron_ixt.data.errors import DataError
 
 logger = logging.getLogger("annotate_feedback")
 
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = annotate_file(args.input, args.output, critic, fraction=args.fraction,
                                 seed=args.seed, workers=args.workers, overwrite=args.overwrite,
                                 audit_path=args.audit_file, progress=not args.no_progress)
-    except (InputError, ResumeError) as error:
+    except (DataError, ResumeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except JudgeUnavailable as error:

@@ -1,8 +1,12 @@
-"""Reading documents: the JSONL format, the keys that tell critics what a document is, ids.
+"""Reading documents for the critics: ids, the text critics judge, the input check.
 
-A document is one JSON object per line (contract in ``docs/DEVELOPING.md``). Besides
-``text`` (required), ``id``, ``domain`` and ``feedback``, a document may carry keys that
-let a critic check it (``docs/feedback.md`` lists them):
+A document is one JSON object per line in the IXT document format, which belongs to
+``megatron_ixt.data`` (``data/document.py``, contract in ``docs/DEVELOPING.md``): the same
+validator, the same error (``DocumentError``: file, line, field, what was expected), the
+same rules for blank lines (rejected) and compressed input (``.gz``, ``.zst``) as
+``tools/preprocess_data.py``. Besides ``text`` (required), ``id``, ``domain`` and
+``feedback``, a document may carry keys that let a critic check it
+(``data.document.CRITIC_KEYS``; ``docs/feedback.md`` lists them):
 
 ===================  ==========  ==========================================================
 key                  type        meaning
@@ -17,9 +21,6 @@ key                  type        meaning
                                  outside it, so undefined names are not held against it
 ``reference_answer`` str/number  the correct final answer of a ``math`` document
 ===================  ==========  ==========================================================
-
-Every problem with an input line raises :class:`InputError`, which names the file, the
-line and the field, so that a person can fix the line.
 """
 
 from __future__ import annotations
@@ -29,29 +30,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+from megatron_ixt.data.document import DocumentSpec, parse_document_line
+from megatron_ixt.data.errors import DocumentError
+from megatron_ixt.data.sources import iter_lines
+
 DOMAIN_CODE = "code"
 DOMAIN_MATH = "math"
 DOMAIN_PROSE = "prose"
 
-# key -> (accepted types, description used in error messages)
-_OPTIONAL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "domain": ((str,), "a string"),
-    "language": ((str,), "a string"),
-    "tests": ((str,), "a string of test code"),
-    "entry_point": ((str,), "a function name"),
-    "fragment": ((bool,), "true or false"),
-    "reference_answer": ((str, int, float), "a string or a number"),
-}
-
-
-class InputError(Exception):
-    """A bad input line; ``str(error)`` reads ``path:line: field "x": what is wrong``."""
-
-    def __init__(self, path: str, line: int, message: str, field: str | None = None):
-        self.path, self.line, self.field = path, line, field
-        where = f"{path}:{line}: "
-        what = f'field "{field}": ' if field else ""
-        super().__init__(where + what + message)
+_SPEC = DocumentSpec()
 
 
 @dataclass
@@ -90,68 +77,19 @@ def default_id(path: str, line: int) -> str:
     return f"{os.path.basename(path)}:{line}"
 
 
-def validate_document(doc: Any, path: str, line: int) -> dict[str, Any]:
-    """Check one parsed line against the contract; return it (with an id assigned)."""
-    if not isinstance(doc, dict):
-        raise InputError(path, line, f"expected a JSON object, got {type(doc).__name__}")
-    if "text" not in doc:
-        raise InputError(path, line, "missing (every document needs a text string)", "text")
-    text = doc["text"]
-    # A list of strings is allowed too, as in Megatron-LM's preprocess_data.py (one sequence
-    # per element); critics read it joined (see judged_text).
-    if not (isinstance(text, str) or isinstance(text, list) and all(isinstance(t, str) for t in text)):
-        raise InputError(path, line, f"expected a string or a list of strings, got {type(text).__name__}",
-                         "text")
-    if "id" in doc:
-        doc_id = doc["id"]
-        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            raise InputError(path, line, f"expected a string or an integer, got {doc_id!r}", "id")
-    else:
-        doc = {"id": default_id(path, line), **doc}  # id first, as in documents that have one
-    for key, (types, description) in _OPTIONAL_KEYS.items():
-        value = doc.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise InputError(path, line, f"expected {description}, got {value!r}", key)
-    if "tests" in doc and not doc.get("entry_point"):
-        raise InputError(path, line, "missing (a document with tests must name the function "
-                         "under test)", "entry_point")
-    feedback = doc.get("feedback")
-    if feedback is not None:
-        if not isinstance(feedback, dict):
-            raise InputError(path, line, "expected a JSON object", "feedback")
-        score = feedback.get("score")
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
-            raise InputError(path, line, f"expected a number, got {score!r}", "feedback.score")
-    return doc
-
-
 def iter_documents(paths: Iterable[str | os.PathLike]) -> Iterator[SourceDocument]:
-    """Parse and validate every non-blank line of the JSONL files, in order.
+    """Parse and validate every line of the JSONL files, in order; give ids to those without.
 
-    Raises :class:`InputError` at the first bad line.
+    Raises ``DocumentError`` at the first bad line, ``InputError`` for a file that cannot
+    be read (both ``megatron_ixt.data.errors.DataError``).
     """
     for path in paths:
         path = os.fspath(path)
-        try:
-            handle = open(path, "rb")
-        except OSError as error:
-            raise InputError(path, 0, f"cannot open: {error.strerror}") from None
-        with handle:
-            for line_number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue  # blank lines are tolerated, as in most JSONL readers
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise InputError(path, line_number, f"not UTF-8 (byte {error.start})") from None
-                try:
-                    doc = json.loads(text.rstrip("\r\n"))  # so columns count within the line
-                except json.JSONDecodeError as error:
-                    raise InputError(path, line_number,
-                                     f"malformed JSON: {error.msg} (column {error.colno})") from None
-                yield SourceDocument(validate_document(doc, path, line_number), path, line_number)
+        for line_number, raw in iter_lines(path):
+            doc = parse_document_line(raw, _SPEC, path, line_number).obj
+            if doc.get("id") is None:  # id first, as in documents that have one
+                doc = {"id": default_id(path, line_number), **{k: v for k, v in doc.items() if k != "id"}}
+            yield SourceDocument(doc, path, line_number)
 
 
 def check_inputs(paths: Iterable[str | os.PathLike]) -> int:
@@ -166,9 +104,9 @@ def check_inputs(paths: Iterable[str | os.PathLike]) -> int:
         key = source.key
         if key in seen:
             first_path, first_line = seen[key]
-            raise InputError(source.path, source.line,
-                             f"duplicate id {source.doc['id']!r} (first at {first_path}:{first_line}); "
-                             "ids must be unique for resuming to work", "id")
+            raise DocumentError(source.path, source.line, "id", "an id not used before (ids must be unique "
+                                "for resuming to work)", detail=f"duplicate id {source.doc['id']!r}, first at "
+                                f"{first_path}:{first_line}")
         seen[key] = (source.path, source.line)
         count += 1
     return count

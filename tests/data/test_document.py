@@ -9,6 +9,7 @@ import pytest
 from megatron_ixt.data.document import (
     STANDARD_AXES,
     DocumentSpec,
+    CRITIC_KEYS,
     Feedback,
     load_schema,
     parse_document_line,
@@ -122,7 +123,7 @@ def test_feedback_from_dict_for_hand_written_feedback():
 def test_schema_matches_validator():
     schema = load_schema()
     assert schema["required"] == ["text"]
-    assert set(schema["properties"]) == {"id", "domain", "text", "feedback"}
+    assert set(schema["properties"]) == {"id", "domain", "text", "feedback", *CRITIC_KEYS}
     feedback = schema["$defs"]["feedback"]
     assert feedback["required"] == ["score"]
     assert set(feedback["properties"]) == {"score", "scale", "axes", "critique", "judge"}
@@ -135,6 +136,21 @@ def test_schema_matches_validator():
     jsonschema.validate(EXAMPLE, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"text": 5}, schema)
+    # The critics' keys: the same verdict from both.
+    for doc, ok in (({"text": "x", "tests": "t"}, False), ({"text": "x", "tests": "t", "entry_point": "f"}, True),
+                    ({"text": "x", "fragment": 1}, False), ({"text": "x", "reference_answer": 4.5}, True),
+                    ({"text": "x", "reference_answer": True}, False), ({"text": "x", "language": None}, True)):
+        try:
+            jsonschema.validate(doc, schema)
+            schema_ok = True
+        except jsonschema.ValidationError:
+            schema_ok = False
+        try:
+            validate_document(doc)
+            validator_ok = True
+        except FieldError:
+            validator_ok = False
+        assert schema_ok == validator_ok == ok, doc
 
 
 def test_validate_document_directly():

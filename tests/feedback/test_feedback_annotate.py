@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ixt.feedback import InputError, ResumeError, annotate_file, build_critic, is_selected
+from megatron_ixt.feedback import DocumentError, ResumeError, annotate_file, build_critic, is_selected
 from megatron_ixt.feedback.documents import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,10 @@ def test_resume_refuses_other_settings_and_corrupt_output(tmp_path, jsonl, prose
     ('{"id": 1, "text": "ok"', None, "malformed JSON"),
     ('{"id": 1}', "text", "missing"),
     ('{"id": 1, "text": 5}', "text", "expected a string"),
-    ('{"id": 1, "text": ["a", 2]}', "text", "list of strings"),
+    ('{"id": 1, "text": ["a", 2]}', "text[1]", "expected a string"),
+    ('', None, "blank line"),
+    ('{"id": 1, "text": "x", "fragment": "yes"}', "fragment", "true or false"),
+    ('{"id": 1, "text": "x", "feedback": {"score": 11}}', "feedback.score", "within the scale"),
     ('{"id": [1], "text": "x"}', "id", "string or an integer"),
     ('{"id": 1, "text": "x", "tests": "def check(c): pass"}', "entry_point", "missing"),
     ('{"id": 1, "text": "x", "feedback": {"critique": "no score"}}', "feedback.score", "number"),
@@ -98,9 +101,9 @@ def test_resume_refuses_other_settings_and_corrupt_output(tmp_path, jsonl, prose
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, line, field, message):
     source = tmp_path / "bad.jsonl"
-    source.write_text('{"id": "a", "text": "fine"}\n\n' + line + "\n")
+    source.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "fine too"}\n' + line + "\n")
     out = tmp_path / "out.jsonl"
-    with pytest.raises(InputError) as error:
+    with pytest.raises(DocumentError) as error:
         annotate_file(source, out, build_critic("text"), progress=False)
     assert error.value.line == 3 and error.value.field == field
     assert str(error.value).startswith(f"{source}:3: ") and message in str(error.value)
@@ -113,7 +116,8 @@ def test_cli_reports_bad_input_and_summary(tmp_path, jsonl, prose_docs):
     run = subprocess.run([sys.executable, str(TOOL), "--input", str(bad), "--output", str(tmp_path / "o.jsonl")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
-    assert f'{bad}:2: field "text": missing' in run.stderr
+    # The data tools' wording: file:line, field, what was expected.
+    assert f"{bad}:2: field 'text': expected a string (the key 'text' is missing)" in run.stderr
 
     source = jsonl.write(tmp_path / "in.jsonl", prose_docs)
     run = subprocess.run([sys.executable, str(TOOL), "--input", str(source), "--output", str(tmp_path / "o.jsonl"),
@@ -162,6 +166,21 @@ def test_cli_exit_code_when_judge_is_gone(tmp_path, jsonl, chat_server):
                          env={**os.environ, "IXT_JUDGE_API_KEY": "sk-local"})
     assert run.returncode == 3
     assert "Connection refused" in run.stderr and "resume" in run.stderr
+
+
+def test_compressed_input_reads_as_plain(tmp_path, jsonl, prose_docs):
+    # The same reader as tools/preprocess_data.py: .gz input annotates to the same output.
+    import gzip
+
+    plain = jsonl.write(tmp_path / "a.jsonl", prose_docs[:4])
+    packed = tmp_path / "b.jsonl.gz"
+    packed.write_bytes(gzip.compress(Path(plain).read_bytes()))
+    outs = []
+    for source in (plain, packed):
+        out = tmp_path / f"out_{Path(source).name}.jsonl"
+        annotate_file(source, out, build_critic("text"), progress=False)
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 4
 
 
 def test_check_inputs_counts_documents(tmp_path, jsonl, prose_docs):

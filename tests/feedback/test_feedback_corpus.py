@@ -19,7 +19,7 @@ from megatron_ixt.feedback.corpus.builder import write_atomically
 from megatron_ixt.feedback.corpus.mutations import KINDS, mutate
 from megatron_ixt.feedback.corpus.prose import clean_rst
 from megatron_ixt.feedback.corpus.stdlib_code import chunk_module, stdlib_files, stdlib_root
-from megatron_ixt.feedback.documents import validate_document
+from megatron_ixt.data.document import validate_document
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def small_corpus(tmp_path_factory):
 def test_corpus_composition_and_format(small_corpus):
     config, summary = small_corpus
     lines = config.output.read_text(encoding="utf-8").splitlines()
-    docs = [validate_document(json.loads(line), str(config.output), n) for n, line in enumerate(lines, 1)]
+    docs = [validate_document(json.loads(line)).obj for line in lines]
     assert len(docs) == summary["documents"] == 200
     assert len({d["id"] for d in docs}) == 200
     assert set(summary["by_domain"]) == {"code", "math", "prose"}
