@@ -86,7 +86,8 @@ class DataConfig:
     reset_position_ids: bool = arg(False, "Restart position ids at each document boundary.")
     reset_attention_mask: bool = arg(False, "No attention across document boundaries inside a sample.")
     eod_mask_loss: bool = arg(False, "No loss on end-of-document tokens.")
-    num_workers: int = arg(0, "DataLoader worker processes.")
+    num_workers: int = arg(2, "DataLoader worker processes per loading rank (TP rank 0 of a stage that reads "
+                                 "data); persistent, each prefetching 2 micro-batches. 0 reads in the training process.")
 
 
 @dataclass

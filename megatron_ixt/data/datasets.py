@@ -1,33 +1,24 @@
-"""Training data: megatron-core datasets behind one interface, and the micro-batch stream
-each data-parallel rank consumes.
+"""Training data: megatron-core datasets behind one interface.
 
 The pipeline, end to end:
 1. ``build_datasets``: ``BlendedMegatronDatasetBuilder`` builds train/valid/test splits
    (mock, plain GPT, or IXT datasets: ``choose_dataset``) from ``--data-path``/``--split``,
    blending weighted prefixes; rank 0 builds the index caches, the others load them.
-2. ``PretrainingSampler``: the global sample order is fixed; each iteration takes the next
-   ``global_batch_size`` samples, each DP rank its own contiguous slice of each micro-batch.
-   The position is ``consumed_samples``, so a resumed run continues exactly.
-3. ``micro_batches``: a DataLoader over that sampler yields dicts of tensors
-   (``tokens``, ``labels``, ``loss_mask``, ``position_ids`` and, for IXT, ``prefix_mask``,
-   ``text_mask``, ``orphan_mask``, ``token_level``). No attention mask: document boundaries
-   are recovered from the EOD tokens where a kernel needs them.
+2. ``data/loader.py`` streams each rank's micro-batches (typed: ``data/batch.py``) to the
+   pipeline schedule. No attention mask: document boundaries are recovered from the EOD
+   tokens where a kernel needs them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, Optional
 
-import torch
-from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_ixt.config.schema import Config
-from megatron_ixt.runtime.kernels import current_device
 
 logger = logging.getLogger(__name__)
 
@@ -124,50 +115,8 @@ def build_datasets(cfg: Config, tokenizer, dataset_cls=None, config=None):
     """(train, valid, test) datasets; ``None`` for an empty split."""
     if dataset_cls is None:
         dataset_cls, config = choose_dataset(cfg, tokenizer)
-    # Every rank reads its own micro-batches (TP peers read the same ones), so every rank
-    # needs the datasets. The builder itself builds the index caches on rank 0 first and
-    # lets the others load them after a barrier.
+    # Every rank builds the datasets (memory maps: cheap), so that every rank knows the split
+    # sizes; only the ranks that read micro-batches open a loader (data/loader.py). The
+    # builder builds the index caches on rank 0 first and the others load them after a barrier.
     builder = BlendedMegatronDatasetBuilder(dataset_cls, dataset_sizes(cfg), lambda: True, config)
     return builder.build()
-
-
-class PretrainingSampler:
-    """Megatron-LM's pretraining sampler: sequential over the (already shuffled) dataset,
-    starting at ``consumed_samples``; yields this DP rank's indices of each micro-batch."""
-
-    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int,
-                 data_parallel_rank: int, data_parallel_size: int) -> None:
-        self.total_samples = total_samples
-        self.consumed_samples = consumed_samples
-        self.micro_batch_size = micro_batch_size
-        self.dp_rank = data_parallel_rank
-        self.step = micro_batch_size * data_parallel_size
-
-    def __len__(self) -> int:
-        return (self.total_samples - self.consumed_samples) // self.step
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start = self.consumed_samples + self.dp_rank * self.micro_batch_size
-        for base in range(start, self.total_samples - self.step + 1 + self.dp_rank * self.micro_batch_size, self.step):
-            yield list(range(base, base + self.micro_batch_size))
-
-
-def micro_batches(cfg: Config, dataset, consumed_samples: int) -> Optional[Iterator[dict]]:
-    """An endless-enough iterator of this rank's micro-batches, or None without a dataset."""
-    if dataset is None or len(dataset) == 0:
-        return None
-    sampler = PretrainingSampler(
-        total_samples=len(dataset),
-        consumed_samples=consumed_samples,
-        micro_batch_size=cfg.training.micro_batch_size,
-        data_parallel_rank=parallel_state.get_data_parallel_rank(),
-        data_parallel_size=parallel_state.get_data_parallel_world_size(),
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=current_device().type == "cuda", persistent_workers=cfg.data.num_workers > 0,
-        # Its own generator: a DataLoader iterator otherwise draws its base seed from the
-        # global RNG, which would shift dropout masks after a resume.
-        generator=torch.Generator().manual_seed(cfg.training.seed),
-    )
-    return iter(loader)

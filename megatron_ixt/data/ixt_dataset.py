@@ -39,6 +39,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data import packing
+from megatron_ixt.data.batch import IXT_FIELDS
 from megatron_ixt.data.indexed_io import read_side_file
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class IXTDataset(GPTDataset):
     """See the module docstring."""
 
     config: IXTDatasetConfig
+    BATCH_FIELDS = IXT_FIELDS  # what __getitem__ returns (data/batch.py)
 
     @staticmethod
     def build_low_level_dataset(dataset_path: str, config: IXTDatasetConfig) -> IXTLowLevelDataset:

@@ -1,8 +1,8 @@
 """The training loop, top to bottom.
 
     setup: tokenizer -> model (megatron-core GPTModel in DDP) -> optimizer + schedule
-           -> datasets -> resume from --load -> data iterator -> metrics
-    loop:  next global batch -> train_step -> counters -> log / evaluate / save / exit
+           -> datasets -> resume from --load -> micro-batch stream -> metrics
+    loop:  train_step (the schedule pulls its micro-batches) -> counters -> log / evaluate / save / exit
 
 Side concerns (checkpoints, evaluation, exit conditions) are small functions called from
 the loop; the loop itself has no feature flags in it.
@@ -18,7 +18,8 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_ixt.config.schema import Config
-from megatron_ixt.data.datasets import build_datasets, micro_batches
+from megatron_ixt.data.datasets import build_datasets
+from megatron_ixt.data.loader import samples_per_evaluation, training_stream, validation_stream
 from megatron_ixt.data.tokenizers import build_tokenizer
 from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
@@ -72,7 +73,9 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
     # the restore and the first step, or a resumed run would diverge from an uninterrupted one.
     state = TrainState()
     checkpointing.load(cfg, model, optimizer, scheduler, state)
-    train_iter = micro_batches(cfg, train_ds, state.consumed_train_samples)
+    ctx = StepContext.of(cfg, tokenizer.eod)
+    train_data = training_stream(cfg, train_ds, state.consumed_train_samples, ctx.document_masks)
+    validation = Validation(cfg, ctx, valid_ds)
     metrics = MetricsLogger(
         cfg,
         flops_per_iteration=training_flops_per_iteration(cfg, padded_vocab_size(tokenizer.vocab_size, cfg)),
@@ -80,7 +83,6 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
         peak_tflops=device_peak_tflops(cfg),
     )
     n_micro = num_microbatches(cfg)
-    ctx = StepContext.of(cfg, tokenizer.eod)
     saver = checkpointing.Saver(cfg)
     start_time = time.time()
     exit_reason = None
@@ -88,8 +90,7 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
     logger.info("training for %d iterations from iteration %d", cfg.training.train_iters, state.iteration)
     while state.iteration < cfg.training.train_iters:
         step_start = time.perf_counter()
-        batch = [next(train_iter) for _ in range(n_micro)]
-        result = train_step(cfg, ctx, batch, model, optimizer, scheduler, iteration=state.iteration + 1)
+        result = train_step(cfg, ctx, train_data, n_micro, model, optimizer, scheduler, iteration=state.iteration + 1)
         result.step_ms = 1000 * (time.perf_counter() - step_start)
         state.iteration += 1
         state.consumed_train_samples += cfg.training.global_batch_size
@@ -98,8 +99,8 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
         metrics.on_step(state.iteration, state.consumed_train_samples, result, scheduler.get_lr(optimizer.param_groups[0]))
 
         with metrics.paused():  # throughput counts training only, as Megatron-LM's timers
-            if _due(state.iteration, cfg.training.eval_interval) and valid_ds is not None:
-                run_validation(cfg, ctx, model, valid_ds, state, metrics)
+            if _due(state.iteration, cfg.training.eval_interval):
+                validation.run(model, state, metrics)
             exit_reason = _exit_reason(cfg, state, start_time, saver)
             if exit_reason is not None or _due(state.iteration, cfg.checkpoint.save_interval):
                 save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
@@ -107,8 +108,8 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
             break
 
     if exit_reason is None:
-        if valid_ds is not None and cfg.training.eval_interval and not _due(state.iteration, cfg.training.eval_interval):
-            run_validation(cfg, ctx, model, valid_ds, state, metrics)
+        if cfg.training.eval_interval and not _due(state.iteration, cfg.training.eval_interval):
+            validation.run(model, state, metrics)
         if cfg.checkpoint.save and not _due(state.iteration, cfg.checkpoint.save_interval):
             save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
     saver.finalize()
@@ -127,20 +128,25 @@ def save_checkpoint(cfg: Config, saver, model, optimizer, scheduler, state: Trai
     saver.save(model, optimizer, scheduler, state)
 
 
-def run_validation(cfg: Config, ctx: StepContext, model, valid_ds, state: TrainState, metrics: MetricsLogger) -> dict:
-    """``--eval-iters`` global batches from the validation split. Each evaluation continues
-    where the previous one stopped (Megatron-LM's behaviour), wrapping around at the end."""
-    n_micro = num_microbatches(cfg)
-    samples = cfg.training.eval_iters * cfg.training.global_batch_size
-    if samples > len(valid_ds):
-        samples = len(valid_ds) - len(valid_ds) % cfg.training.global_batch_size
-    if samples == 0:
-        return {}
-    start = state.consumed_valid_samples % (len(valid_ds) - samples + 1)
-    batches = micro_batches(cfg, valid_ds, start)
-    totals = evaluate(cfg, ctx, batches, model, n_micro, samples // cfg.training.global_batch_size)
-    state.consumed_valid_samples += samples
-    return metrics.on_eval(state.iteration, totals)
+class Validation:
+    """``--eval-iters`` global batches of the validation split per evaluation, from one
+    persistent loader opened at the first evaluation; each evaluation continues where the
+    previous one stopped (``data.loader.ValidationSampler``)."""
+
+    def __init__(self, cfg: Config, ctx: StepContext, dataset) -> None:
+        self.cfg, self.ctx, self.dataset = cfg, ctx, dataset
+        self.samples = samples_per_evaluation(cfg, len(dataset)) if dataset is not None else 0
+        self.data = None
+
+    def run(self, model, state: TrainState, metrics: MetricsLogger) -> dict:
+        if self.samples == 0:
+            return {}
+        if self.data is None:
+            self.data = validation_stream(self.cfg, self.dataset, state.consumed_valid_samples, self.ctx.document_masks)
+        iters = self.samples // self.cfg.training.global_batch_size
+        totals = evaluate(self.cfg, self.ctx, self.data, model, num_microbatches(self.cfg), iters)
+        state.consumed_valid_samples += self.samples
+        return metrics.on_eval(state.iteration, totals)
 
 
 def _due(iteration: int, interval) -> bool:

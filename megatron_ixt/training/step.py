@@ -20,15 +20,18 @@ from megatron.core.optimizer import optimizer as mcore_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.config.schema import Config
+from megatron_ixt.data.batch import Batch
+from megatron_ixt.data.levels import NOT_ANNOTATED, NUM_LEVELS
+from megatron_ixt.data.loader import MicroBatchStream
 from megatron_ixt.model.attention import attention_inputs
-from megatron_ixt.runtime.kernels import current_device, kernel_plan
+from megatron_ixt.runtime.kernels import kernel_plan
 from megatron_ixt.training import faults
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
 # (IXT's prefix tokens vs. text tokens, and text trained without its prefix in view).
 # name in batch -> name in reports.
 REPORTED_MASKS = {"text_mask": "text loss", "prefix_mask": "prefix loss", "orphan_mask": "orphan text loss"}
-QUALITY_LEVELS = range(6)  # 0: not annotated, 1..5
+QUALITY_LEVELS = range(NOT_ANNOTATED, NUM_LEVELS + 1)
 
 
 def loss_func(loss_mask: torch.Tensor, report_masks: dict, output_tensor: torch.Tensor):
@@ -69,39 +72,31 @@ class StepContext:
         return {"seq_length": b * s, "micro_batch_size": 1} if self.packed else {"seq_length": s, "micro_batch_size": b}
 
 
-def forward_step(ctx: StepContext, data_iterator: Iterator[dict], model, poison: bool = False):
+def forward_step(ctx: StepContext, data_iterator: Iterator[Optional[Batch]], model, poison: bool = False):
     """megatron-core's forward-step contract (bind ``ctx`` with ``functools.partial``): run
-    the model on the next micro-batch and return ``(output, loss function)``. Middle pipeline
-    stages take their input from the previous stage; the token ids passed here are then
-    unused. Document boundaries come from the EOD tokens, in the form the kernel needs.
+    the model on the next micro-batch and return ``(output, loss function)``.
+
+    The batch holds only what this pipeline stage uses (``data/loader.py``), already on the
+    device: a middle stage takes its input from the previous stage and may get ``None``.
+    Document boundaries come from the EOD tokens, in the form the kernel needs.
     ``poison`` (fault injection) turns this rank's output into NaN before the backward pass."""
-    batch = next(data_iterator)
-    device = current_device()
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    batch = next(data_iterator) or Batch()
+    tokens, labels, position_ids = batch.tokens, batch.labels, batch.position_ids
     attention_mask, packed_seq_params = attention_inputs(tokens, ctx.eod, ctx.document_masks)
     if packed_seq_params is not None:
-        tokens, labels, position_ids = (t.reshape(1, -1) for t in (tokens, labels, position_ids))
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    report_masks = {REPORTED_MASKS[k]: batch[k].to(device) for k in REPORTED_MASKS if k in batch}
-    if "token_level" in batch and not model.training:
-        # Validation: text loss per quality level of the document each token belongs to.
-        level, text = batch["token_level"].to(device), batch["text_mask"].to(device)
-        for lvl in QUALITY_LEVELS:
-            report_masks[f"text loss level {lvl}"] = (level == lvl).float() * text
+        tokens, labels, position_ids = (None if t is None else t.reshape(1, -1) for t in (tokens, labels, position_ids))
+    report_masks = {}
+    if batch.loss_mask is not None:  # the last stage
+        report_masks = {name: getattr(batch, field) for field, name in REPORTED_MASKS.items()
+                        if getattr(batch, field) is not None}
+        if batch.token_level is not None and not model.training:
+            # Validation: text loss per quality level of the document each token belongs to.
+            for lvl in QUALITY_LEVELS:
+                report_masks[f"text loss level {lvl}"] = (batch.token_level == lvl).float() * batch.text_mask
     output = model(tokens, position_ids, attention_mask, labels=labels, packed_seq_params=packed_seq_params)
     if poison:
         output = output * float("nan")
-    return output, partial(loss_func, loss_mask, report_masks)
-
-
-def _iterators(micro_batches: list[dict], num_chunks: int):
-    """One iterator per model chunk over the same micro-batches (the interleaved schedule
-    pulls from chunk k's iterator when it runs chunk k)."""
-    if num_chunks == 1:
-        return iter(micro_batches)
-    return [iter(micro_batches) for _ in range(num_chunks)]
+    return output, partial(loss_func, batch.loss_mask, report_masks)
 
 
 def sum_reports(reports: list[dict]) -> dict[str, torch.Tensor]:
@@ -152,11 +147,11 @@ def optimizer_step(optimizer) -> tuple[bool, float]:
     return optimizer.step_with_ready_grads(), grad_norm
 
 
-def train_step(cfg: Config, ctx: StepContext, micro_batches: list[dict], model, optimizer, scheduler,
-               iteration: int = 0) -> StepResult:
-    """Forward and backward over all micro-batches of one global batch, then one optimizer
-    step (skipped if the gradient norm is non-finite). ``iteration`` is the 1-based number of
-    this step (for fault injection in tests)."""
+def train_step(cfg: Config, ctx: StepContext, data: MicroBatchStream, num_microbatches: int, model, optimizer,
+               scheduler, iteration: int = 0) -> StepResult:
+    """Forward and backward over the next ``num_microbatches`` micro-batches of ``data`` (one
+    global batch), then one optimizer step (skipped if the gradient norm is non-finite).
+    ``iteration`` is the 1-based number of this step (for fault injection in tests)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -166,9 +161,9 @@ def train_step(cfg: Config, ctx: StepContext, micro_batches: list[dict], model, 
     poison = faults.triggered("nan-grad", iteration, torch.distributed.get_rank())
     reports = forward_backward(
         forward_step_func=partial(forward_step, ctx, poison=poison),
-        data_iterator=_iterators(micro_batches, len(model)),
+        data_iterator=data.iterators(),
         model=model,
-        num_microbatches=len(micro_batches),
+        num_microbatches=num_microbatches,
         forward_only=False,
         **ctx.schedule_shape(cfg),
     )
@@ -181,17 +176,17 @@ def train_step(cfg: Config, ctx: StepContext, micro_batches: list[dict], model, 
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, ctx: StepContext, batches: Iterator[dict], model, num_microbatches: int, iters: int) -> dict:
-    """Forward-only passes over ``iters`` global batches; summed ``[sum, count]`` reports."""
+def evaluate(cfg: Config, ctx: StepContext, data: MicroBatchStream, model, num_microbatches: int, iters: int) -> dict:
+    """Forward-only passes over the next ``iters`` global batches of ``data``; summed
+    ``[sum, count]`` reports."""
     for chunk in model:
         chunk.eval()
     forward_backward = get_forward_backward_func()
     totals: dict[str, torch.Tensor] = {}
     for _ in range(iters):
-        micro = [next(batches) for _ in range(num_microbatches)]
         reports = forward_backward(
             forward_step_func=partial(forward_step, ctx),
-            data_iterator=_iterators(micro, len(model)),
+            data_iterator=data.iterators(),
             model=model,
             num_microbatches=num_microbatches,
             forward_only=True,

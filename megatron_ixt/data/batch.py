@@ -1,0 +1,58 @@
+"""The micro-batch contract between the data pipeline and the training step.
+
+A dataset sample is megatron-core's dict of tensors (``GPTDataset.__getitem__``); the
+loader turns each collated micro-batch into a :class:`Batch` with the fields the consuming
+pipeline stage needs and nothing else. Every field is ``[micro_batch_size, seq_length]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields as dataclass_fields
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+GPT_FIELDS = ("tokens", "position_ids", "labels", "loss_mask")
+"""What megatron-core's GPTDataset (and Megatron-LM-preprocessed data) provides."""
+
+IXT_FIELDS = GPT_FIELDS + ("prefix_mask", "text_mask", "orphan_mask", "token_level")
+"""What the IXT dataset adds: which label tokens are feedback prefix, which are document
+text, which text lost its prefix to packing, and each token's document quality level."""
+
+INPUT_FIELDS = ("tokens", "position_ids")
+"""What the first pipeline stage reads (the embedding's input)."""
+
+INTEGER_FIELDS = frozenset({"tokens", "position_ids", "labels", "token_level"})
+"""int64 fields; the others are float32 masks."""
+
+
+@dataclass
+class Batch:
+    """One micro-batch. A field this pipeline stage does not need is ``None``."""
+
+    tokens: Optional[torch.Tensor] = None
+    position_ids: Optional[torch.Tensor] = None
+    labels: Optional[torch.Tensor] = None
+    loss_mask: Optional[torch.Tensor] = None
+    prefix_mask: Optional[torch.Tensor] = None
+    text_mask: Optional[torch.Tensor] = None
+    orphan_mask: Optional[torch.Tensor] = None
+    token_level: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_sample(cls, sample: Mapping[str, torch.Tensor], names: Iterable[str]) -> "Batch":
+        """The named fields of a collated dataset sample, with the dtypes of the contract."""
+        return cls(**{n: sample[n].to(torch.int64 if n in INTEGER_FIELDS else torch.float32) for n in names})
+
+    def present(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclass_fields(self) if getattr(self, f.name) is not None)
+
+    def to(self, device: torch.device, non_blocking: bool = True) -> "Batch":
+        return Batch(**{n: getattr(self, n).to(device, non_blocking=non_blocking) for n in self.present()})
+
+
+def dataset_fields(dataset) -> tuple[str, ...]:
+    """The fields a dataset's samples carry: IXT datasets declare theirs (``BATCH_FIELDS``);
+    megatron-core's GPT datasets carry :data:`GPT_FIELDS`. A blend has its parts' fields."""
+    part = getattr(dataset, "datasets", [dataset])[0]  # megatron-core's BlendedDataset
+    return getattr(part, "BATCH_FIELDS", GPT_FIELDS)

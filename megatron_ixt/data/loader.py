@@ -1,0 +1,206 @@
+"""The micro-batch stream each rank feeds to megatron-core's pipeline schedule.
+
+As in Megatron-LM (``get_batch_on_this_tp_rank`` and ``pretrain_gpt.get_batch``):
+
+* Only tensor-parallel rank 0 reads the dataset; it broadcasts each micro-batch to its TP
+  peers, which hold the same pipeline stage and need the same tensors.
+* A pipeline stage receives only what it uses: the first stage the model's inputs (tokens,
+  position ids), the last stage the targets and masks of the loss. A middle stage loads
+  nothing - unless document masks are on, when every stage needs the tokens to find the
+  document boundaries for its attention (Megatron-LM gives middle stages no attention mask
+  at all; we do not drop the masks there).
+* Samples are read by ``--num-workers`` DataLoader worker processes (persistent, with
+  prefetch), so loading overlaps compute, and micro-batches reach the schedule one at a
+  time, as it asks for them, not as one collected global batch.
+
+Under the interleaved schedule each model chunk pulls from its own iterator; the chunks of
+one rank share the micro-batches they need (read and broadcast once, released when every
+chunk that needs them has had them).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_ixt.config.schema import Config
+from megatron_ixt.data.batch import INPUT_FIELDS, INTEGER_FIELDS, Batch, dataset_fields
+from megatron_ixt.runtime.kernels import current_device
+
+
+class PretrainingSampler:
+    """Megatron-LM's pretraining sampler: sequential over the (already shuffled) dataset,
+    starting at ``consumed_samples``; yields this DP rank's indices of each micro-batch."""
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int,
+                 data_parallel_rank: int, data_parallel_size: int) -> None:
+        self.total_samples = total_samples
+        self.consumed_samples = consumed_samples
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank = data_parallel_rank
+        self.step = micro_batch_size * data_parallel_size
+
+    def __len__(self) -> int:
+        return (self.total_samples - self.consumed_samples) // self.step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.consumed_samples + self.dp_rank * self.micro_batch_size
+        for base in range(start, self.total_samples - self.step + 1 + self.dp_rank * self.micro_batch_size, self.step):
+            yield list(range(base, base + self.micro_batch_size))
+
+
+class ValidationSampler:
+    """Endless evaluations of ``samples_per_eval`` samples each. Each one continues where the
+    previous one stopped (Megatron-LM's behaviour) and restarts at the beginning when the rest
+    of the split is too short; the position is ``consumed_samples``, so a resumed run evaluates
+    on the same samples as an uninterrupted one."""
+
+    def __init__(self, total_samples: int, consumed_samples: int, samples_per_eval: int, micro_batch_size: int,
+                 data_parallel_rank: int, data_parallel_size: int) -> None:
+        self.total_samples = total_samples
+        self.consumed_samples = consumed_samples
+        self.samples_per_eval = samples_per_eval
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank = data_parallel_rank
+        self.step = micro_batch_size * data_parallel_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        consumed = self.consumed_samples
+        while True:
+            start = consumed % (self.total_samples - self.samples_per_eval + 1)
+            for base in range(start, start + self.samples_per_eval, self.step):
+                first = base + self.dp_rank * self.micro_batch_size
+                yield list(range(first, first + self.micro_batch_size))
+            consumed += self.samples_per_eval
+
+
+def samples_per_evaluation(cfg: Config, split_size: int) -> int:
+    """``--eval-iters`` global batches, or as many whole global batches as the split has."""
+    gbs = cfg.training.global_batch_size
+    return min(cfg.training.eval_iters * gbs, split_size - split_size % gbs)
+
+
+def stage_fields(available: Sequence[str], first_stage: bool, last_stage: bool, document_masks: str) -> tuple[str, ...]:
+    """The batch fields one pipeline stage (one model chunk) uses."""
+    needed = set()
+    if first_stage:
+        needed.update(INPUT_FIELDS)
+    if last_stage:
+        needed.update(f for f in available if f not in INPUT_FIELDS)
+    if document_masks != "none":
+        needed.add("tokens")  # document boundaries come from the EOD tokens, on every stage
+    return tuple(f for f in available if f in needed)
+
+
+def chunk_fields(available: Sequence[str], num_chunks: int, document_masks: str) -> list[tuple[str, ...]]:
+    """:func:`stage_fields` of each model chunk on this rank (one chunk without the
+    interleaved schedule)."""
+    return [stage_fields(available,
+                         parallel_state.is_pipeline_first_stage(ignore_virtual=num_chunks == 1, vp_stage=k),
+                         parallel_state.is_pipeline_last_stage(ignore_virtual=num_chunks == 1, vp_stage=k),
+                         document_masks)
+            for k in range(num_chunks)]
+
+
+class MicroBatchStream:
+    """This rank's micro-batches as :class:`Batch` es on the current device.
+
+    ``source`` yields collated dataset samples (dicts); it is read only on TP rank 0, and
+    only if some chunk needs a field. ``iterators()`` gives the schedule its data iterator
+    (a list of per-chunk iterators under the interleaved schedule); a chunk that needs no
+    field gets ``None`` for each micro-batch."""
+
+    def __init__(self, source: Optional[Iterator[dict]], fields_per_chunk: list[tuple[str, ...]],
+                 shape: tuple[int, int]) -> None:
+        self.source = source
+        self.fields_per_chunk = fields_per_chunk
+        self.fields = tuple(dict.fromkeys(f for fields in fields_per_chunk for f in fields))
+        self.shape = shape
+        self.device = current_device()
+        self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        self.loads = bool(self.fields) and parallel_state.get_tensor_model_parallel_rank() == 0
+        self._consumers = sum(1 for f in fields_per_chunk if f)
+        self._buffer: dict[int, list] = {}  # micro-batch number -> [batch, chunks yet to take it]
+        self._fetched = 0
+        self._iterators = [self._chunk_iterator(k) for k in range(len(fields_per_chunk))]
+
+    def iterators(self):
+        return self._iterators[0] if len(self._iterators) == 1 else self._iterators
+
+    def _chunk_iterator(self, chunk: int) -> Iterator[Optional[Batch]]:
+        if not self.fields_per_chunk[chunk]:
+            while True:
+                yield None
+        n = 0
+        while True:
+            if n == self._fetched:
+                self._buffer[n] = [self._next_batch(), self._consumers]
+                self._fetched += 1
+            entry = self._buffer[n]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._buffer[n]
+            n += 1
+            yield entry[0]
+
+    def _next_batch(self) -> Batch:
+        sample = next(self.source) if self.loads else None
+        if self.tp_size == 1:
+            return Batch.from_sample(sample, self.fields).to(self.device)
+        return self._broadcast(sample)
+
+    def _broadcast(self, sample: Optional[dict]) -> Batch:
+        """Two collectives per micro-batch over the TP group: the int64 fields stacked, then the
+        float32 ones. Shapes and fields are known on every rank, so nothing else is sent."""
+        group = parallel_state.get_tensor_model_parallel_group()
+        src = parallel_state.get_tensor_model_parallel_src_rank()
+        out = {}
+        for names, dtype in ((tuple(f for f in self.fields if f in INTEGER_FIELDS), torch.int64),
+                             (tuple(f for f in self.fields if f not in INTEGER_FIELDS), torch.float32)):
+            if not names:
+                continue
+            if sample is not None:
+                buf = torch.stack([sample[n].to(self.device, non_blocking=True).to(dtype) for n in names])
+            else:
+                buf = torch.empty((len(names), *self.shape), dtype=dtype, device=self.device)
+            torch.distributed.broadcast(buf, src, group=group)
+            out.update(zip(names, buf.unbind(0)))
+        return Batch(**out)
+
+
+def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: tuple = ()) -> MicroBatchStream:
+    from megatron_ixt.runtime.distributed import virtual_pipeline_size
+
+    available = tuple(f for f in dataset_fields(dataset) if f not in exclude)
+    per_chunk = chunk_fields(available, virtual_pipeline_size(cfg) or 1, document_masks)
+    stream = MicroBatchStream(None, per_chunk, (cfg.training.micro_batch_size, cfg.model.seq_length))
+    if stream.loads:
+        workers = cfg.data.num_workers
+        stream.source = iter(torch.utils.data.DataLoader(
+            dataset, batch_sampler=batch_sampler, num_workers=workers,
+            persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,  # micro-batches per worker
+            pin_memory=stream.device.type == "cuda",
+            # Its own generator: a DataLoader iterator otherwise draws its base seed from the
+            # global RNG, which would shift dropout masks after a resume.
+            generator=torch.Generator().manual_seed(cfg.training.seed)))
+    return stream
+
+
+def training_stream(cfg: Config, dataset, consumed_samples: int, document_masks: str) -> MicroBatchStream:
+    """The training micro-batches from ``consumed_samples`` on (``token_level`` is only
+    reported by evaluation, so training does not move it)."""
+    sampler = PretrainingSampler(len(dataset), consumed_samples, cfg.training.micro_batch_size,
+                                 parallel_state.get_data_parallel_rank(),
+                                 parallel_state.get_data_parallel_world_size())
+    return _stream(cfg, dataset, sampler, document_masks, exclude=("token_level",))
+
+
+def validation_stream(cfg: Config, dataset, consumed_samples: int, document_masks: str) -> MicroBatchStream:
+    """All future evaluations' micro-batches (:class:`ValidationSampler`), from one
+    persistent loader."""
+    sampler = ValidationSampler(len(dataset), consumed_samples, samples_per_evaluation(cfg, len(dataset)),
+                                cfg.training.micro_batch_size, parallel_state.get_data_parallel_rank(),
+                                parallel_state.get_data_parallel_world_size())
+    return _stream(cfg, dataset, sampler, document_masks)
