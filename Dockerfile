@@ -23,7 +23,7 @@ WORKDIR /opt/megatron_ixt
 # pip constraints (/etc/pip/constraint.txt, via PIP_CONSTRAINT) keep its own torch, numpy,
 # Transformer Engine... in place: pip fails rather than replace them with PyPI builds.
 RUN pip install "megatron-core>=0.16.1,<0.17" "sentencepiece>=0.2" "tokenizers>=0.20" \
-        pyyaml psutil tensorboard pytest zstandard protobuf numba "transformers>=5,<6" "safetensors>=0.4"
+        pyyaml psutil tensorboard pytest zstandard protobuf numba httpx tqdm "transformers>=5,<6" "safetensors>=0.4"
 # The text critic's dictionary signal reads Debian's word lists (the demo and its tests).
 USER root
 RUN apt-get update && apt-get install -y --no-install-recommends wamerican wbritish && rm -rf /var/lib/apt/lists/*

@@ -21,6 +21,8 @@ setup(
         "tensorboard",
         "zstandard",  # .zst inputs of preprocess_data.py
         "protobuf",  # reads SentencePiece models (a text-only copy of ones with built-in delimiters)
+        "httpx",  # the LLM critic's client: pooled connections, timeouts, no proxy from the environment
+        "tqdm",  # progress of the data tools and of feedback annotation
     ],
     extras_require={
         # tools/convert_checkpoint.py: Hugging Face export and import.

@@ -1,26 +1,30 @@
-"""A small client for OpenAI-compatible chat-completions endpoints (vLLM, SGLang, llama.cpp,
-OpenAI, OpenRouter, ...), on the standard library only.
+"""The client for OpenAI-compatible chat-completions endpoints (vLLM, SGLang, llama.cpp,
+OpenAI, OpenRouter, ...), on ``httpx``.
 
-What it adds over a bare POST:
+``httpx`` does the HTTP: a pool of keep-alive connections (one TCP and TLS handshake per
+connection, not per document), connect/read/write timeouts, and ``trust_env=False`` so that
+an ``HTTP_PROXY`` or ``.netrc`` in the environment cannot send requests for a local judge
+elsewhere. What this module adds:
 
 * **retries** with exponential backoff and jitter on 408/409/425/429/5xx answers,
   connection errors, timeouts and truncated bodies; a ``Retry-After`` header (seconds or
-  an HTTP date) is honoured, capped so that a wrong header cannot stall a run;
+  an HTTP date) is honoured, capped so that a wrong header cannot stall a run. Every wait
+  is recorded in ``ChatClient.retries`` (reason, seconds), which the tests read instead of
+  timing a loaded machine;
 * **bounded concurrency**: at most ``max_concurrency`` requests in flight from this client,
-  however many threads call it (a slot is not held while waiting to retry);
-* **timeouts** per socket operation (connect, and each read);
+  however many threads call it (a slot is not held while waiting to retry); the pool holds
+  as many connections;
 * **reasoning models**: the reasoning that servers return beside the answer
   (``reasoning_content`` in vLLM/DeepSeek, ``reasoning`` in OpenRouter/Ollama) is returned
   separately from ``content``.
 
-No proxy support: ``http.client`` is used rather than ``urllib`` precisely so that a
-``HTTP_PROXY`` in the environment cannot send requests for a local judge elsewhere.
+``httpx`` is imported when the first client is made, so that ``annotate_feedback.py --help``
+and the other critics do not pay for it.
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.client
 import json
 import logging
 import random
@@ -114,19 +118,31 @@ class ChatClient:
     def __init__(self, endpoint: str, model: str, api_key: str | None = None,
                  timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(),
                  max_concurrency: int = 8, seed: int | None = None):
+        import httpx
+
         self.url = chat_completions_url(endpoint)
         self.model = model
         self.timeout_s = timeout_s
         self.retry = retry
-        self._api_key = api_key
+        self.retries: list[tuple[str, float]] = []
+        """Every failed attempt that was retried: (reason, seconds waited before the next)."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": "megatron-ixt-feedback/1"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(timeout_s), trust_env=False,
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency))
+        self._transient = (httpx.TransportError, httpx.DecodingError)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._closed = threading.Event()
         self._random = random.Random(seed)
-        self._random_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Stop: threads waiting to retry give up at once (used on Ctrl-C)."""
+        """Stop: threads waiting to retry give up at once (used on Ctrl-C); drop the pool."""
         self._closed.set()
+        self._http.close()
 
     def chat(self, messages: list[dict[str, str]], **params: Any) -> ChatResponse:
         """POST one request; retry per the policy; raise JudgeUnavailable when retries run out."""
@@ -143,6 +159,8 @@ class ChatClient:
                 if attempt == self.retry.max_retries:
                     break
                 delay = self._delay(attempt, error.retry_after)
+                with self._lock:
+                    self.retries.append((last_error, delay))
                 logger.warning("judge request failed (%s); retry %d/%d in %.2f s",
                                error, attempt + 1, self.retry.max_retries, delay)
                 if self._closed.wait(delay):
@@ -151,7 +169,7 @@ class ChatClient:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         backoff = min(self.retry.backoff_max_s, self.retry.backoff_s * 2 ** attempt)
-        with self._random_lock:
+        with self._lock:
             # Jitter so that many workers rejected together do not return together.
             backoff *= self._random.uniform(0.5, 1.0)
         if retry_after is not None:
@@ -159,27 +177,18 @@ class ChatClient:
         return backoff
 
     def _post(self, body: bytes) -> ChatResponse:
-        parts = urlsplit(self.url)
-        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(parts.hostname, parts.port, timeout=self.timeout_s)
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "megatron-ixt-feedback/1"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            status, payload = response.status, response.read()
-            retry_after = parse_retry_after(response.getheader("Retry-After"))
-        except (OSError, http.client.HTTPException) as error:
-            # Refused/reset connections, timeouts (TimeoutError is an OSError), truncated
-            # bodies (IncompleteRead), a server that closes without answering.
+            response = self._http.post(self.url, content=body)
+            status, payload = response.status_code, response.content
+        except self._transient as error:
+            # Refused/reset connections, timeouts, truncated bodies, a server that closes
+            # without answering, a stale keep-alive connection.
             raise _Retryable(f"{type(error).__name__}: {error}") from None
-        finally:
-            connection.close()
+        except RuntimeError as error:  # the pool was closed under us (close() on Ctrl-C)
+            raise JudgeUnavailable(f"client closed ({error})") from None
         if status in RETRY_STATUSES:
-            raise _Retryable(f"HTTP {status}: {_snippet(payload)}", retry_after)
+            raise _Retryable(f"HTTP {status}: {_snippet(payload)}",
+                             parse_retry_after(response.headers.get("Retry-After")))
         if status in DOCUMENT_STATUSES:
             raise VerdictError(f"judge rejected the request: HTTP {status}: {_snippet(payload)}")
         if status != 200:

@@ -8,8 +8,10 @@ Flow for one document:
 3. separate the reasoning from the verdict: a ``reasoning_content``/``reasoning`` field,
    or ``<think>...</think>`` inside the content -- only the text after the reasoning is
    read as the verdict;
-4. parse and validate the JSON verdict; if it is malformed, ask once more, quoting the
-   problem; a second malformed answer fails this document (``VerdictError``).
+4. parse and validate the JSON verdict (a number for the score and for every axis of the
+   rubric, a critique); if it is malformed, ask once more, quoting the problem; a second
+   malformed answer fails this document (``VerdictError``), which the pipeline records as
+   an error.
 
 The reasoning is kept on ``Feedback.reasoning`` so that the pipeline can write it to an
 audit file; it never goes into the training record.
@@ -153,8 +155,14 @@ def _number(value: Any, what: str, scale: tuple[float, float]) -> float:
     return float(value)
 
 
-def parse_verdict(final: str, scale: tuple[float, float] = (0.0, 10.0)) -> tuple[float, dict[str, float], str]:
-    """(score, axes, critique) from the judge's final answer; MalformedVerdict if unusable."""
+def parse_verdict(final: str, scale: tuple[float, float] = (0.0, 10.0),
+                  axes_required: tuple[str, ...] = AXES) -> tuple[float, dict[str, float], str]:
+    """(score, axes, critique) from the judge's final answer; MalformedVerdict if unusable.
+
+    A verdict must score every axis of the rubric (``axes_required``): a judge that scored
+    2 of 5 did not follow the rubric, and its overall score is not comparable with the
+    others'. Such a verdict is malformed (re-asked once, then the document is an error).
+    """
     if not final.strip():
         raise MalformedVerdict("the reply has no answer after the reasoning")
     verdicts = [obj for obj in _json_objects(final) if isinstance(obj, dict) and "score" in obj]
@@ -168,6 +176,10 @@ def parse_verdict(final: str, scale: tuple[float, float] = (0.0, 10.0)) -> tuple
     unknown = set(raw_axes) - set(AXES)
     if unknown:
         raise MalformedVerdict(f"unknown axes {sorted(unknown)}; the axes are {', '.join(AXES)}")
+    missing = [name for name in axes_required if raw_axes.get(name) is None]
+    if missing:
+        raise MalformedVerdict(f"\"axes\" lacks {', '.join(missing)}; score every axis: "
+                               f"{', '.join(axes_required)}")
     axes = {name: _number(value, f"axes.{name}", scale) for name, value in raw_axes.items()
             if value is not None}
     critique = verdict.get("critique")
@@ -226,7 +238,7 @@ class LLMCritic(Critic):
             if reasoning:
                 reasoning_parts.append(reasoning)
             try:
-                score, axes, critique = parse_verdict(final, self.prompt.scale)
+                score, axes, critique = parse_verdict(final, self.prompt.scale, tuple(self.prompt.axes))
             except MalformedVerdict as error:
                 if response.finish_reason == "length":
                     error = MalformedVerdict(f"{error} (the reply was cut off at the token limit)")

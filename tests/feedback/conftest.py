@@ -76,6 +76,7 @@ class ChatServer:
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0  # TCP connections accepted (a pooling client reuses them)
         self._lock = threading.Lock()
         server = self
 
@@ -90,10 +91,17 @@ class ChatServer:
                 # Headers and body go out in two writes: without this, Nagle's algorithm
                 # and delayed ACKs add 40 ms to every answer.
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with server._lock:
+                    server.connections += 1
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
+                if server._stopped:
+                    # A dead server answers nothing, on kept-alive connections too (clients
+                    # pool them; shutdown() alone only stops accepting new ones).
+                    self.close_connection = True
+                    return
                 with server._lock:
                     index = len(server.requests)
                     server.requests.append(request)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from megatron_ixt.feedback import JudgeUnavailable, VerdictError, annotate_file
@@ -33,6 +31,20 @@ def test_normal_verdict(chat_server, judge):
     assert request["model"] == "test-judge" and request["temperature"] == 0.0
     assert judge.document_of(request) == DOC["text"]
     assert server.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+def test_connections_are_pooled_and_no_proxy_is_taken_from_the_environment(chat_server, judge, monkeypatch):
+    # A proxy in the environment must not capture requests for a local judge: this one
+    # does not exist, so a request sent through it would fail.
+    for variable in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    server = chat_server(lambda i, r: judge.Reply(judge.completion(judge.verdict(8))))
+    critic = make_critic(server)
+    for _ in range(10):
+        assert critic.critique(DOC).score == 8
+    assert len(server.requests) == 10 and server.connections == 1  # one kept-alive connection
 
 
 @pytest.mark.parametrize("style", ["reasoning_content", "reasoning", "think_tags", "lone_close_tag"])
@@ -92,11 +104,33 @@ def test_429_with_retry_after_then_success(chat_server, judge):
     replies = [judge.Reply({"error": "rate limited"}, status=429, headers={"Retry-After": "0.4"}),
                judge.Reply(ok)]
     server = chat_server(lambda i, r: replies[i])
-    started = time.monotonic()
-    feedback = make_critic(server, backoff_s=0.01).critique(DOC)
+    critic = make_critic(server, backoff_s=0.01)
+    feedback = critic.critique(DOC)
     assert feedback.score == 6
     assert len(server.requests) == 2
-    assert time.monotonic() - started >= 0.4  # waited as the server asked, not the 10 ms backoff
+    # Waited as the server asked, not the 10 ms backoff: the recorded wait, not a wall clock
+    # that a loaded machine stretches.
+    [(reason, waited)] = critic.client.retries
+    assert reason.startswith("HTTP 429") and waited == 0.4
+
+
+def test_missing_axes_are_reasked_then_an_error(chat_server, judge, jsonl, tmp_path):
+    # A real judge (llama.cpp, a small instruct model) scored 2 of the rubric's 5 axes.
+    partial = judge.completion(judge.verdict(6, "Partly judged.", expertise=6, efficiency=5))
+    complete = judge.completion(judge.verdict(6, "All axes."))
+    replies = [partial, complete]
+    server = chat_server(lambda i, r: judge.Reply(replies[i]))
+    feedback = make_critic(server).critique(DOC)
+    assert feedback.critique == "All axes." and len(feedback.axes) == 5
+    assert "lacks writing_style" in server.requests[1]["messages"][-1]["content"]
+
+    always_partial = chat_server(lambda i, r: judge.Reply(partial))
+    out = tmp_path / "out.jsonl"
+    summary = annotate_file(jsonl.write(tmp_path / "in.jsonl", [DOC]), out, make_critic(always_partial),
+                            progress=False)
+    [written] = jsonl.read(out)
+    assert "feedback" not in written and "lacks writing_style" in written["feedback_error"]
+    assert summary.outcomes["error"] == 1 and len(always_partial.requests) == 2
 
 
 def test_500_and_503_then_success(chat_server, judge):
@@ -110,10 +144,12 @@ def test_500_and_503_then_success(chat_server, judge):
 def test_timeout_then_success(chat_server, judge):
     ok = judge.completion(judge.verdict(4))
     server = chat_server(lambda i, r: judge.Reply(ok, delay_s=1.5 if i == 0 else 0.0))
-    started = time.monotonic()
-    assert make_critic(server, timeout_s=0.3).critique(DOC).score == 4
+    critic = make_critic(server, timeout_s=0.3)
+    assert critic.critique(DOC).score == 4
     assert len(server.requests) == 2
-    assert time.monotonic() - started < 1.5  # gave up on the slow answer instead of waiting
+    # Gave up on the slow answer at the read timeout and retried (not a wall-clock bound).
+    [(reason, _)] = critic.client.retries
+    assert reason.startswith("ReadTimeout")
 
 
 def test_retries_are_bounded(chat_server, judge):
@@ -165,12 +201,17 @@ def test_server_dies_mid_run_then_resume(chat_server, judge, jsonl, tmp_path):
 
 
 def test_verdict_parsing_and_reasoning_split():
-    score, axes, critique = parse_verdict('Here you go:\n```json\n{"axes": {"expertise": null, '
-                                          '"efficiency": 3}, "score": 4.5, "critique": "  Too\\n wordy. "}\n```')
-    assert (score, axes, critique) == (4.5, {"efficiency": 3.0}, "Too wordy.")
+    score, axes, critique = parse_verdict('Here you go:\n```json\n{"axes": {"expertise": 6, '
+                                          '"efficiency": 3}, "score": 4.5, "critique": "  Too\\n wordy. "}\n```',
+                                          axes_required=("expertise", "efficiency"))
+    assert (score, axes, critique) == (4.5, {"expertise": 6.0, "efficiency": 3.0}, "Too wordy.")
+    all_axes = '"writing_style": 7, "expertise": 6, "educational_value": 8, "factual_accuracy": 9, "efficiency": 7'
     for bad, message in [("", "no answer"), ('{"score": "7", "critique": "x"}', "must be a number"),
-                         ('{"score": 7, "critique": ""}', "critique"),
-                         ('{"score": 7, "axes": {"clarity": 5}, "critique": "x"}', "unknown axes")]:
+                         ('{"score": 7, "axes": {%s}, "critique": ""}' % all_axes, "critique"),
+                         ('{"score": 7, "axes": {"clarity": 5}, "critique": "x"}', "unknown axes"),
+                         ('{"score": 7, "critique": "no axes"}', "lacks writing_style"),
+                         ('{"score": 7, "axes": {"expertise": 6, "efficiency": null}, "critique": "x"}',
+                          "lacks writing_style, educational_value, factual_accuracy, efficiency")]:
         with pytest.raises(MalformedVerdict, match=message):
             parse_verdict(bad)
     assert split_reasoning("<think>still thinking", None) == ("", "still thinking")
