@@ -52,7 +52,7 @@ from megatron_ixt.data.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, Dat
 from megatron_ixt.data.levels import NUM_LEVELS, QualityThresholds
 from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
 from megatron_ixt.data.preprocess_args import PreprocessConfig, parse_config
-from megatron_ixt.data.progress import ProgressLog, format_duration
+from megatron_ixt.data.progress import Progress, format_duration
 from megatron_ixt.data.sources import LineBatchReader, expand_inputs
 from megatron_ixt.data.tokenizers import build_tokenizer
 
@@ -234,7 +234,8 @@ def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> Encode
     """First pass: the quintiles of the normalized scores become the level cut points."""
     logger.info("First pass: computing quality quantiles")
     reader = LineBatchReader(paths, max_lines=config.batch_size)
-    progress = ProgressLog(config.log_interval, reader.total_disk_bytes, what="Scored")
+    progress = Progress("Scored", total_disk_bytes=reader.total_disk_bytes, every_docs=config.log_interval,
+                        show_bytes=True, emit=logger.info)
     scores = []
     results = _ordered_results(settings, scores_in_worker, reader, config.workers)
     with contextlib.closing(results):  # an error stops the workers at once
@@ -242,7 +243,8 @@ def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> Encode
             if result.error:
                 raise DataError(result.error)
             scores.append(result.normalized_scores)
-            progress.update(result.documents, result.nbytes, 0, reader.disk_bytes_done())
+            progress.update(result.documents, nbytes=result.nbytes, disk_bytes_done=reader.disk_bytes_done())
+    progress.close()
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     thresholds = QualityThresholds.from_scores(all_scores)
     logger.info(
@@ -262,7 +264,8 @@ def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_
     }
     summary = PreprocessSummary(output_prefixes=prefixes)
     reader = LineBatchReader(paths, max_lines=config.batch_size)
-    progress = ProgressLog(config.log_interval, reader.total_disk_bytes)
+    progress = Progress("Processed", total_disk_bytes=reader.total_disk_bytes, every_docs=config.log_interval,
+                        show_bytes=True, show_tokens=True, emit=logger.info)
     logger.info(f"Processing {len(paths)} input file(s), {reader.total_disk_bytes / 1e6:.1f} MB, "
                 f"with {config.workers} worker(s)")
     results = _ordered_results(settings, encode_in_worker, reader, config.workers)
@@ -277,8 +280,9 @@ def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_
                     if shard.bin_path:
                         os.remove(shard.bin_path)  # merged: free the disk space right away
                 summary.add(result)
-                progress.update(result.documents, result.nbytes, sum(s.tokens for s in result.stats.values()),
-                                reader.disk_bytes_done())
+                progress.update(result.documents, nbytes=result.nbytes,
+                                tokens=sum(s.tokens for s in result.stats.values()),
+                                disk_bytes_done=reader.disk_bytes_done())
         summary.processing_s = progress.elapsed()
         if reader.lines_read == 0:
             raise InputError(f"{', '.join(paths)}: the input is empty (no lines)")
@@ -287,9 +291,10 @@ def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_
         for writer in writers.values():
             writer.finalize()
     finally:
+        progress.close()
         for writer in writers.values():
             writer.close()
-    logger.info(progress.line(reader.total_disk_bytes) + f" in {format_duration(progress.elapsed())}")
+    logger.info(progress.line() + f" in {format_duration(progress.elapsed())}")
     return summary
 
 

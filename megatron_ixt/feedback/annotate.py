@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from megatron_ixt.feedback.base import Critic, NotApplicable, VerdictError
 from megatron_ixt.feedback.documents import check_inputs, id_key, iter_documents, judged_text
-from megatron_ixt.feedback.progress import Progress, Summary
+from megatron_ixt.data.progress import Progress
+from megatron_ixt.feedback.progress import Summary
 from megatron_ixt.feedback.record import Feedback
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,8 @@ def annotate_file(inputs: Sequence[str | os.PathLike] | str | os.PathLike, outpu
     window = 4 * workers  # documents in flight: enough to keep every worker busy
     pool = _DaemonPool(workers)
     writer = _Writer(output, Path(audit_path) if audit_path else None, fsync_interval_s)
-    bar = Progress(total, already_done=len(done), enabled=progress)
+    # A bar on a terminal; in a log file a plain line every 10 s, so that logs stay short.
+    bar = Progress("Annotated", total=total, already_done=len(done), every_s=10.0, enabled=progress)
     pending: collections.deque = collections.deque()  # (doc, future or None, outcome if no future)
     started = time.monotonic()
 
@@ -253,7 +255,7 @@ def annotate_file(inputs: Sequence[str | os.PathLike] | str | os.PathLike, outpu
             pending.popleft()
             writer.write(doc, reasoning, judge)
             summary.add(doc, outcome)
-            bar.update(error=outcome == "error")
+            bar.update(errors=int(outcome == "error"))
 
     try:
         for source in _todo(iter_documents(inputs), done):
@@ -279,7 +281,7 @@ def annotate_file(inputs: Sequence[str | os.PathLike] | str | os.PathLike, outpu
         raise
     finally:
         writer.close()
-        bar.finish()
+        bar.close(final_line=True)
         summary.elapsed_s = time.monotonic() - started
     pool.shutdown(workers)
     return summary

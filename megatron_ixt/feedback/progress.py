@@ -1,77 +1,16 @@
-"""The progress line and the end-of-run summary of an annotation run."""
+"""The end-of-run summary of an annotation run (the progress display is `data.progress.Progress`)."""
 
 from __future__ import annotations
 
-import sys
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping
 
+from megatron_ixt.data.progress import format_duration
 from megatron_ixt.feedback.record import quality_level, record_score
 
 #: What happened to a document in a run.
 OUTCOMES = ("annotated", "kept", "unselected", "not_applicable", "error", "resumed")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-class Progress:
-    """Prints ``annotate: 1200/5000 (24%) | 35.1 docs/s | ETA 1m48s | errors 0`` to stderr.
-
-    On a terminal the line is rewritten in place twice a second; in a log file a new line is
-    written every ``log_interval_s`` so that logs stay short.
-    """
-
-    def __init__(self, total: int, already_done: int = 0, stream: TextIO | None = None,
-                 enabled: bool = True, log_interval_s: float = 10.0):
-        self.total, self.done = total, already_done
-        self.start_done = already_done
-        self.errors = 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.interval = 0.5 if self.is_tty else log_interval_s
-        self.started = self.last_print = time.monotonic()
-
-    @property
-    def rate(self) -> float:
-        """Documents per second in this run (documents skipped because done before excluded)."""
-        elapsed = time.monotonic() - self.started
-        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-
-    def update(self, count: int = 1, error: bool = False) -> None:
-        self.done += count
-        self.errors += error
-        now = time.monotonic()
-        if self.enabled and now - self.last_print >= self.interval:
-            self.last_print = now
-            self._print()
-
-    def line(self) -> str:
-        rate = self.rate
-        remaining = self.total - self.done
-        eta = _duration(remaining / rate) if rate > 0 else "?"
-        share = self.done / self.total if self.total else 1.0
-        return (f"annotate: {self.done}/{self.total} ({share:.0%}) | {rate:.1f} docs/s | "
-                f"ETA {eta} | errors {self.errors}")
-
-    def _print(self) -> None:
-        end = "\r" if self.is_tty else "\n"
-        print(self.line(), end=end, file=self.stream, flush=True)
-
-    def finish(self) -> None:
-        if self.enabled:
-            self._print()
-            if self.is_tty:
-                print(file=self.stream)
 
 
 @dataclass
@@ -132,7 +71,7 @@ class Summary:
         lines = [f"documents in output: {data['documents']}  ("
                  + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) + ")"]
         if data["judged_docs_per_s"] is not None:
-            lines.append(f"judged {self.judged_in_run} documents in {_duration(self.elapsed_s)} "
+            lines.append(f"judged {self.judged_in_run} documents in {format_duration(self.elapsed_s)} "
                          f"({data['judged_docs_per_s']} docs/s)")
         annotated = sum(v for k, v in self.levels.items() if k)
         lines.append("quality levels (0 = no feedback):")
