@@ -148,3 +148,19 @@ def test_flaw_options_are_checked(tmp_path):
         CorpusConfig(output=tmp_path / "x.jsonl", prose_flaws=("typos",))
     with pytest.raises(ValueError, match="flawed-share"):
         CorpusConfig(output=tmp_path / "x.jsonl", flawed_share=1.5)
+    for rate in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="flaw-rate"):
+            CorpusConfig(output=tmp_path / "x.jsonl", flaw_rate=rate)
+
+
+def test_flaw_rate_sets_how_many_words_a_flaw_touches():
+    import random
+
+    from megatron_ixt.feedback.corpus.flaws import plant
+
+    text = " ".join(["documentation"] * 400)
+    for rate in (0.1, 0.3):
+        misspelt = plant(text, "misspellings", random.Random(0), rate=rate).split()
+        share = sum(w != "documentation" for w in misspelt) / len(misspelt)
+        assert abs(share - rate) < 0.06, (rate, share)
+    assert plant(text, "dropped_words", random.Random(0)).count("documentation") > 300  # default 10 %

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from megatron_ixt.feedback.corpus.gsm import gsm_documents
 from megatron_ixt.feedback.corpus.humaneval import humaneval_documents
@@ -62,6 +62,8 @@ class CorpusConfig:
     """Share of prose pieces replaced by a flawed version (flaws.py): most web text is imperfect."""
     prose_flaws: tuple[str, ...] = FLAW_KINDS
     """Kinds of prose flaw to draw from (flaws.FLAW_KINDS, or prose.DEGRADE_KINDS' junk)."""
+    flaw_rate: Optional[float] = None
+    """Share of words a word-level flaw touches (misspelt, swapped, dropped); None: 10 %."""
     code_chunk_chars: int = 3000
     """Target size of a standard-library document."""
     prose_chunk_chars: int = 3000
@@ -77,6 +79,8 @@ class CorpusConfig:
         if unknown:
             raise ValueError(f"--prose-flaws: unknown kind(s) {sorted(unknown)}; choose from "
                              f"{', '.join(FLAW_KINDS + DEGRADE_KINDS)}")
+        if self.flaw_rate is not None and not 0 < self.flaw_rate < 1:
+            raise ValueError(f"--flaw-rate must be in (0, 1), got {self.flaw_rate}")
         if not 0 <= self.flawed_share <= 1:
             raise ValueError(f"--flawed-share must be in [0, 1], got {self.flawed_share}")
         if self.max_docs <= 0:
@@ -95,7 +99,8 @@ def collect(config: CorpusConfig) -> list[dict[str, Any]]:
     docs += gsm_documents(rng("math"), quota.get("math", 0), wrong_share=config.wrong_share)
     docs += prose_documents(rng("prose"), quota.get("prose", 0), Path(config.cache_dir),
                             python_docs=config.python_docs, max_chars=config.prose_chunk_chars,
-                            flawed_share=config.flawed_share, flaws=tuple(config.prose_flaws))
+                            flawed_share=config.flawed_share, flaws=tuple(config.prose_flaws),
+                            flaw_rate=config.flaw_rate)
     docs += stdlib_documents(rng("stdlib"), config.max_docs - len(docs), config.code_chunk_chars)
     logger.info("collected %d documents in %.1f s", len(docs), time.monotonic() - started)
     rng("order").shuffle(docs)
@@ -173,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share of prose pieces replaced by a flawed version (default 0.7)")
     parser.add_argument("--prose-flaws", default=",".join(FLAW_KINDS),
                         help=f"comma-separated flaw kinds, from {', '.join(FLAW_KINDS + DEGRADE_KINDS)}")
+    parser.add_argument("--flaw-rate", type=float, default=None,
+                        help="share of words a word-level flaw touches: misspelt, swapped or dropped (default 0.1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -180,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               cache_dir=args.cache_dir, python_docs=not args.no_python_docs,
                               broken_per_problem=args.broken_per_problem, wrong_share=args.wrong_share,
                               flawed_share=args.flawed_share, prose_chunk_chars=args.prose_chunk_chars,
-                              prose_flaws=tuple(filter(None, args.prose_flaws.split(","))))
+                              prose_flaws=tuple(filter(None, args.prose_flaws.split(","))),
+                              flaw_rate=args.flaw_rate)
     except ValueError as error:
         parser.error(str(error))
     print(build_demo_corpus(config)["report"])

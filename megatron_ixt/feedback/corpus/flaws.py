@@ -129,14 +129,18 @@ def splice(text: str, other: str) -> str:
     return "\n\n".join(p.strip("\n") for p in head + tail).strip() + "\n"
 
 
-def plant(text: str, kind: str, rng: random.Random, other: Optional[str] = None) -> str:
-    """``text`` with one flaw of ``kind`` (``spliced`` needs ``other``, a different page)."""
+def plant(text: str, kind: str, rng: random.Random, other: Optional[str] = None,
+          rate: Optional[float] = None) -> str:
+    """``text`` with one flaw of ``kind`` (``spliced`` needs ``other``, a different page).
+    ``rate`` is the share of words a word-level flaw touches (default: each kind's 10 %)."""
+    if rate is not None and not 0 < rate < 1:
+        raise ValueError(f"flaw rate must be in (0, 1), got {rate}")
     if kind == "misspellings":
-        return misspell(text, rng)
+        return misspell(text, rng, MISSPELL_RATE if rate is None else rate)
     if kind == "swapped_words":
-        return swap_words(text, rng)
+        return swap_words(text, rng, SWAP_RATE if rate is None else rate)
     if kind == "dropped_words":
-        return drop_words(text, rng)
+        return drop_words(text, rng, DROP_RATE if rate is None else rate)
     if kind == "shuffled_sentences":
         return shuffle_sentences(text, rng)
     if kind == "spliced":

@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS, plant
 from megatron_ixt.feedback.documents import DOMAIN_PROSE
@@ -178,11 +178,13 @@ def degrade(text: str, kind: str, rng: random.Random) -> str:
 
 def prose_documents(rng: random.Random, limit: int, cache_dir: Path, python_docs: bool = True,
                     max_chars: int = 4000, flawed_share: float = 0.7,
-                    flaws: tuple[str, ...] = FLAW_KINDS) -> Iterator[dict[str, Any]]:
+                    flaws: tuple[str, ...] = FLAW_KINDS,
+                    flaw_rate: Optional[float] = None) -> Iterator[dict[str, Any]]:
     """Up to ``limit`` prose documents. Each piece of a page appears once: as it is, or
     (``flawed_share`` of them) with one flaw of a kind drawn from ``flaws`` (see flaws.py;
     the old junk kinds of :func:`degrade` may be named too). A flawed piece has no clean
-    twin in the corpus, as on the web."""
+    twin in the corpus, as on the web. ``flaw_rate``: the share of words a word-level flaw
+    touches (misspelt, swapped or dropped; default flaws.py's 10 %)."""
     docs_dir = python_docs_dir(cache_dir) if python_docs else None
     pieces = []
     for stem, text in _texts(docs_dir, rng):
@@ -205,10 +207,10 @@ def prose_documents(rng: random.Random, limit: int, cache_dir: Path, python_docs
                     kind = None
                 else:
                     other_stem, other_index, other = rng.choice(others)
-                    text = plant(piece, kind, rng, other)
+                    text = plant(piece, kind, rng, other, flaw_rate)
                     doc["spliced_with"] = f"{other_stem}#{other_index}"
             else:
-                text = plant(piece, kind, rng)
+                text = plant(piece, kind, rng, rate=flaw_rate)
             if kind is not None and text != piece:
                 doc.update(id=f"{stem}#{index}/{kind}", text=text, variant=kind)
         yield doc
