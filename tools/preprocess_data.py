@@ -18,7 +18,11 @@ import warnings
 # needs neither, so the warning would only be noise here.
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
-from megatron_ixt.data.preprocess import main  # noqa: E402
+from megatron_ixt.data.preprocess_args import parse_config  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The command line first (light imports): --help and usage errors return at once.
+    config = parse_config()
+    from megatron_ixt.data.preprocess import main
+
+    sys.exit(main(config=config))

@@ -16,9 +16,10 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import numpy as np
+if TYPE_CHECKING:  # imported where used: tools' --help imports this module through prefixes
+    import numpy as np
 
 NUM_LEVELS = 5
 """Levels run from 1 (worst) to 5 (best)."""
@@ -78,6 +79,8 @@ class QualityThresholds:
     @classmethod
     def from_scores(cls, normalized_scores: Iterable[float] | np.ndarray) -> "QualityThresholds":
         """Quantile thresholds from the normalized scores of a corpus (the first pass)."""
+        import numpy as np
+
         scores = np.asarray(normalized_scores, dtype=np.float64)
         if scores.size == 0:
             # Nothing is annotated: any thresholds give the same (empty) result.

@@ -35,6 +35,9 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 
 TEMPLATE_KINDS = ("none", "quality", "critique")
 
+DEFAULT_PREFIX_TEMPLATE = "critique"
+"""`--prefix-template` of every tool when none is given (and the checkpoint records none)."""
+
 # Fields a template line may use, per kind.
 _FIELDS = {
     "none": set(),

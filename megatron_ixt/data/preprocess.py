@@ -382,9 +382,9 @@ def report(summary: PreprocessSummary) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, config: Optional[PreprocessConfig] = None) -> int:
     """Entry point of tools/preprocess_data.py; returns the exit status."""
-    config = parse_config(argv)
+    config = config or parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("megatron").setLevel(logging.WARNING)
     try:

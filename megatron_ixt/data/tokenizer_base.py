@@ -16,9 +16,13 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: this module stays light (tools' --help imports it)
+    import numpy as np
+
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
+"""The `--tokenizer-type` names (Megatron-LM's) that `tokenizers.build_tokenizer` accepts."""
 
 
 class LegacyTokenizerBase(ABC):

@@ -20,13 +20,13 @@ cut into pieces of whole lines below that length before training.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from typing import Iterator, Optional, Sequence
 
-from megatron_ixt.data.errors import DataError, DocumentError
+from megatron_ixt.data.document import DocumentSpec, parse_document_line
+from megatron_ixt.data.errors import DataError
 from megatron_ixt.data.sources import LineBatchReader, expand_inputs
 from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 
@@ -49,21 +49,21 @@ USER_DEFINED_SYMBOLS = ("\n", "\t", FEEDBACK_OPEN, FEEDBACK_CLOSE)
 
 
 def iter_training_texts(
-    paths: Sequence[str], json_key: str = "text", max_documents: Optional[int] = None
+    paths: Sequence[str], json_keys: Sequence[str] = ("text",), max_documents: Optional[int] = None
 ) -> Iterator[str]:
-    """Texts of `json_key` from JSONL files, cut at line boundaries below the sentence limit."""
+    """Texts of `json_keys` from JSONL files, cut at line boundaries below the sentence limit.
+
+    Lines are read by the document format's own parser (`document.parse_document_line`), so a
+    bad line fails with the same `file:line: field ...` error as in preprocessing.
+    """
+    spec = DocumentSpec(json_keys=(json_keys,) if isinstance(json_keys, str) else tuple(json_keys))
     documents = 0
     for batch in LineBatchReader(paths):
         for offset, raw in enumerate(batch.lines):
-            line = batch.first_line + offset
-            try:
-                value = json.loads(raw)[json_key]
-            except (ValueError, KeyError, TypeError):
-                raise DocumentError(batch.path, line, json_key, "a JSON object with a string") from None
-            for text in [value] if isinstance(value, str) else value:
-                if not isinstance(text, str):
-                    raise DocumentError(batch.path, line, json_key, "a string or a list of strings", text)
-                yield from split_for_training(text)
+            document = parse_document_line(raw, spec, batch.path, batch.first_line + offset)
+            for value in document.texts.values():
+                for text in [value] if isinstance(value, str) else value:
+                    yield from split_for_training(text)
             documents += 1
             if max_documents is not None and documents >= max_documents:
                 return
@@ -96,7 +96,7 @@ def train_sentencepiece(
     model_prefix: str,
     vocab_size: int,
     model_type: str = "unigram",
-    json_key: str = "text",
+    json_keys: Sequence[str] = ("text",),
     max_documents: Optional[int] = None,
     num_threads: Optional[int] = None,
     extra_symbols: Sequence[str] = (),
@@ -116,7 +116,7 @@ def train_sentencepiece(
     symbols = list(USER_DEFINED_SYMBOLS) + [s for s in extra_symbols if s not in USER_DEFINED_SYMBOLS]
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter_training_texts(paths, json_key, max_documents),
+            sentence_iterator=iter_training_texts(paths, json_keys, max_documents),
             model_prefix=model_prefix,
             vocab_size=vocab_size,
             model_type=model_type,
@@ -146,8 +146,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model-prefix", required=True, help="writes <prefix>.model and <prefix>.vocab")
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
-    parser.add_argument("--json-key", default="text", help="key holding the text (default: text)")
-    parser.add_argument("--max-documents", type=int, default=None, help="train on the first N documents only")
+    # --json-keys and --max-docs as in the other tools; the old spellings still work.
+    parser.add_argument("--json-keys", "--json-key", nargs="+", default=["text"],
+                        help="keys holding the text, as in preprocess_data.py (default: text)")
+    parser.add_argument("--max-docs", "--max-documents", dest="max_docs", type=int, default=None,
+                        help="train on the first N documents only")
     parser.add_argument("--num-threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--character-coverage", type=float, default=0.9995,
                         help="share of characters covered by pieces; the rest fall back to bytes")
@@ -158,8 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         path = train_sentencepiece(
-            args.input, args.model_prefix, args.vocab_size, args.model_type, args.json_key,
-            args.max_documents, args.num_threads, args.user_defined_symbols, args.character_coverage,
+            args.input, args.model_prefix, args.vocab_size, args.model_type, args.json_keys,
+            args.max_docs, args.num_threads, args.user_defined_symbols, args.character_coverage,
         )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

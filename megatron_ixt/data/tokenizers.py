@@ -52,9 +52,8 @@ import numpy as np
 from megatron_ixt.data.errors import TokenizerError
 from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 # megatron-core's legacy tokenizer interface without importing megatron-core (start-up time).
+from megatron_ixt.data.tokenizer_base import TOKENIZER_TYPES
 from megatron_ixt.data.tokenizer_base import LegacyTokenizerBase as _MegatronBase
-
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
 
 
 def _sha256_of_files(paths: Sequence[str]) -> str:

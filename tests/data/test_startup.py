@@ -23,8 +23,10 @@ def test_help_imports_neither_torch_nor_megatron_core(tool):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage:" in run.stdout
     modules = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
-    assert "numpy" in modules or tool in ("annotate_feedback", "checkpoint_info", "train_tokenizer")
-    assert not {"torch", "megatron.core"} & modules
+    assert "argparse" in modules  # the probe sees imports at all
+    assert not {"torch", "megatron.core", "httpx", "tqdm"} & modules
+    if tool != "merge_datasets":  # --help parses flags only: not even numpy
+        assert "numpy" not in modules
 
 
 def _pair():

@@ -14,7 +14,7 @@ from .conftest import TRAIN_TOOL, run_subprocess, write_jsonl
 def test_train_tool_builds_a_lossless_model(tmp_path, stdlib_texts, humaneval_texts):
     source = write_jsonl(tmp_path / "train.jsonl", [{"code": t} for t in stdlib_texts[:500]])
     run = run_subprocess(TRAIN_TOOL, "--input", source, "--model-prefix", tmp_path / "tok" / "code1k",
-                         "--vocab-size", 1000, "--model-type", "unigram", "--json-key", "code", "--num-threads", 2)
+                         "--vocab-size", 1000, "--model-type", "unigram", "--json-keys", "code", "--num-threads", 2)
     assert run.returncode == 0, run.stderr
     model = tmp_path / "tok" / "code1k.model"
     assert model.exists() and "Wrote" in run.stderr
@@ -39,7 +39,10 @@ def test_train_tool_reports_errors(tmp_path, stdlib_texts):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"text": \n')
     run = run_subprocess(TRAIN_TOOL, "--input", bad, "--model-prefix", tmp_path / "t", "--vocab-size", 100)
-    assert run.returncode == 1 and f"{bad}:2: field 'text'" in run.stderr
+    assert run.returncode == 1 and f"{bad}:2: expected a JSON object (malformed JSON" in run.stderr
+    bad.write_text('{"text": "a"}\n{"code": "b"}\n')  # the same errors as preprocessing
+    run = run_subprocess(TRAIN_TOOL, "--input", bad, "--model-prefix", tmp_path / "t", "--vocab-size", 100)
+    assert run.returncode == 1 and f"{bad}:2: field 'text': expected a string (the key 'text' is missing)" in run.stderr
 
 
 @pytest.mark.parametrize("limit", [64, 200])

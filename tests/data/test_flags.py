@@ -1,0 +1,67 @@
+"""The one typed flag generator (config/flags.py) and the flags shared across the data tools."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from megatron_ixt.config.flags import add_dataclass_arguments
+from megatron_ixt.config.schema import arg
+from megatron_ixt.data.prefixes import DEFAULT_PREFIX_TEMPLATE
+from megatron_ixt.data.preprocess_args import PreprocessConfig, build_parser, parse_config
+
+
+@dataclass
+class _Example:
+    name: str = dataclasses.field(metadata={"help": "required"})
+    ratio: float = arg(0.5, "a float stays a float")
+    limit: Optional[int] = arg(None, "optional int")
+    keys: list = arg(["text"], "a list")
+    mode: str = arg("a", "with choices", choices=("a", "b"))
+    on: bool = arg(False, "a switch")
+
+
+def test_generator_types_fields_from_their_annotations():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, _Example, aliases={"limit": ("--max",)})
+    args = parser.parse_args(["--name", "x", "--ratio", "0.25", "--max", "3", "--keys", "a", "b", "--on"])
+    assert args.ratio == 0.25 and isinstance(args.ratio, float)
+    assert (args.limit, args.keys, args.mode, args.on) == (3, ["a", "b"], "a", True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "x", "--mode", "c"])
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # --name is required
+    assert "--max" not in parser.format_help()  # an old spelling works but is not advertised
+
+
+def test_preprocess_flags_are_the_dataclass():
+    parser = build_parser()
+    defaults = vars(parser.parse_args(["--input", "a", "--output-prefix", "b", "--tokenizer-type", "NullTokenizer"]))
+    for field in dataclasses.fields(PreprocessConfig):
+        if field.default is not dataclasses.MISSING:
+            assert defaults[field.name] == field.default, field.name
+    assert defaults["json_keys"] == ["text"] and defaults["prefix_template"] == DEFAULT_PREFIX_TEMPLATE
+    config = parse_config(["--input", "a", "--output-prefix", "b", "--tokenizer-type", "NullTokenizer",
+                           "--vocab-size", "100", "--workers", "3"])
+    assert (config.vocab_size, config.workers) == (100, 3)
+
+
+def test_train_tokenizer_takes_the_shared_flag_names_and_the_old_ones(tmp_path, monkeypatch):
+    from megatron_ixt.data import tokenizer_training
+
+    seen = {}
+
+    def fake_train(inputs, prefix, vocab, model_type, json_keys, max_docs, *rest):
+        seen.update(json_keys=json_keys, max_docs=max_docs)
+        return prefix + ".model"
+
+    monkeypatch.setattr(tokenizer_training, "train_sentencepiece", fake_train)
+    common = ["--input", "x.jsonl", "--model-prefix", str(tmp_path / "m"), "--vocab-size", "100"]
+    assert tokenizer_training.main(common + ["--json-keys", "code", "text", "--max-docs", "5"]) == 0
+    assert seen == {"json_keys": ["code", "text"], "max_docs": 5}
+    assert tokenizer_training.main(common + ["--json-key", "code", "--max-documents", "7"]) == 0
+    assert seen == {"json_keys": ["code"], "max_docs": 7}
