@@ -1,14 +1,15 @@
 """The micro-batch contract between the data pipeline and the training step.
 
 A dataset sample is megatron-core's dict of tensors (``GPTDataset.__getitem__``); the
-loader turns each collated micro-batch into a :class:`Batch` with the fields the consuming
-pipeline stage needs and nothing else. Every field is ``[micro_batch_size, seq_length]``.
+loader (``data/loader.py``) turns each micro-batch into a :class:`Batch` with the fields the
+consuming pipeline stage needs and nothing else. Every field is ``[micro_batch_size,
+seq_length]``: int64 for :data:`INTEGER_FIELDS`, float32 for the masks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields as dataclass_fields
-from typing import Iterable, Mapping, Optional
+from typing import Optional
 
 import torch
 
@@ -38,11 +39,6 @@ class Batch:
     text_mask: Optional[torch.Tensor] = None
     orphan_mask: Optional[torch.Tensor] = None
     token_level: Optional[torch.Tensor] = None
-
-    @classmethod
-    def from_sample(cls, sample: Mapping[str, torch.Tensor], names: Iterable[str]) -> "Batch":
-        """The named fields of a collated dataset sample, with the dtypes of the contract."""
-        return cls(**{n: sample[n].to(torch.int64 if n in INTEGER_FIELDS else torch.float32) for n in names})
 
     def present(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclass_fields(self) if getattr(self, f.name) is not None)
