@@ -1,8 +1,8 @@
 """The demo driver (examples/demo/run_demo.py) end to end with its --quick budget, and its
 pieces (held-out split, failure reporting, the ratio arithmetic, the report) on their own.
 
-The end-to-end test runs every real stage (corpus, critics, tokenizer, three preprocessings,
-six trainings side by side, measurements, evaluation at PP=2, report): about 4 minutes on
+The end-to-end test runs every real stage (corpus, critics, tokenizer, four preprocessings,
+eight trainings side by side, measurements, evaluation at PP=2, report): about 4-5 minutes on
 two busy cores."""
 
 from __future__ import annotations
@@ -43,15 +43,31 @@ def test_quick_demo_progress_lines_and_outputs(quick_demo):
     stages = json.loads((out / "stages.json").read_text())
     assert [s["stage"] for s in stages][-1] == "report" and all(s["seconds"] >= 0 for s in stages)
     assert "pydoc topics only" in stdout  # the missing Python docs are said, not skipped silently
-    for name in ("corpus", "annotate", "evaluate", "report", "train_ixt_s1234", "measure_bos_s1235"):
+    for name in ("corpus", "annotate", "evaluate", "report", "train_ixt_s1234", "measure_bos_s1235",
+                 "train_same_s1235"):
         assert (out / "logs" / f"{name}.log").read_text().startswith("$ ")
+
+
+@pytest.mark.slow
+def test_quick_demo_every_run_trains_and_its_loss_falls(quick_demo):
+    out, _ = quick_demo
+    for kind in ("plain", "bos", "ixt", "same"):
+        for seed in (1234, 1235):
+            rows = [json.loads(line) for line in (out / "metrics" / f"{kind}_s{seed}.jsonl").read_text().splitlines()
+                    if line.strip()]
+            rows = [r for r in rows if "split" not in r and "lm loss" in r]  # training steps, not validation
+            steps = [r["iteration"] for r in rows]
+            assert steps[-1] == 10, (kind, seed, steps)
+            losses = [r["lm loss"] for r in rows]
+            # From ~ln(vocab) at the start, ten steps of lr 3e-3 take off at least half a nat.
+            assert losses[-1] < losses[0] - 0.5, (kind, seed, losses)
 
 
 @pytest.mark.slow
 def test_quick_demo_datasets_differ_only_by_what_they_should(quick_demo):
     out, _ = quick_demo
     meta = {kind: json.loads((out / "data" / f"{kind}_text_document.meta.json").read_text())
-            for kind in ("plain", "bos", "ixt")}
+            for kind in ("plain", "bos", "ixt", "same")}
     counts = {kind: m["counts"] for kind, m in meta.items()}
     docs = counts["plain"]["documents"]
     assert counts["bos"]["documents"] == counts["ixt"]["documents"] == docs > 0
@@ -63,24 +79,30 @@ def test_quick_demo_datasets_differ_only_by_what_they_should(quick_demo):
     assert counts["ixt"]["prefix_tokens"] == counts["ixt"]["tokens"] - counts["plain"]["tokens"]
     assert 0 < counts["ixt"]["prefix_tokens"] <= (48 + 2) * counts["ixt"]["prefixed_documents"]
     assert meta["ixt"]["template"]["name"] == "critique-demo" and meta["plain"]["template"]["name"] == "none"
+    # The same-critique control: the same text, and one prefix for every prefixed document.
+    assert meta["same"]["template"]["name"] == "same-critique-demo"
+    assert counts["same"]["text_tokens"] == counts["plain"]["text_tokens"]
+    same_prefix = counts["same"]["prefix_tokens"] / counts["same"]["prefixed_documents"]
+    assert same_prefix == int(same_prefix) and 30 <= same_prefix <= 48 + 2, same_prefix
+    assert counts["same"]["prefixed_documents"] == counts["ixt"]["prefixed_documents"]
 
 
 @pytest.mark.slow
 def test_quick_demo_measures_every_run_on_the_same_tokens(quick_demo):
     out, _ = quick_demo
     measured = {p.stem: json.loads(p.read_text()) for p in (out / "measurements").glob("*.json")}
-    assert sorted(measured) == sorted(f"{k}_s{s}" for k in ("plain", "bos", "ixt") for s in (1234, 1235))
+    assert sorted(measured) == sorted(f"{k}_s{s}" for k in ("plain", "bos", "ixt", "same") for s in (1234, 1235))
     assert len({m["text_tokens"] for m in measured.values()}) == 1  # same documents, same windows
     for name, m in measured.items():
         curve = m["curves"][name]
         assert [p["iteration"] for p in curve] == [5, 10]
         kind = name.split("_")[0]
-        keys = {"plain": {"none"}, "bos": {"bos"}, "ixt": {"none", "best"}}[kind]
+        keys = {"plain": {"none"}, "bos": {"bos"}, "ixt": {"none", "best"}, "same": {"best"}}[kind]
         assert all(keys <= set(p) and all(0 < p[k] < 20 for k in keys) for p in curve)
         assert ("worst" in curve[-1]) == (kind == "ixt")  # the gap on good documents, at the end
         prompts = len((out / "data" / "prompts.jsonl").read_text().splitlines())
         assert sorted(m["task"]) == sorted(f"{name}/{c}" for c in {"plain": ["none"], "bos": ["bos"],
-                                                                    "ixt": ["best", "worst"]}[kind])
+                                                                    "ixt": ["best", "worst"], "same": []}[kind])
         for task in m["task"].values():
             assert task["by_kind"]["prose"]["samples"] == prompts  # one continuation per prompt
 
@@ -116,6 +138,11 @@ def test_quick_demo_report_leads_with_the_fair_ratio(quick_demo):
                 assert row["refs"][row["better"]]["tokens"] is not None
                 assert row["refs"][row["better"]]["tokens"] <= other["tokens"]
     assert {r["kind"] for r in results["task"]} == {"plain", "bos", "ixt"}
+    assert "### IXT against the same-critique control" in report
+    for row in results["ratio_rows_same"]:  # the control's ratio, also from its logged curve
+        needed, _ = tokens_to_reach(runs[f"same_s{row['seed']}"]["curve"], "best", row["ixt_loss"])
+        got = row["refs"]["same"]["ratio"]
+        assert (needed is None and got is None) or abs(needed / row["tokens"] - got) < 1e-9
     assert all(0 <= r["ci95"][0] <= r["share"] <= r["ci95"][1] <= 1 for r in results["task"])
 
 
@@ -127,6 +154,14 @@ def test_quick_demo_conditioning_uses_training_critiques(quick_demo):
     assert summary["documents"] == len(result["documents"]) > 0
     for cond in ("none", "own", "best", "worst"):
         assert 0 < summary[cond]["loss"] < 20, summary
+    # The reported gap is the per-document losses' (token-weighted), recomputed here.
+    docs = result["documents"]
+    tokens = sum(d["tokens"] for d in docs)
+    for cond in ("best", "worst"):
+        assert abs(sum(d["loss"][cond] * d["tokens"] for d in docs) / tokens - summary[cond]["loss"]) < 1e-6
+    assert abs(summary["gap_worst_minus_best"] - (summary["worst"]["loss"] - summary["best"]["loss"])) < 1e-9
+    share = sum(d["loss"]["best"] < d["loss"]["worst"] for d in docs) / len(docs)
+    assert abs(summary["share_best_below_worst"] - share) < 1e-9
     held_out = {json.loads(line)["id"] for line in (out / "data" / "heldout.jsonl").read_text().splitlines()}
     trained = [json.loads(line) for line in (out / "data" / "train.jsonl").read_text().splitlines()]
     assert {d["id"] for d in result["documents"]} <= held_out and not held_out & {d["id"] for d in trained}
@@ -269,9 +304,24 @@ def test_ixt_vs_baseline_adds_quality_prefixes_to_the_demo(quick_demo, tmp_path)
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     measured = sorted(p.stem for p in (tmp_path / "ivb" / "measurements").glob("*.json"))
-    assert measured == sorted([f"{k}_s{s}" for k in ("plain", "bos", "ixt", "ixtq") for s in (1234, 1235)])
+    assert measured == sorted([f"{k}_s{s}" for k in ("plain", "bos", "ixt", "same", "ixtq") for s in (1234, 1235)])
+    text_tokens = {json.loads((tmp_path / "ivb" / "measurements" / f"{m}.json").read_text())["text_tokens"]
+                   for m in measured}
+    assert len(text_tokens) == 1, text_tokens  # quality-level runs scored on the demo's very tokens
     meta = json.loads((tmp_path / "ivb" / "data" / "ixtq_text_document.meta.json").read_text())
     assert meta["template"]["name"] == "quality"
     results = (tmp_path / "ivb" / "results.md").read_text()
     assert "quality-level prefixes" in results and "critique prefixes" in results
     assert (tmp_path / "ivb" / "loss_vs_tokens.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_same_critique_template_renders_one_prefix_for_every_document():
+    from megatron_ixt.data.prefixes import load_template, render_prefix
+
+    same = load_template(str(REPO / "examples" / "demo" / "same_critique_template.yaml"))
+    ixt = load_template(str(REPO / "examples" / "demo" / "critique_template.yaml"))
+    good = {"score": 10, "scale": [0, 10], "axes": {"writing_style": 10}, "critique": "Passes all rules."}
+    bad = {"score": 0, "scale": [0, 10], "axes": {"writing_style": 0}, "critique": "Fails: misspelt."}
+    assert render_prefix(same, good) == render_prefix(same, bad)  # carries no information
+    assert render_prefix(ixt, good) != render_prefix(ixt, bad)
+    assert same.max_tokens == ixt.max_tokens and same.kind == ixt.kind == "critique"

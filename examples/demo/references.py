@@ -1,9 +1,11 @@
 """What the demo compares, and the choices it makes from the critics' verdicts on the
 training documents (never from the model's results):
 
-- the three kinds of run (``RUN_KINDS``): plain next-token training, the same with a
+- the kinds of run (``RUN_KINDS``): plain next-token training, the same with a
   beginning-of-document token (the control a fair IXT claim needs: a constant document
-  start that carries no information), and IXT with critique prefixes;
+  start that carries no information), IXT with critique prefixes, and the same-critique
+  control (every document prefixed by one fixed critique of the same length: the prefix
+  text without the feedback's information);
 - the *best* and *worst* feedback of each domain: what the critics actually wrote on
   training documents (in distribution: no extrapolation beyond what was seen);
 - the *good* held-out documents (the critics' levels 4-5) and the task prompts.
@@ -14,9 +16,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
-# kind -> (prefix template, extra tools/preprocess_data.py flags). "critique" stands for
-# the demo's critique template (its path is a setting).
-RUN_KINDS = {"plain": ("none", ()), "bos": ("none", ("--prepend-bos",)), "ixt": ("critique", ())}
+# kind -> (prefix template, extra tools/preprocess_data.py flags). "critique" and "same"
+# stand for the demo's critique and same-critique templates (their paths are settings).
+RUN_KINDS = {"plain": ("none", ()), "bos": ("none", ("--prepend-bos",)), "ixt": ("critique", ()),
+             "same": ("same", ())}
 
 
 def level_of(doc: dict) -> Optional[int]:

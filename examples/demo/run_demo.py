@@ -1,10 +1,10 @@
 """The IXT demo, end to end on real data on a CPU, measured fairly: corpus with realistic
-flaws -> the critics' critiques -> tokenizer -> three datasets (plain, plain with a
-beginning-of-document token, IXT with critique prefixes) -> three trainings per seed, two
-seeds, side by side -> held-out loss of every checkpoint and the critics' verdicts on
+flaws -> the critics' critiques -> tokenizer -> four datasets (plain, plain with a
+beginning-of-document token, IXT with critique prefixes, the same critique for every
+document) -> four trainings per seed, two seeds, side by side -> held-out loss of every checkpoint and the critics' verdicts on
 sampled continuations -> conditioning by flaw type, measured at PP=2 -> report.md.
 
-    python examples/demo/run_demo.py --output-dir outputs/demo          # 20 min on 2 busy cores
+    python examples/demo/run_demo.py --output-dir outputs/demo          # see docs/demo.md, "Wall time"
     python examples/demo/run_demo.py --output-dir /tmp/demo --quick     # ~4 min, a smoke test
 
 Every stage runs the project's real tool as a subprocess (the commands are in
@@ -40,22 +40,30 @@ class Settings:
     """Shares of the corpus sources (build_demo_corpus.py --mix; stdlib code gets the rest)."""
     flawed_share: float = 0.7
     """Share of prose pieces replaced by a flawed version (misspelt, words swapped or dropped,
-    sentences shuffled, two pages spliced)."""
+    two pages spliced)."""
+    prose_flaws: str = "misspellings,swapped_words,dropped_words,spliced"
+    """Flaw kinds planted (build_demo_corpus.py --prose-flaws). Shuffled sentences are left
+    out: the text critic caught 2 % of them, so nearly all kept a good level (docs/demo.md)."""
+    flaw_rate: float = 0.25
+    """Share of words a word-level flaw touches. At 0.1 the critics caught 89 % of misspelt
+    pieces, 65 % swapped, 20 % dropped; at 0.25 about 90 %, 89 % and 67 % (docs/demo.md)."""
     prose_chunk_chars: int = 1500
     """Prose documents of ~250 words: most fit one 512-token sample with their prefix."""
     held_out_share: float = 0.15
     """Share of document groups kept out of training for all evaluations."""
     vocab_size: int = 4000
-    train_iters: int = 100
-    """Training steps of 8 x 512 tokens per run: 100 steps see 0.41M tokens. Six runs must
-    fit in about 9 minutes of two cores, at ~1.6 CPU-seconds per step and run."""
-    save_interval: int = 25
+    train_iters: int = 400
+    """Training steps of 2 x 512 tokens per run: 400 steps see 0.41M tokens. Measured
+    (docs/demo.md): at the same tokens and about the same CPU time, 400 steps of 2 samples
+    end 0.5 nats/token lower than 100 steps of 8 (a model this small learns from the
+    number of updates, not from larger batches)."""
+    save_interval: int = 100
     """A checkpoint (a point on the loss-vs-tokens curves) every this many steps."""
     seq_length: int = 512
-    global_batch_size: int = 8
+    global_batch_size: int = 2
     seeds: tuple = (1234, 1235)
     """Training seeds; every run of a seed sees the same documents in the same order."""
-    eval_docs: int = 400
+    eval_docs: int = 200
     """Held-out documents measured under the four conditions at PP=2 (gap by flaw type)."""
     prompts: int = 80
     """Task-metric prompts (held-out good prose; the split yields about 50), one
@@ -70,12 +78,16 @@ class Settings:
     """The spelling rule's least evidence on a 48-token sample (documents: 40 words)."""
     template: str = str(REPO / "examples" / "demo" / "critique_template.yaml")
     """Prefix template: the critique template with a 48-token budget (critique_template.yaml)."""
+    same_template: str = str(REPO / "examples" / "demo" / "same_critique_template.yaml")
+    """The same-critique control's template: one fixed critique of the same budget for every document."""
+    kinds: tuple = ("plain", "bos", "ixt", "same")
+    """Runs per seed (references.RUN_KINDS): plain, plain + BOS, IXT, the same-critique control."""
     feedback_dropout: float = 0.1
     """Share of annotated documents trained without their prefix (keeps an unconditional mode)."""
 
 
 QUICK = Settings(max_docs=200, held_out_share=0.2, vocab_size=1000, train_iters=10, save_interval=5,
-                 seq_length=256, eval_docs=16, prompts=6, gen_tokens=16)
+                 seq_length=256, global_batch_size=8, eval_docs=16, prompts=6, gen_tokens=16)
 
 OUTPUT_ENTRIES = ("data", "checkpoints", "logs", "plots", "cache", "metrics", "measurements",
                   "conditioning.json", "demo.json", "stages.json", "report.md", "results.json")
@@ -90,7 +102,11 @@ def parse_args(argv=None):
     parser.add_argument("--max-docs", type=int, help="override the budget's corpus size")
     parser.add_argument("--mix", help="corpus source shares, as build_demo_corpus.py --mix")
     parser.add_argument("--flawed-share", type=float, help="share of prose pieces with a planted flaw")
+    parser.add_argument("--flaw-rate", type=float, help="share of words a word-level flaw touches (default 0.25)")
+    parser.add_argument("--prose-flaws", help="flaw kinds to plant, as build_demo_corpus.py --prose-flaws")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 1234,1235)")
+    parser.add_argument("--kinds", help="comma-separated runs per seed, from plain, bos, ixt, same "
+                                        "(default: all four; the report needs plain, bos and ixt)")
     parser.add_argument("--seed", type=int, default=0, help="corpus, split and sampling seed")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "ixt-demo",
                         help="where the Python docs (prose) are kept once fetched")
@@ -98,11 +114,16 @@ def parse_args(argv=None):
                         help="prose from pydoc topics only (no apt-get download of python3.11-doc)")
     args = parser.parse_args(argv)
     settings = replace(QUICK) if args.quick else Settings()
-    for name in ("train_iters", "save_interval", "max_docs", "mix", "flawed_share"):
+    for name in ("train_iters", "save_interval", "max_docs", "mix", "flawed_share", "flaw_rate", "prose_flaws"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     if args.seeds:
         settings.seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.kinds:
+        settings.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        unknown = sorted(set(settings.kinds) - set(RUN_KINDS))
+        if unknown or not {"plain", "bos", "ixt"} <= set(settings.kinds):
+            parser.error(f"--kinds {args.kinds!r}: choose from {', '.join(RUN_KINDS)}; plain, bos and ixt are needed")
     return args, settings
 
 
@@ -160,16 +181,17 @@ def main(argv=None) -> int:
         folder.mkdir(parents=True)
     stages = Stages(out, total=9)
     started = time.monotonic()
-    runs = [(kind, seed) for seed in s.seeds for kind in RUN_KINDS]
+    runs = [(kind, seed) for seed in s.seeds for kind in s.kinds]
     print(f"IXT demo -> {out} ({'quick' if args.quick else 'full'} budget: {s.max_docs} documents; "
-          f"{len(runs)} runs (plain, bos, ixt x seeds {', '.join(map(str, s.seeds))}) of {s.train_iters} steps of "
+          f"{len(runs)} runs ({', '.join(s.kinds)} x seeds {', '.join(map(str, s.seeds))}) of {s.train_iters} steps of "
           f"{s.global_batch_size} x {s.seq_length} tokens)", flush=True)
     try:
         # 1. Corpus: code, math and prose, most of it flawed; the builder only makes variants.
         corpus_cmd = python_cmd("tools/build_demo_corpus.py", "--output", data / "corpus.jsonl",
                                 "--max-docs", s.max_docs, "--seed", args.seed, "--cache-dir", args.cache_dir,
                                 "--mix", s.mix, "--flawed-share", s.flawed_share, "--wrong-share", 1.0,
-                                "--prose-chunk-chars", s.prose_chunk_chars)
+                                "--prose-chunk-chars", s.prose_chunk_chars, "--prose-flaws", s.prose_flaws,
+                                "--flaw-rate", s.flaw_rate)
         if args.no_python_docs:
             corpus_cmd.append("--no-python-docs")
         stages.run("corpus", corpus_cmd, "building the corpus (stdlib, HumanEval, GSM8K, Python docs; flaws planted)",
@@ -215,8 +237,9 @@ def main(argv=None) -> int:
         # 5. Three datasets of the same documents: plain, plain with <s>, IXT with critiques.
         def preprocess() -> str:
             notes = []
-            for kind, (template, extra) in RUN_KINDS.items():
-                template = s.template if template == "critique" else template
+            for kind in s.kinds:
+                template, extra = RUN_KINDS[kind]
+                template = {"critique": s.template, "same": s.same_template}.get(template, template)
                 output = run_logged(python_cmd(
                     "tools/preprocess_data.py", "--input", data / "train.jsonl", "--output-prefix", data / kind,
                     "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data / "sp.model",
@@ -226,7 +249,7 @@ def main(argv=None) -> int:
             return "; ".join(notes)
 
         stages.step("preprocess", preprocess, "plain (--prefix-template none), bos (--prepend-bos), "
-                                              "ixt (critique prefixes, 48-token budget)")
+                                              "ixt (critique prefixes, 48-token budget), same (one fixed critique)")
 
         # 6. All runs side by side, one process each, same flags.
         def progress() -> str:
@@ -251,7 +274,7 @@ def main(argv=None) -> int:
                 sys.executable, str(REPO / "examples" / "ixt_vs_baseline" / "measure.py"),
                 "--run", f"{run_name(k, seed)}={out / 'checkpoints' / run_name(k, seed)}", "--kind", k,
                 "--heldout", data / "heldout_good.jsonl", "--prompts", data / "prompts.jsonl",
-                "--template", s.template, "--seq-length", s.seq_length, "--seed", args.seed,
+                "--template", s.same_template if k == "same" else s.template, "--seq-length", s.seq_length, "--seed", args.seed,
                 "--gen-tokens", s.gen_tokens, "--samples-per-prompt", s.samples_per_prompt,
                 "--max-text-tokens", s.max_text_tokens, "--sample-min-words", s.sample_min_words,
                 "--output", out / "measurements" / f"{run_name(k, seed)}.json"]

@@ -47,9 +47,12 @@ logger = logging.getLogger("megatron_ixt")
 # IXT without a prefix against plain); the worst feedback is measured at the final
 # checkpoint only (the conditioning gap on good documents). Every forward pass counts
 # against the demo's 15 minutes.
-CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best")}
-FINAL_CONDITIONS = {"plain": (), "bos": (), "ixt": ("worst",)}
-TASK_CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("best", "worst")}
+# The same-critique control ("same") is read under its one fixed prefix: its template
+# renders the same text whatever the feedback, so "best" is that prefix. It has no task
+# metric (sampling is the demo's most expensive measurement per condition).
+CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("none", "best"), "same": ("best",)}
+FINAL_CONDITIONS = {"plain": (), "bos": (), "ixt": ("worst",), "same": ()}
+TASK_CONDITIONS = {"plain": ("none",), "bos": ("bos",), "ixt": ("best", "worst"), "same": ()}
 
 
 def saved_iterations(ckpt: Path) -> list[int]:

@@ -103,11 +103,14 @@ def main(argv=None) -> int:
                 "--run", f"{run_name(KIND, seed)}={out / 'checkpoints' / run_name(KIND, seed)}", "--kind", "ixt",
                 "--heldout", demo_data / "heldout_good.jsonl", "--prompts", demo_data / "prompts.jsonl",
                 "--template", "quality", "--seq-length", s.seq_length, "--seed", 0,
-                "--gen-tokens", s.gen_tokens, "--output", out / "measurements" / f"{run_name(KIND, seed)}.json"]
+                "--gen-tokens", s.gen_tokens, "--samples-per-prompt", s.samples_per_prompt,
+                # The demo's text window and sample judging: every run scores the same tokens.
+                "--max-text-tokens", s.max_text_tokens, "--sample-min-words", s.sample_min_words,
+                "--output", out / "measurements" / f"{run_name(KIND, seed)}.json"]
                 for seed in s.seeds}, stages.logs)
             for path in (demo / "measurements").glob("*.json"):
                 shutil.copy(path, out / "measurements" / path.name)
-            return "measured; the demo's measurements of plain, bos and ixt (critique) copied"
+            return "measured; the demo's measurements of its runs copied"
 
         stages.step("measure", measure, "held-out loss at every checkpoint, critics' verdicts on samples")
         stages.save_timings(out / "stages.json")

@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Optional
 
 REFERENCES = {"plain": "none", "bos": "bos"}  # run kind -> the condition its loss is read under
-KIND_LABELS = {"plain": "plain", "bos": "plain + BOS token (control)", "ixt": "IXT"}
+KIND_LABELS = {"plain": "plain", "bos": "plain + BOS token (control)", "ixt": "IXT",
+               "same": "same critique for every document (control)"}
+# The same-critique control is read under its one fixed prefix (measure.py's "best").
+SAME_CRITIQUE = {"same": "best"}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -193,6 +196,7 @@ def plot_curves(runs: dict[str, dict], path: Path, extra_styles: Optional[dict] 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {("plain", "none"): ("tab:gray", "plain"), ("bos", "bos"): ("tab:blue", "plain + BOS (control)"),
               ("ixt", "best"): ("tab:red", "IXT, best feedback"), ("ixt", "none"): ("tab:orange", "IXT, no prefix"),
+              ("same", "best"): ("tab:purple", "same critique for all (control)"),
               **(extra_styles or {})}
     for (kind, key), (color, label) in styles.items():
         mine = [r for r in runs.values() if r["kind"] == kind]
@@ -203,7 +207,7 @@ def plot_curves(runs: dict[str, dict], path: Path, extra_styles: Optional[dict] 
                     linestyle="-" if i == 0 else "--", label=f"{label} (seed {run['seed']})")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("held-out loss, good documents (nats/token)")
-    ax.set_title("Loss vs tokens: plain, plain + BOS, IXT")
+    ax.set_title("Loss vs tokens: plain, plain + BOS, IXT, same-critique control")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -238,6 +242,8 @@ def write_report(out: Path) -> list[Path]:
                                                          default=0))
     best_rows = ratio_rows(runs, "best")
     none_rows = ratio_rows(runs, "none", references={"plain": "none"})
+    same_rows = ratio_rows(runs, "best", references=SAME_CRITIQUE)
+    heads_same = headline_points(same_rows, train_iters)
     heads = headline_points(best_rows, train_iters)
     heads_none = headline_points(none_rows, train_iters)
     task = task_table(runs)
@@ -297,12 +303,35 @@ def write_report(out: Path) -> list[Path]:
             if ref:
                 lines.append(f"| {label} (step {row['iteration']}) | {row['seed']} | {row['ixt_loss']:.4f} | "
                              f"{ref['final_loss']:.4f} | {fmt_ratio(ref)} |")
+    # -- IXT vs the same-critique control ------------------------------------------------
+    if same_rows:
+        lines += ["", "### IXT against the same-critique control", "",
+                  "Every document of the control carries one fixed critique of the same length "
+                  "(examples/demo/same_critique_template.yaml): the prefix text without the feedback's "
+                  "information. IXT's advantage over it is what the feedback's *content* is worth; "
+                  "the control's advantage over plain + BOS is what a long constant document start is worth.",
+                  "", "| IXT checkpoint | seed | IXT loss (best feedback) | control's loss at the same step | "
+                  "control's final loss | ratio vs control |", "|---|---:|---:|---:|---:|---:|"]
+        for label, key in (("half budget", "half"), ("final", "final")):
+            for row in heads_same[key]:
+                ref = row["refs"].get("same")
+                if not ref:
+                    continue
+                same_run = next(r for r in runs.values() if r["kind"] == "same" and r["seed"] == row["seed"])
+                at_step = next((p["best"] for p in same_run["curve"] if p["iteration"] == row["iteration"]), None)
+                lines.append(f"| {label} (step {row['iteration']}) | {row['seed']} | {row['ixt_loss']:.4f} | "
+                             + (f"{at_step:.4f}" if at_step is not None else "n/a")
+                             + f" | {ref['final_loss']:.4f} | {fmt_ratio(ref)} |")
+        same_half = [r["refs"]["same"]["ratio"] for r in heads_same["half"] if "same" in r["refs"]]
+        if same_half and all(v is not None for v in same_half):
+            lines += ["", f"Ratio against the same-critique control at half the budget: {spread(same_half)}."]
     # -- curves table ---------------------------------------------------------------------
     lines += ["", "Held-out loss on good documents at every checkpoint (nats/token):", "",
               "| run | " + " | ".join(f"step {p['iteration']}" for p in next(iter(runs.values()))["curve"]) + " |"
               if runs else "", "|---|" + "---:|" * (len(next(iter(runs.values()))["curve"]) if runs else 0)]
     for name, run in sorted(runs.items()):
-        keys = ["best", "none", "worst"] if run["kind"] == "ixt" else [REFERENCES[run["kind"]]]
+        keys = ["best", "none", "worst"] if run["kind"] == "ixt" else \
+            [REFERENCES.get(run["kind"]) or SAME_CRITIQUE[run["kind"]]]
         for key in keys:
             lines.append(f"| {name} ({key}) | " + " | ".join(f"{p[key]:.4f}" if key in p else "" for p in run["curve"])
                          + " |")
@@ -359,6 +388,7 @@ def write_report(out: Path) -> list[Path]:
     lines += ["", "## Settings", "", "```", json.dumps(settings, indent=1), "```", ""]
     files[0].write_text("\n".join(lines), encoding="utf-8")
     files[1].write_text(json.dumps({"headline": summary, "ratio_rows_best": best_rows, "ratio_rows_none": none_rows,
+                                    "ratio_rows_same": same_rows,
                                     "task": task, "gap_by_flaw": gaps, "critic_levels": levels}, indent=1) + "\n")
     print(headline)
     print(f"wrote {', '.join(str(f.relative_to(out)) for f in files)}")
