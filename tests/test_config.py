@@ -99,3 +99,48 @@ def test_dry_run_prints_config_and_layout():
     assert "tensor_model_parallel_size: 2" in proc.stdout
     assert "world 8 = TP 2 x PP 2 x DP 2" in proc.stdout
     assert "rank    5: tp 1 pp 1 dp 0" in proc.stdout
+
+
+def test_yaml_value_outside_the_choices_is_refused_like_the_flag(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  position_embedding_type: alibi\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: 'position_embedding_type': invalid choice: 'alibi' "
+                                          r"\(choose from 'rope', 'learned_absolute'\)"):
+        load_yaml(str(bad))
+    proc = run_python("pretrain_ixt.py", ["--config", bad, "--mock-data", "--vocab-size", 64, "--dry-run"], timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("pretrain_ixt.py: error: --config "), proc.stderr
+    # The same mistake as a flag: argparse's message, the same exit status.
+    with pytest.raises(ConfigError, match=r"invalid choice: 'alibi' \(choose from 'rope', 'learned_absolute'\)"):
+        parse_config(["--position-embedding-type", "alibi"])
+
+
+def test_every_boolean_can_be_turned_off_on_the_command_line():
+    parser = build_parser()
+    flags = {a for action in parser._actions for a in action.option_strings}
+    for name, (_, field, tp) in leaf_fields().items():
+        if tp is bool:
+            flag = "--" + name.replace("_", "-")
+            negative = "--" + flag[5:] if flag.startswith("--no-") else "--no-" + flag[2:]
+            assert flag in flags and negative in flags, name
+    # TINY sets swiglu, disable_bias_linear and untie_embeddings_and_output_weights to true.
+    cfg, _ = parse_config(["--config", str(TINY), "--no-swiglu", "--no-disable-bias-linear", "--bf16", "--no-bf16"])
+    assert not cfg.model.swiglu and not cfg.model.disable_bias_linear and not cfg.model.bf16
+    assert cfg.model.untie_embeddings_and_output_weights  # untouched
+    # A field that is itself a negation: its positive form, not --no-no-load-optim.
+    assert parse_config(["--no-load-optim"])[0].checkpoint.no_load_optim
+    assert not parse_config(["--no-load-optim", "--load-optim"])[0].checkpoint.no_load_optim
+
+
+def test_one_override_function():
+    from megatron_ixt.config import apply_overrides
+
+    cfg = apply_overrides(Config(), {"lr": 0.5, "tensor_model_parallel_size": 2, "ixt_prefix_loss": "exclude"})
+    assert (cfg.optimizer.lr, cfg.parallel.tensor_model_parallel_size, cfg.ixt.ixt_prefix_loss) == (0.5, 2, "exclude")
+    with pytest.raises(ConfigError, match="unknown configuration field 'learning_rate'"):
+        apply_overrides(Config(), {"learning_rate": 1})
+
+
+def test_schedule_override_flags_exclude_each_other():
+    with pytest.raises(ConfigError, match="--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler"):
+        validate(_cfg("--override-opt-param-scheduler", "--use-checkpoint-opt-param-scheduler"), 1, cuda=False)

@@ -2,7 +2,10 @@
 
 Precedence: dataclass defaults < ``--config FILE.yaml`` < flags on the command line.
 Every leaf field ``foo_bar`` is the flag ``--foo-bar``; booleans are switches (Megatron-LM
-style: ``--bf16``, ``--sequence-parallel``).
+style: ``--bf16``, ``--sequence-parallel``), each with a negative form (``--no-bf16``; for a
+field that is itself a negation, ``--no-load-optim``, the positive ``--load-optim``) so that
+a ``true`` in a YAML file can be turned off on the command line. A YAML value is checked as
+strictly as the flag: type and choices, with the same one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -57,6 +60,24 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+class _Switch(argparse.Action):
+    """A boolean flag and its negation (``--bf16`` / ``--no-bf16``), as
+    ``argparse.BooleanOptionalAction``, except that a field named as a negation
+    (``no_load_optim``) gets ``--load-optim`` rather than ``--no-no-load-optim``."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        self.positive = option_strings[0]
+        flag = self.positive[2:]
+        negative = "--" + flag[3:] if flag.startswith("no-") else "--no-" + flag
+        super().__init__([self.positive, negative], dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string == self.positive)
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
 def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = None) -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(prog=prog, description=description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -67,7 +88,7 @@ def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = Non
     for name, (section, field, tp) in leaf_fields().items():
         kwargs: dict[str, Any] = {"dest": name, "help": field.metadata["help"], "default": argparse.SUPPRESS}
         if tp is bool:
-            kwargs["action"] = "store_true"
+            kwargs["action"] = _Switch
         elif tp is list:
             kwargs["nargs"] = field.metadata.get("nargs") or "+"
         else:
@@ -78,9 +99,13 @@ def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = Non
     return parser
 
 
-def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+def _coerce(name: str, value: Any, tp: Any, where: str, choices: Optional[tuple] = None) -> Any:
     if value is None:
         return None
+    if choices and value not in choices:
+        # argparse's own wording for the same mistake made on the command line.
+        raise ConfigError(f"{where}: '{name}': invalid choice: {value!r} "
+                          f"(choose from {', '.join(repr(c) for c in choices)})")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is list and isinstance(value, (str, int, float)):
@@ -111,7 +136,8 @@ def load_yaml(path: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in leaves:
             raise ConfigError(f"--config {path}: unknown field '{key}'")
-        values[name] = _coerce(name, value, leaves[name][2], f"--config {path}")
+        _, field, tp = leaves[name]
+        values[name] = _coerce(name, value, tp, f"--config {path}", field.metadata.get("choices"))
 
     for key, value in raw.items():
         if key in SECTIONS and isinstance(value, dict):
@@ -128,14 +154,19 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse
     parser = build_parser()
     ns = parser.parse_args(argv)
     values = load_yaml(ns.config) if ns.config else {}
+    values.update({name: getattr(ns, name) for name in leaf_fields() if hasattr(ns, name)})
+    return apply_overrides(Config(), values), ns
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """Set leaves by name (``{"lr": 1e-3, "tensor_model_parallel_size": 2}``) in ``cfg``;
+    the one place that maps a leaf name to its section. Returns ``cfg``."""
     leaves = leaf_fields()
-    for name in leaves:
-        if hasattr(ns, name):
-            values[name] = getattr(ns, name)
-    cfg = Config()
     for name, value in values.items():
+        if name not in leaves:
+            raise ConfigError(f"unknown configuration field '{name}'")
         setattr(getattr(cfg, leaves[name][0]), name, value)
-    return cfg, ns
+    return cfg
 
 
 def config_to_yaml(cfg: Config) -> str:

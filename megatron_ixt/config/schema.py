@@ -102,6 +102,13 @@ class OptimizerConfig:
     lr_wsd_decay_iters: Optional[int] = arg(None, "WSD: iterations of the final decay phase.")
     lr_wsd_decay_style: str = arg("linear", "WSD: shape of the final decay.", choices=("linear", "cosine", "exponential", "minus_sqrt"))
     weight_decay: float = arg(0.01, "Decoupled weight decay.")
+    override_opt_param_scheduler: bool = arg(
+        False, "On resume, use this run's schedule flags (--lr, --min-lr, warm-up, decay, --weight-decay) instead "
+        "of the checkpoint's; the step count still comes from the checkpoint. Without it or "
+        "--use-checkpoint-opt-param-scheduler, a resume whose schedule flags differ from the checkpoint's is refused.")
+    use_checkpoint_opt_param_scheduler: bool = arg(
+        False, "On resume, keep the checkpoint's schedule (lr, min-lr, warm-up, decay, weight decay) and ignore "
+        "this run's schedule flags.")
     adam_beta1: float = arg(0.9, "Adam beta1.")
     adam_beta2: float = arg(0.95, "Adam beta2.")
     adam_eps: float = arg(1e-8, "Adam epsilon.")

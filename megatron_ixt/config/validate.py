@@ -76,6 +76,9 @@ def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
     if warmup >= o.lr_decay_iters:
         raise ConfigError(f"warm-up ({warmup} iterations from --lr-warmup-iters/--lr-warmup-fraction) must be shorter "
                           f"than --lr-decay-iters ({o.lr_decay_iters}; default --train-iters)")
+    if o.override_opt_param_scheduler and o.use_checkpoint_opt_param_scheduler:
+        raise ConfigError("--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler exclude each other: "
+                          "choose this run's schedule or the checkpoint's")
     if o.lr_decay_style == "WSD" and o.lr_wsd_decay_iters is None:
         raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-iters")
     if not (0.0 <= cfg.ixt.ixt_feedback_dropout <= 1.0):
