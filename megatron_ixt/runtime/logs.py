@@ -19,9 +19,13 @@ def setup_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # megatron-core announces every missing optional kernel package at import; one line in
-    # the run's header says the same (see pretrain_ixt.py).
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*not installed.*")
-    warnings.filterwarnings("ignore", message=".*Falling back to.*")
+    # megatron-core announces each missing optional kernel package (Transformer Engine, Apex)
+    # at import, once per module; one line in the run's header says the same (the kernel
+    # plan, see pretrain_ixt.py). Only these announcements are silenced: any other warning,
+    # e.g. a "falling back" at run time, is shown.
+    for message in (r"Transformer Engine and Apex are not installed\. Falling back to (Torch optimizers|local "
+                    r"implementations of multi_tensor_)",
+                    r"Apex is not installed\. Falling back to Torch Norm"):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"megatron\.core")
     for noisy in ("megatron.core", "torch.distributed"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
