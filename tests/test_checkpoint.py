@@ -14,6 +14,9 @@ import torch
 
 from conftest import REPO, TINY, ProcessTree, _env, read_metrics, run_python, run_torchrun
 
+# Multi-process trainings of a minute or more: `make test-fast` skips them.
+pytestmark = pytest.mark.slow
+
 BASE = ["--config", TINY, "--mock-data", "--eval-interval", 0, "--log-interval", 2,
         # Dropout makes the RNG state part of what must be restored exactly.
         "--hidden-dropout", 0.1, "--attention-dropout", 0.1]

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import TINY, read_metrics, run_python, run_torchrun
 
+# Multi-process trainings of a minute or more: `make test-fast` skips them.
+pytestmark = pytest.mark.slow
+
 
 def garble(text: str, rng: random.Random, share: float = 0.5) -> str:
     letters = "abcdefghijklmnopqrstuvwxyz(){}[]=+-*/"

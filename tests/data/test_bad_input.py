@@ -17,7 +17,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_ixt.data.indexed_io import read_metadata
 
-from .conftest import PREPROCESS_TOOL, run_subprocess
+from .conftest import PREPROCESS_TOOL, _run_forked, run_subprocess
 
 GOOD = [json.dumps({"text": f"def f{i}(x):\n    return x + {i}\n", "feedback": {"score": i}}).encode() for i in range(6)]
 
@@ -159,18 +159,46 @@ def test_file_level_errors(tmp_path, sp_model, run_preprocess_tool, case, skip_i
         assert_nothing_written(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+# Root writes through permission bits, and CI runs as root: there the tool runs as the
+# unprivileged user "nobody", in a forked child that drops root's privileges (a fresh
+# interpreter could not: it lives under /root, which only root may enter).
+UNPRIVILEGED = 65534  # nobody / nogroup
+
+
 def test_read_only_output_folder(tmp_path, sp_model, run_preprocess_tool):
-    source = write_lines(tmp_path / "docs.jsonl", GOOD)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o500)
+    import shutil
+    import tempfile
+
+    as_root = os.geteuid() == 0
+    work = Path(tempfile.mkdtemp(prefix="read_only_test_")) if as_root else tmp_path
     try:
-        run = run_preprocess_tool(*base_args(tmp_path, source, sp_model))
+        source = write_lines(work / "docs.jsonl", GOOD)
+        model = work / "sp.model"
+        shutil.copyfile(sp_model, model)
+        out = work / "out"
+        out.mkdir()
+        args = base_args(work, source, model)
+        if as_root:
+            work.chmod(0o755)
+            for path in (source, model):
+                path.chmod(0o644)
+            os.chown(out, UNPRIVILEGED, UNPRIVILEGED)  # its owner, who may not write there
+            wrapper = work / "as_nobody.py"
+            wrapper.write_text(f"import os, runpy\nos.setgroups([])\nos.setgid({UNPRIVILEGED})\n"
+                               f"os.setuid({UNPRIVILEGED})\nrunpy.run_path({str(PREPROCESS_TOOL)!r}, run_name='__main__')\n")
+            tool = lambda *a: _run_forked(wrapper, [str(x) for x in a])  # noqa: E731
+        else:
+            tool = run_preprocess_tool
+        out.chmod(0o500)
+        try:
+            run = tool(*args)
+        finally:
+            out.chmod(0o700)
+        assert run.returncode == 1 and "cannot write to the output folder" in run.output, run.output
+        assert_nothing_written(work)
     finally:
-        out.chmod(0o700)
-    assert run.returncode == 1 and "cannot write to the output folder" in run.output
-    assert_nothing_written(tmp_path)
+        if as_root:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_all_lines_skipped_is_an_error(tmp_path, sp_model, run_preprocess_tool):

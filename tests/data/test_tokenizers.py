@@ -11,7 +11,6 @@ from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 from megatron_ixt.data.tokenizers import (
     GPT2BPETokenizer,
     HuggingFaceTokenizer,
-    IXTTokenizer,
     NullTokenizer,
     SentencePieceTokenizer,
     build_tokenizer,
@@ -157,7 +156,21 @@ def test_megatron_core_interface_and_identity(sp_model):
     from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
     tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
-    assert isinstance(tokenizer, (IXTTokenizer, MegatronLegacyTokenizer, SentencePieceTokenizer))
+    assert isinstance(tokenizer, SentencePieceTokenizer)
+    # megatron-core's interface, member by member (ours reproduces it without importing
+    # megatron-core): everything it declares abstract is implemented and consistent.
+    abstract = MegatronLegacyTokenizer.__abstractmethods__
+    assert abstract == {"tokenize", "vocab", "inv_vocab", "vocab_size"}, abstract  # the contract checked below
+    for name in [n for n in dir(MegatronLegacyTokenizer) if not n.startswith("_")]:
+        assert hasattr(type(tokenizer), name), name
+    assert not getattr(type(tokenizer), "__abstractmethods__", frozenset())
+    vocab, inv_vocab = tokenizer.vocab, tokenizer.inv_vocab
+    assert isinstance(tokenizer.vocab_size, int) and len(vocab) <= tokenizer.vocab_size
+    assert all(inv_vocab[i] == piece for piece, i in vocab.items())
+    ids = tokenizer.tokenize("def f(x):\n    return x\n")
+    assert ids and all(isinstance(i, int) and 0 <= i < tokenizer.vocab_size for i in ids)
+    assert tokenizer.detokenize(ids) == "def f(x):\n    return x\n"
+    assert isinstance(tokenizer.eod, int) and 0 <= tokenizer.eod < tokenizer.vocab_size
     assert tokenizer.unique_identifiers["class"] == "SentencePieceTokenizer"
     identity = tokenizer.identity()
     assert identity["type"] == "SentencePieceTokenizer" and len(identity["sha256"]) == 64
