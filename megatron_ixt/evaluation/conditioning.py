@@ -9,8 +9,10 @@ For every held-out document, the loss of its text tokens is measured under four 
 
 The leading EOD mirrors training, where every document follows the previous one's EOD, so
 the first text token is predicted in all four conditions from comparable context. The text
-window is the same in all four (truncated so that the longest prefix still fits), so the
-four numbers are losses of exactly the same tokens. ``worst - best`` is the conditioning
+window is the same in all four (truncated so that the longest prefix still fits in
+``seq_length``), so the four numbers are losses of exactly the same tokens; a document whose
+longest prefix leaves no room for two text tokens is skipped, and counted. Levels come from
+the quality thresholds the training data used (quantile cut points when it used them). ``worst - best`` is the conditioning
 gap: positive when better feedback makes the same text more likely, i.e. when the model
 uses the feedback.
 """
@@ -34,9 +36,10 @@ WORST_CRITIQUE = "Poor: incorrect or broken, hard to follow, repetitive and of l
 @dataclass
 class ConditioningResult:
     per_document: list = field(default_factory=list)
+    skipped_no_room: int = 0  # documents whose longest prefix left no room in seq_length
 
     def summary(self) -> dict:
-        out: dict = {"documents": len(self.per_document)}
+        out: dict = {"documents": len(self.per_document), "skipped_prefix_too_long": self.skipped_no_room}
         for cond in CONDITIONS:
             rows = [d for d in self.per_document if cond in d["loss"]]
             tokens = sum(d["tokens"] for d in rows)
@@ -58,6 +61,9 @@ class ConditioningResult:
     def table(self) -> str:
         s = self.summary()
         lines = [f"{'condition':10} {'documents':>9} {'text loss':>10}"]
+        if s["skipped_prefix_too_long"]:
+            lines.insert(0, f"skipped {s['skipped_prefix_too_long']} documents: their longest prefix leaves no room "
+                            "for text in --seq-length")
         for cond in CONDITIONS:
             lines.append(f"{cond:10} {s[cond]['documents']:>9} {s[cond]['loss']:>10.4f}")
         lines.append(f"conditioning gap (worst - best): {s['gap_worst_minus_best']:+.4f} nats/token; "
@@ -93,20 +99,26 @@ def condition_prefixes(tokenizer, template: str, feedback: Optional[dict], thres
 
 def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str, seq_length: int,
                           batch_size: int = 8, thresholds=None, progress=None) -> ConditioningResult:
-    """Text-token losses of ``documents`` under the four conditions (see module docstring)."""
-    from megatron_ixt.data.levels import quality_level
+    """Text-token losses of ``documents`` under the four conditions (see module docstring).
+    Every sequence the model sees is at most ``seq_length`` tokens long. ``thresholds``: the
+    training data's :class:`~megatron_ixt.data.levels.QualityThresholds` (default fixed)."""
+    from megatron_ixt.data.levels import QualityThresholds
 
+    thresholds = thresholds or QualityThresholds.fixed()
     result = ConditioningResult()
     jobs = []  # (document row, condition, tokens, number of context tokens)
     for i, doc in enumerate(documents):
         feedback = doc.get("feedback")
         targets = (doc["best_feedback"], doc["worst_feedback"]) if "best_feedback" in doc else None
         prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, targets)
-        room = seq_length - max(len(p) for p in prefixes.values()) - 1
+        room = seq_length - 1 - max(len(p) for p in prefixes.values())  # 1: the leading EOD
+        if room < 2:
+            result.skipped_no_room += 1
+            continue
         text = list(tokenizer.tokenize(doc["text"]))[:room]
         if len(text) < 2:
             continue
-        level = quality_level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
+        level = thresholds.level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
         row = {"id": doc.get("id", i), "domain": doc.get("domain"), "level": level, "tokens": len(text), "loss": {}}
         result.per_document.append(row)
         for cond, prefix in prefixes.items():

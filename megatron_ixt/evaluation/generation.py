@@ -27,6 +27,21 @@ class SamplingConfig:
     seed: int = 0
 
 
+def control_prefix(tokenizer, template: str, level: Optional[int] = None, critique: Optional[str] = None,
+                   thresholds=None) -> list[int]:
+    """Token ids of the prefix to generate under: a quality ``level`` (1..5, default 5) and,
+    for a critique template, a written ``critique`` (default: none written)."""
+    from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
+
+    level = level or 5
+    kind = load_template(template).kind
+    if kind == "critique":
+        return prefix_token_ids(tokenizer, template, feedback_for_level(level, critique=critique), thresholds)
+    if critique is not None:
+        raise ValueError(f"--critique needs a critique template; the prefix template is {template!r} ({kind})")
+    return prefix_token_ids(tokenizer, template, level, thresholds)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Top-k then nucleus (top-p) filtering of a [V] logits vector."""
     if top_k > 0:
