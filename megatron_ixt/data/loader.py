@@ -20,6 +20,9 @@ chunk that needs them has had them).
 
 from __future__ import annotations
 
+import atexit
+import signal
+import weakref
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -104,6 +107,15 @@ def chunk_fields(available: Sequence[str], num_chunks: int, document_masks: str)
             for k in range(num_chunks)]
 
 
+_open_streams: "weakref.WeakSet[MicroBatchStream]" = weakref.WeakSet()
+
+
+@atexit.register  # after multiprocessing's own exit hook is registered, so it runs before it
+def _close_open_streams() -> None:
+    for stream in list(_open_streams):
+        stream.close()
+
+
 class StackFields:
     """The DataLoader's ``collate_fn``: the fields a stage uses, stacked into one int64 and one
     float32 buffer of ``[fields, micro_batch_size, seq_length]``. Two shared-memory transfers
@@ -142,6 +154,19 @@ class MicroBatchStream:
         self._buffer: dict[int, list] = {}  # micro-batch number -> [batch, chunks yet to take it]
         self._fetched = 0
         self._iterators = [self._chunk_iterator(k) for k in range(len(fields_per_chunk))]
+        _open_streams.add(self)
+
+    def close(self) -> None:
+        """Stop the loader's worker processes: a graceful shutdown (the DataLoader iterator's
+        own, when it is released), then SIGKILL for any left, since workers ignore SIGTERM
+        (``_ignore_stop_signals``; Python's exit would otherwise wait on them forever)."""
+        source, self.source = self.source, None
+        workers = list(getattr(source, "_workers", ()))  # torch's iterator keeps its processes here
+        del source
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
 
     def iterators(self):
         return self._iterators[0] if len(self._iterators) == 1 else self._iterators
@@ -181,6 +206,17 @@ class MicroBatchStream:
         return Batch(**fields)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM and SIGINT to the training process. SLURM and torchrun
+    signal the whole process group; a worker killed by the signal would make the DataLoader
+    raise in the training process before its handler could save the checkpoint. Workers end
+    when the training process closes its streams (``MicroBatchStream.close``, also at exit) or
+    dies (torch's worker loop watches its parent)."""
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: tuple = ()) -> MicroBatchStream:
     from megatron_ixt.runtime.distributed import virtual_pipeline_size
 
@@ -192,7 +228,7 @@ def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: t
         stream.source = iter(torch.utils.data.DataLoader(
             dataset, batch_sampler=batch_sampler, collate_fn=stream.collate, num_workers=workers,
             persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,  # micro-batches per worker
-            pin_memory=stream.device.type == "cuda",
+            pin_memory=stream.device.type == "cuda", worker_init_fn=_ignore_stop_signals,
             # Its own generator: a DataLoader iterator otherwise draws its base seed from the
             # global RNG, which would shift dropout masks after a resume.
             generator=torch.Generator().manual_seed(cfg.training.seed)))

@@ -113,6 +113,8 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
         if cfg.checkpoint.save and not _due(state.iteration, cfg.checkpoint.save_interval):
             save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
     saver.finalize()
+    train_data.close()
+    validation.close()
     metrics.close()
     state.history["exit_reason"] = exit_reason or "done"
     return state
@@ -147,6 +149,10 @@ class Validation:
         totals = evaluate(self.cfg, self.ctx, self.data, model, num_microbatches(self.cfg), iters)
         state.consumed_valid_samples += self.samples
         return metrics.on_eval(state.iteration, totals)
+
+    def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
 
 
 def _due(iteration: int, interval) -> bool:
