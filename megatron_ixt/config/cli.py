@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from megatron_ixt.config.flags import field_kwargs, flag_name
 from megatron_ixt.config.schema import SECTIONS, Config
 
 
@@ -46,10 +47,6 @@ def leaf_fields() -> dict[str, tuple[str, dataclasses.Field, Any]]:
             assert f.name not in leaves, f"duplicate config leaf {f.name}"
             leaves[f.name] = (section_field.name, f, _leaf_type(hints[f.name]))
     return leaves
-
-
-def flag_name(field: dataclasses.Field) -> str:
-    return "--" + (field.metadata.get("flag") or field.name.replace("_", "-"))
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -86,15 +83,8 @@ def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = Non
                         help="Print the resolved configuration and the parallel layout, then exit.")
     groups = {name: parser.add_argument_group(name) for name in SECTIONS}
     for name, (section, field, tp) in leaf_fields().items():
-        kwargs: dict[str, Any] = {"dest": name, "help": field.metadata["help"], "default": argparse.SUPPRESS}
-        if tp is bool:
-            kwargs["action"] = _Switch
-        elif tp is list:
-            kwargs["nargs"] = field.metadata.get("nargs") or "+"
-        else:
-            kwargs["type"] = tp
-            if field.metadata.get("choices"):
-                kwargs["choices"] = field.metadata["choices"]
+        # The one per-field rule (config/flags.py), shared with tools/preprocess_data.py.
+        kwargs = {"dest": name, "default": argparse.SUPPRESS, **field_kwargs(field, tp, bool_action=_Switch)}
         groups[section].add_argument(flag_name(field), **kwargs)
     return parser
 
