@@ -80,14 +80,17 @@ class Settings:
     """Prefix template: the critique template with a 48-token budget (critique_template.yaml)."""
     same_template: str = str(REPO / "examples" / "demo" / "same_critique_template.yaml")
     """The same-critique control's template: one fixed critique of the same budget for every document."""
-    kinds: tuple = ("plain", "bos", "ixt", "same")
-    """Runs per seed (references.RUN_KINDS): plain, plain + BOS, IXT, the same-critique control."""
+    kinds: tuple = ("plain", "bos", "ixt")
+    """Runs per seed (references.RUN_KINDS): plain, plain + BOS, IXT; ``--kinds
+    plain,bos,ixt,same`` adds the same-critique control (two more runs: about 450 more
+    CPU-seconds, which takes the demo past 15 minutes on two cores; docs/demo.md)."""
     feedback_dropout: float = 0.1
     """Share of annotated documents trained without their prefix (keeps an unconditional mode)."""
 
 
 QUICK = Settings(max_docs=200, held_out_share=0.2, vocab_size=1000, train_iters=10, save_interval=5,
-                 seq_length=256, global_batch_size=8, eval_docs=16, prompts=6, gen_tokens=16)
+                 seq_length=256, global_batch_size=8, eval_docs=16, prompts=6, gen_tokens=16,
+                 kinds=("plain", "bos", "ixt", "same"))
 
 OUTPUT_ENTRIES = ("data", "checkpoints", "logs", "plots", "cache", "metrics", "measurements",
                   "conditioning.json", "demo.json", "stages.json", "report.md", "results.json")
@@ -106,7 +109,8 @@ def parse_args(argv=None):
     parser.add_argument("--prose-flaws", help="flaw kinds to plant, as build_demo_corpus.py --prose-flaws")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 1234,1235)")
     parser.add_argument("--kinds", help="comma-separated runs per seed, from plain, bos, ixt, same "
-                                        "(default: all four; the report needs plain, bos and ixt)")
+                                        "(default plain,bos,ixt; --quick: all four; the report needs "
+                                        "plain, bos and ixt)")
     parser.add_argument("--seed", type=int, default=0, help="corpus, split and sampling seed")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "ixt-demo",
                         help="where the Python docs (prose) are kept once fetched")

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -103,15 +104,20 @@ def context_ids(tokenizer, template: str, doc: dict, condition: str) -> list[int
 
 
 def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int,
-                   conditions=("none", "bos", "best", "worst"), max_text_tokens: int = 0) -> dict[str, list]:
+                   conditions=("none", "bos", "best", "worst"), max_text_tokens: int = 0,
+                   window_template: Optional[str] = None) -> dict[str, list]:
     """Per condition, ``[eod] context text`` for every document. The text window is the same
     in every condition and every run (cut so that the longest context still fits), so all
     conditions and all models score exactly the same tokens, as
-    tools/evaluate_conditioning.py does."""
+    tools/evaluate_conditioning.py does. ``window_template``: another run's template whose
+    longer prefixes must fit too (a run measured later beside the demo's scores its tokens)."""
     out: dict[str, list] = {cond: [] for cond in conditions}
     for doc in docs:
         contexts = {cond: context_ids(tokenizer, template, doc, cond) for cond in conditions}
-        room = seq_length - max(len(c) for c in contexts.values()) - 1
+        longest = max(len(c) for c in contexts.values())
+        if window_template:
+            longest = max([longest] + [len(context_ids(tokenizer, window_template, doc, cond)) for cond in conditions])
+        room = seq_length - longest - 1
         room = min(room, max_text_tokens) if max_text_tokens else room
         text = list(tokenizer.tokenize(doc["text"]))[:room]
         for cond, context in contexts.items():
@@ -213,6 +219,8 @@ def main() -> int:
     parser.add_argument("--heldout", required=True, help="high-quality held-out documents (JSONL)")
     parser.add_argument("--prompts", help="task prompts (JSONL of {kind, prompt}); none: no task metric")
     parser.add_argument("--template", default="quality")
+    parser.add_argument("--window-template", help="also fit this template's prefixes when choosing each "
+                                                  "document's text window (the demo's, for a run added to it)")
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--max-text-tokens", type=int, default=0,
@@ -236,7 +244,7 @@ def main() -> int:
     init_inference(cfg)
     tokenizer = tokenizer_from_config(cfg)
     sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length,
-                               max_text_tokens=args.max_text_tokens)
+                               max_text_tokens=args.max_text_tokens, window_template=args.window_template)
     conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]
     tokens_per_step = cfg.training.global_batch_size * cfg.model.seq_length
     result = {"documents": len(docs), "text_tokens": sum(len(s) - c for s, c in sequences["none"]),

@@ -105,7 +105,8 @@ def main(argv=None) -> int:
                 "--template", "quality", "--seq-length", s.seq_length, "--seed", 0,
                 "--gen-tokens", s.gen_tokens, "--samples-per-prompt", s.samples_per_prompt,
                 # The demo's text window and sample judging: every run scores the same tokens.
-                "--max-text-tokens", s.max_text_tokens, "--sample-min-words", s.sample_min_words,
+                "--max-text-tokens", s.max_text_tokens, "--window-template", s.template,
+                "--sample-min-words", s.sample_min_words,
                 "--output", out / "measurements" / f"{run_name(KIND, seed)}.json"]
                 for seed in s.seeds}, stages.logs)
             for path in (demo / "measurements").glob("*.json"):

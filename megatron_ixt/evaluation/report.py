@@ -207,7 +207,10 @@ def plot_curves(runs: dict[str, dict], path: Path, extra_styles: Optional[dict] 
                     linestyle="-" if i == 0 else "--", label=f"{label} (seed {run['seed']})")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("held-out loss, good documents (nats/token)")
-    ax.set_title("Loss vs tokens: plain, plain + BOS, IXT, same-critique control")
+    kinds = {r["kind"] for r in runs.values()}
+    ax.set_title("Loss vs tokens: " + ", ".join(label for kind, label in (
+        ("plain", "plain"), ("bos", "plain + BOS"), ("ixt", "IXT"), ("same", "same-critique control"),
+        *((k, k) for k in sorted(kinds - set(KIND_LABELS)))) if kind in kinds))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
