@@ -22,7 +22,7 @@ TARGETS = ["labels", "loss_mask", "orphan_mask", "prefix_mask", "text_mask"]
 def probe(ixt_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("loader")
     run_torchrun(4, "tests/scripts/loader_probe.py", ["--data-prefix", ixt_corpus["prefix"], "--tokenizer-model",
-                                                     ixt_corpus["tokenizer"], "--out", out], timeout=400)
+                                                     ixt_corpus["tokenizer"], "--out", out], timeout=900)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(4)]
     return {layout: [r[layout] for r in ranks] for layout in ranks[0]}
 

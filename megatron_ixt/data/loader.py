@@ -157,12 +157,14 @@ class MicroBatchStream:
         _open_streams.add(self)
 
     def close(self) -> None:
-        """Stop the loader's worker processes: a graceful shutdown (the DataLoader iterator's
-        own, when it is released), then SIGKILL for any left, since workers ignore SIGTERM
+        """Stop the loader's worker processes: the DataLoader iterator's own graceful shutdown
+        (called here, not left to the garbage collector, which could run it in a process forked
+        later), then SIGKILL for any left, since workers ignore SIGTERM
         (``_ignore_stop_signals``; Python's exit would otherwise wait on them forever)."""
         source, self.source = self.source, None
-        workers = list(getattr(source, "_workers", ()))  # torch's iterator keeps its processes here
-        del source
+        workers = list(getattr(source, "_workers", ()))  # torch's multi-process iterator keeps them here
+        if hasattr(source, "_shutdown_workers"):
+            source._shutdown_workers()
         for worker in workers:
             if worker.is_alive():
                 worker.kill()

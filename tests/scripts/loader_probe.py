@@ -98,7 +98,8 @@ def main():
 
         # The same stream with two DataLoader worker processes, and the validation stream.
         cfg.data.num_workers = 2
-        with_workers = read(training_stream(cfg, train, 0, masks), vpp or 1)
+        workers_stream = training_stream(cfg, train, 0, masks)
+        with_workers = read(workers_stream, vpp or 1)
         differ_with_workers = sum(
             int((a is None) != (b is None) or (a is not None and any(
                 not torch.equal(getattr(a, f), getattr(b, f)) for f in a.present())))
@@ -113,6 +114,8 @@ def main():
             "fields": fields, "valid_fields": valid_fields, "batches": sum(b is not None for c in received for b in c),
             "mismatches": mismatches, "differ_with_workers": differ_with_workers,
         }
+        for s in (stream, workers_stream, valid_stream):
+            s.close()
         parallel_state.destroy_model_parallel()
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     torch.distributed.destroy_process_group()
