@@ -17,11 +17,13 @@ from megatron_ixt.data.errors import DataError  # noqa: E402
 from megatron_ixt.runtime.distributed import (  # noqa: E402
     ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env)
 from megatron_ixt.runtime.kernels import validate_for_this_machine  # noqa: E402
+from megatron_ixt.runtime.lifecycle import watch_launcher  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
 
 
 def main(argv=None) -> int:
+    watch_launcher()  # under torchrun: stop when the launcher dies, not train on as an orphan
     try:
         cfg, ns = parse_config(argv)
         world_size = resolve_launch_env()["world_size"]
@@ -35,12 +37,13 @@ def main(argv=None) -> int:
         print(ParallelLayout(world_size, p.tensor_model_parallel_size, p.pipeline_model_parallel_size).table())
         return 0
 
-    from megatron_ixt.training.checkpointing import EXIT_CODE_PREEMPTED
+    from megatron_ixt.training.checkpointing import EXIT_CODE_PREEMPTED, lock_save_folder
     from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
     logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp32", plan.describe())
     initialize_distributed(cfg)
     try:
+        lock_save_folder(cfg)  # before anything writes to --save
         state = pretrain(cfg)
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)

@@ -2,8 +2,11 @@
 prefix, its own feedback, the best and the worst feedback.
 
     torchrun --nproc-per-node 2 tools/evaluate_conditioning.py --load CKPT \
-        --input heldout.jsonl --prefix-template quality --output conditioning.json \
+        --input heldout.jsonl --output conditioning.json \
         [--tensor-model-parallel-size 2 | --pipeline-model-parallel-size 2]
+
+The prefix template and the quality thresholds (fixed fifths or the corpus quantiles)
+default to those of the data the checkpoint was trained on, which it records.
 """
 
 import argparse
@@ -21,7 +24,8 @@ setup_logging()
 from megatron_ixt.config.cli import ConfigError  # noqa: E402
 from megatron_ixt.data.errors import DataError  # noqa: E402
 from megatron_ixt.evaluation.conditioning import evaluate_conditioning  # noqa: E402
-from megatron_ixt.evaluation.engine import add_inference_args, load_for_inference, on_output_rank  # noqa: E402
+from megatron_ixt.evaluation.engine import (  # noqa: E402
+    add_inference_args, load_for_inference, on_output_rank, prefix_template_for)
 from megatron_ixt.runtime.distributed import destroy_distributed  # noqa: E402
 
 
@@ -47,15 +51,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inference_args(parser)
     parser.add_argument("--input", required=True, help="held-out JSONL documents (with or without feedback)")
-    parser.add_argument("--prefix-template", default="quality", help="the template the model was trained with")
     parser.add_argument("--max-docs", type=int, default=200)
-    parser.add_argument("--seq-length", type=int, default=None, help="default: the checkpoint's --seq-length")
+    parser.add_argument("--seq-length", type=int, default=None,
+                        help="longest sequence (leading EOD + prefix + text) evaluated; default and maximum: the "
+                             "checkpoint's --seq-length")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", help="write the per-document results and the summary here (JSON)")
     args = parser.parse_args()
     try:
         docs = read_documents(args.input, args.max_docs)
         cfg, model, tokenizer = load_for_inference(args)
+        template = prefix_template_for(model, args.prefix_template)
+        seq_length = args.seq_length or cfg.model.seq_length
+        if not 2 < seq_length <= cfg.model.seq_length:
+            raise ConfigError(f"--seq-length {seq_length}: expected 3 .. {cfg.model.seq_length} (the checkpoint's "
+                              "--seq-length, the longest sequence the model was trained on)")
     except (ConfigError, DataError, OSError) as e:
         print(f"evaluate_conditioning.py: error: {e}", file=sys.stderr)
         return 2
@@ -67,11 +77,11 @@ def main() -> int:
             print(f"  {done}/{total} forward passes ({rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s)",
                   flush=True)
 
-    result = evaluate_conditioning(model, tokenizer, docs, args.prefix_template,
-                                   args.seq_length or cfg.model.seq_length, args.batch_size, progress=progress)
+    result = evaluate_conditioning(model, tokenizer, docs, template, seq_length, args.batch_size,
+                                   thresholds=model.quality_thresholds(), progress=progress)
     if on_output_rank():
         print(f"checkpoint {args.load} (iteration {model.iteration}), {len(result.per_document)} documents, "
-              f"template {args.prefix_template}")
+              f"template {template}, quality thresholds {model.quality_thresholds().mode}")
         print(result.table())
         if args.output:
             tmp = args.output + ".tmp"

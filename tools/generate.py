@@ -3,8 +3,10 @@
     torchrun --nproc-per-node 2 tools/generate.py --load CKPT --tensor-model-parallel-size 2 \
         --prefix-template quality --feedback-level 5 --prompt "def fibonacci(n):" --greedy
 
-    python tools/generate.py --load CKPT --prefix-template critique \
-        --critique "Correct, idiomatic, documented." --prompt "def parse(" --top-p 0.9 --temperature 0.8
+    python tools/generate.py --load CKPT --critique "Correct, idiomatic, documented." \
+        --prompt "def parse(" --top-p 0.9 --temperature 0.8
+
+The prefix template defaults to the one the checkpoint was trained with (recorded in it).
 """
 
 import argparse
@@ -18,9 +20,9 @@ from megatron_ixt.runtime.logs import setup_logging  # noqa: E402
 setup_logging()
 
 from megatron_ixt.config.cli import ConfigError  # noqa: E402
-from megatron_ixt.data.prefixes import feedback_for_level, prefix_token_ids  # noqa: E402
-from megatron_ixt.evaluation.engine import add_inference_args, load_for_inference, on_output_rank  # noqa: E402
-from megatron_ixt.evaluation.generation import SamplingConfig, generate  # noqa: E402
+from megatron_ixt.evaluation.engine import (  # noqa: E402
+    add_inference_args, load_for_inference, on_output_rank, prefix_template_for)
+from megatron_ixt.evaluation.generation import SamplingConfig, control_prefix, generate  # noqa: E402
 from megatron_ixt.runtime.distributed import destroy_distributed  # noqa: E402
 
 
@@ -28,7 +30,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inference_args(parser)
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--prefix-template", default="quality", help="the template the model was trained with")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--feedback-level", type=int, choices=range(1, 6), help="condition on a quality level")
     which.add_argument("--critique", help="condition on a written critique (critique template)")
@@ -44,14 +45,10 @@ def main() -> int:
         cfg, model, tokenizer = load_for_inference(args)
         if args.no_feedback:
             prefix = []
-        elif args.critique is not None:
-            level = args.feedback_level or 5
-            prefix = prefix_token_ids(tokenizer, args.prefix_template, feedback_for_level(level, critique=args.critique)
-                                      if args.prefix_template == "critique" else args.critique)
         else:
-            level = args.feedback_level or 5
-            feedback = feedback_for_level(level) if args.prefix_template == "critique" else level
-            prefix = prefix_token_ids(tokenizer, args.prefix_template, feedback)
+            template = prefix_template_for(model, args.prefix_template)
+            prefix = control_prefix(tokenizer, template, args.feedback_level, args.critique,
+                                    model.quality_thresholds())
     except (ConfigError, ValueError, OSError) as e:
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2

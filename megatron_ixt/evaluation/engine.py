@@ -13,20 +13,20 @@ that every rank (e.g. rank 0, which prints) has them.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import torch
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-from megatron_ixt.config.cli import ConfigError
+from megatron_ixt.config.cli import ConfigError, apply_overrides
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training.checkpointing import (
-    checkpoint_name, checkpoint_source, check_model_compatible, load_model_weights, model_sharded_state_dict,
-    read_common_state, read_tracker)
+    TEMPLATE_FILE, checkpoint_path, checkpoint_source, load_sharded, open_checkpoint, read_common_state, read_tracker)
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -37,17 +37,12 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
     iteration = read_tracker(load)
     if iteration is None:
         raise ConfigError(f"--load {load}: no checkpoint (missing latest_checkpointed_iteration.txt)")
-    path = checkpoint_name(load, iteration)
+    path = checkpoint_path(load, iteration)
     common = read_common_state(path)
     if checkpoint_source(common, path) != "megatron_ixt":
         raise ConfigError(f"--load {load}: a Megatron-LM checkpoint (its common.pt has 'args', not this project's "
                           "'config'): load it with pretrain_ixt.py --finetune and the same model flags, then save")
-    cfg = Config.from_dict(common["config"])
-    from megatron_ixt.config.cli import leaf_fields
-
-    leaves = leaf_fields()
-    for name, value in (overrides or {}).items():
-        setattr(getattr(cfg, leaves[name][0]), name, value)
+    cfg = apply_overrides(Config.from_dict(common["config"]), overrides or {})
     cfg.checkpoint.load = load
     return cfg
 
@@ -64,14 +59,31 @@ class InferenceModel:
 
     def _load(self) -> int:
         load = self.cfg.checkpoint.load
-        iteration = read_tracker(load)
-        path = checkpoint_name(load, iteration)
-        common = dist_checkpointing.load_common_state_dict(path)
-        check_model_compatible(common["config"], self.cfg, f"checkpoint {path}")
-        loaded = dist_checkpointing.load(model_sharded_state_dict(self.chunks), path)
-        load_model_weights(self.chunks, loaded)
-        logger.info("loaded %s (iteration %d) for inference", path, iteration)
-        return iteration
+        opened = open_checkpoint(load, self.cfg, self.chunks)
+        if opened is None:
+            raise ConfigError(f"--load {load}: no checkpoint (missing latest_checkpointed_iteration.txt)")
+        load_sharded(opened, self.chunks)
+        self.path = opened.path
+        self.prefix = opened.common.get("ixt_prefix")
+        logger.info("loaded %s (iteration %d) for inference", opened.path, opened.iteration)
+        return opened.iteration
+
+    def prefix_template(self) -> Optional[str]:
+        """The prefix template the model was trained with (a built-in name, or the template
+        file copied into the checkpoint); None when the checkpoint records none."""
+        template = (self.prefix or {}).get("template")
+        if not template:
+            return None
+        copied = os.path.join(self.path, TEMPLATE_FILE)
+        return copied if os.path.isfile(copied) else (template.get("source") or template["name"])
+
+    def quality_thresholds(self):
+        """The quality thresholds of the training data (quantile cut points when it used
+        them; fixed fifths when it recorded none)."""
+        from megatron_ixt.data.levels import QualityThresholds
+
+        recorded = (self.prefix or {}).get("quality_thresholds")
+        return QualityThresholds.from_dict(recorded) if recorded else QualityThresholds.fixed()
 
     @property
     def device(self) -> torch.device:
@@ -134,11 +146,36 @@ class InferenceModel:
         return self._run(tokens, labels)
 
 
+def prefix_template_for(model: InferenceModel, requested: Optional[str]) -> str:
+    """The prefix template to condition on: ``requested`` (``--prefix-template``), else the
+    one the checkpoint records; a warning when the two differ."""
+    from megatron_ixt.data.prefixes import load_template
+
+    recorded = model.prefix_template()
+    if requested is None:
+        if recorded is None:
+            raise ConfigError(f"checkpoint {model.path} records no prefix template (it was trained on mock data, "
+                              "plain GPT datasets or datasets preprocessed before templates were recorded): "
+                              "pass --prefix-template")
+        logger.info("prefix template %s (recorded in the checkpoint)", recorded)
+        return recorded
+    try:
+        differs = recorded is not None and load_template(requested).sha256 != load_template(recorded).sha256
+    except ValueError as error:
+        raise ConfigError(f"--prefix-template: {error}") from None
+    if differs:
+        logger.warning("--prefix-template %s differs from the template the model was trained with (%s)",
+                       requested, recorded)
+    return requested
+
+
 def init_inference(cfg: Config):
     """Process groups and seeds for an inference tool (any launcher, any layout)."""
     from megatron_ixt.runtime.distributed import initialize_distributed, resolve_launch_env
     from megatron_ixt.runtime.kernels import validate_for_this_machine
+    from megatron_ixt.runtime.lifecycle import watch_launcher
 
+    watch_launcher()  # under torchrun: end with the launcher
     cfg.data.mock_data = cfg.data.mock_data or not cfg.data.data_path  # inference needs no training data
     validate_for_this_machine(cfg, resolve_launch_env()["world_size"])
     return initialize_distributed(cfg)
@@ -159,6 +196,9 @@ def add_inference_args(parser) -> None:
     parser.add_argument("--tokenizer-model", default=None, help="default: the checkpoint's")
     parser.add_argument("--vocab-file", default=None)
     parser.add_argument("--merge-file", default=None)
+    parser.add_argument("--prefix-template", default=None,
+                        help="critique, quality, none or a template YAML file (default: the template of the data the "
+                             "checkpoint was trained on, which the checkpoint records)")
 
 
 def load_for_inference(args):

@@ -8,9 +8,16 @@ Layout (Megatron-LM's)::
 
 A save goes to ``iter_0000100.partial`` first. Only when every rank has written its shards
 does rank 0 fsync the folder, rename it into place and then replace the ``latest`` marker
-(itself written to a temporary file, fsynced and renamed). A process killed at any point
-leaves the previous checkpoint and the marker intact; leftover ``.partial`` folders are
-removed, with a warning, at the next start.
+(itself written to a temporary file, fsynced and renamed). Re-saving an iteration that
+exists (a resumed run that saves the iteration it loaded) first moves the old folder aside
+to ``iter_0000100.old``, renames the new one into place, then deletes the old one. A process
+killed at any point leaves a complete checkpoint where the marker points: the next start
+removes leftover ``.partial`` folders, with a warning, and moves an ``.old`` folder back
+when its replacement never arrived.
+
+Every checkpoint records the prefix template and the quality thresholds of the IXT data it
+was trained on (from the datasets' ``.meta.json``), so that the inference tools condition
+on the prefixes the model saw, without being told again.
 
 Because the format is sharded by tensor *names and global shapes*, a checkpoint saved with
 one TP/PP layout loads into another (megatron-core reshards on load).
@@ -18,6 +25,8 @@ one TP/PP layout loads into another (megatron-core reshards on load).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import pickle
@@ -35,6 +44,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
+from megatron_ixt.runtime import lifecycle
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training import faults
 
@@ -42,6 +52,9 @@ logger = logging.getLogger("megatron_ixt")
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"
+# A file-based prefix template is copied into each checkpoint folder under this name.
+TEMPLATE_FILE = "prefix_template.yaml"
 # Exit status after a signal-triggered save: "temporary failure, run me again" (EX_TEMPFAIL),
 # distinct from success (0), errors (1) and configuration errors (2).
 EXIT_CODE_PREEMPTED = 75
@@ -50,7 +63,10 @@ REPEAT_SIGNAL_GRACE_S = 10.0
 # Model fields that change parameter shapes or semantics: a mismatch makes a checkpoint unloadable.
 MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                       "kv_channels", "swiglu", "normalization", "position_embedding_type",
-                      "untie_embeddings_and_output_weights", "disable_bias_linear")
+                      "untie_embeddings_and_output_weights", "disable_bias_linear",
+                      # Transformer Engine and local layers name their weights differently
+                      # (a fused layer norm inside linear_qkv against input_layernorm).
+                      "transformer_impl")
 
 
 def checkpoint_name(root: str, iteration: int) -> str:
@@ -95,17 +111,93 @@ def _write_atomic(path: str, text: str, before_rename=None) -> None:
     _fsync_dir(os.path.dirname(path) or ".")
 
 
+def recover_interrupted_saves(root: str) -> list[str]:
+    """Undo what an interrupted save left (rank 0 only): remove ``.partial`` folders; move
+    an ``.old`` folder (an iteration being re-saved) back into place when its replacement
+    never arrived, else remove it. Returns the names acted on. Not collective."""
+    acted = []
+    if not os.path.isdir(root):
+        return acted
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.endswith(PARTIAL_SUFFIX):
+            shutil.rmtree(path, ignore_errors=True)
+            acted.append(name)
+            logger.warning("removed incomplete checkpoint %s (a save was interrupted)", path)
+        elif name.endswith(OLD_SUFFIX) and name.startswith("iter_"):
+            final = path[:-len(OLD_SUFFIX)]
+            if os.path.isdir(final):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, final)
+                _fsync_dir(root)
+                logger.warning("restored checkpoint %s (a re-save of it was interrupted)", final)
+            acted.append(name)
+    return acted
+
+
 def clean_partial_checkpoints(root: str) -> list[str]:
-    """Remove folders left by interrupted saves (rank 0 only); returns what was removed."""
-    removed = []
-    if torch.distributed.get_rank() == 0 and os.path.isdir(root):
-        for name in sorted(os.listdir(root)):
-            if name.endswith(PARTIAL_SUFFIX):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                removed.append(name)
-                logger.warning("removed incomplete checkpoint %s (a save was interrupted)", os.path.join(root, name))
+    """Collective: rank 0 recovers from interrupted saves, then every rank waits for it."""
+    acted = recover_interrupted_saves(root) if torch.distributed.get_rank() == 0 else []
     torch.distributed.barrier()
-    return removed
+    return acted
+
+
+def replace_folder(new: str, final: str, fault=lambda point: None) -> None:
+    """Rename ``new`` to ``final``; an existing ``final`` is moved aside first and deleted
+    only once the new folder is in place, so ``final`` is always complete or (briefly, and
+    repaired by :func:`recover_interrupted_saves`) absent with its ``.old`` twin present.
+    ``fault(point)`` is the fault-injection hook between the steps."""
+    old = final + OLD_SUFFIX
+    if os.path.isdir(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        fault("kill-after-aside")
+    os.rename(new, final)
+    _fsync_dir(os.path.dirname(final) or ".")
+    fault("kill-before-old-removed")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prefix_record(cfg: Config) -> Optional[dict]:
+    """The prefix template and quality thresholds of the training data, from the datasets'
+    ``.meta.json``; None for mock data, plain GPT datasets or datasets that disagree."""
+    if cfg.data.mock_data or not cfg.data.data_path:
+        return None
+    from megatron_ixt.data.datasets import data_prefixes
+    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX
+
+    records = []
+    for prefix in data_prefixes(cfg):
+        try:
+            with open(prefix + META_FILE_SUFFIX, encoding="utf-8") as f:
+                meta = json.load(f)
+        except OSError:
+            return None  # a dataset preprocessed by Megatron-LM: no prefixes
+        records.append({"template": meta.get("template"), "quality_thresholds": meta.get("quality_thresholds")})
+    if any(r != records[0] for r in records):
+        logger.warning("the datasets of --data-path were preprocessed with different prefix templates or "
+                       "thresholds: checkpoints record none (pass --prefix-template to the inference tools)")
+        return None
+    return records[0] if records[0]["template"] else None
+
+
+def lock_save_folder(cfg: Config) -> None:
+    """Collective: rank 0 takes the exclusive lock of ``--save`` (one lock for the folder,
+    which every node shares) before anything writes there; every rank raises the same
+    :class:`ConfigError`, naming the holder, while another live run holds it."""
+    if not cfg.checkpoint.save:
+        return
+    error = None
+    if torch.distributed.get_rank() == 0:
+        try:
+            lifecycle.lock_save_folder(cfg.checkpoint.save)
+        except lifecycle.SaveFolderLocked as locked:
+            error = str(locked)
+    verdict = [error]
+    torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise ConfigError(verdict[0])
 
 
 def _rng_state() -> ShardedObject:
@@ -177,6 +269,7 @@ class Saver:
         self._signal_received: Optional[int] = None
         self._signal_time = 0.0
         self._async_queue = None
+        self.prefix = prefix_record(cfg)
         if self.root:
             if torch.distributed.get_rank() == 0:
                 os.makedirs(self.root, exist_ok=True)
@@ -238,6 +331,7 @@ class Saver:
             "layout": _layout(),
             "padded_vocab_size": _padded_vocab(model),
             "rng_state": _rng_state(),
+            "ixt_prefix": self.prefix,
             "checkpoint_version": 1,
         })
         request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)
@@ -248,11 +342,11 @@ class Saver:
             if rank == 0:
                 with open(os.path.join(partial, "config.yaml"), "w") as f:
                     yaml.safe_dump(self.cfg.to_dict(), f, sort_keys=False)
+                template_source = ((self.prefix or {}).get("template") or {}).get("source", "")
+                if os.path.isfile(template_source):  # a template file, not a built-in name
+                    shutil.copyfile(template_source, os.path.join(partial, TEMPLATE_FILE))
                 _fsync_tree(partial)
-                if os.path.isdir(final):  # re-saving the same iteration (e.g. after a resume)
-                    shutil.rmtree(final)
-                os.rename(partial, final)
-                _fsync_dir(self.root)
+                replace_folder(partial, final, lambda point: faults.maybe_kill(point, state.iteration, rank))
                 faults.maybe_kill("kill-after-rename", state.iteration, rank)
                 _write_atomic(os.path.join(self.root, TRACKER_FILE), f"{state.iteration}\n",
                               before_rename=lambda: faults.maybe_kill("kill-before-tracker", state.iteration, rank))
@@ -273,7 +367,7 @@ class Saver:
         keep = self.cfg.checkpoint.keep_last_n
         if not keep:
             return
-        iters = sorted(n for n in os.listdir(self.root) if n.startswith("iter_") and not n.endswith(PARTIAL_SUFFIX))
+        iters = sorted(n for n in os.listdir(self.root) if n.startswith("iter_") and n[5:].isdigit())
         for name in iters[:-keep]:
             shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
@@ -379,25 +473,41 @@ def check_megatron_lm_compatible(args, cfg: Config, path: str, finetune: bool) -
                           "(its optimizer, scheduler and RNG states are Megatron-LM's, not this project's)")
 
 
-def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
-    """Restore from ``--load`` into the already built model/optimizer/scheduler/state.
-    Returns the loaded iteration, or None when starting from scratch."""
-    c = cfg.checkpoint
-    if not c.load:
-        return None
-    clean_partial_checkpoints(c.load)  # collective: every rank must reach its barrier
-    iteration = read_tracker(c.load) if os.path.isdir(c.load) else None
+def checkpoint_path(root: str, iteration: int) -> str:
+    """The folder of ``iteration``; its ``.old`` twin while an interrupted re-save of it
+    has not been repaired yet (see :func:`replace_folder`)."""
+    path = checkpoint_name(root, iteration)
+    if not os.path.isdir(path) and os.path.isdir(path + OLD_SUFFIX):
+        return path + OLD_SUFFIX
+    return path
+
+
+@dataclasses.dataclass
+class OpenedCheckpoint:
+    path: str
+    iteration: int
+    common: dict
+    source: str  # 'megatron_ixt' or 'megatron-lm'
+
+    @property
+    def weights_only(self) -> bool:
+        """No optimizer, RNG or training state to restore: a Megatron-LM checkpoint, or one
+        converted from Hugging Face (tools/convert_checkpoint.py --from hf)."""
+        return self.source != "megatron_ixt" or self.common.get("weights_only", False)
+
+
+def open_checkpoint(root: str, cfg: Config, model, finetune: bool = False) -> Optional[OpenedCheckpoint]:
+    """The latest checkpoint under ``root``, its common state checked against the model
+    configuration and this model's padded vocabulary; None when there is none. The one
+    entry for training (``load``) and the inference tools (``evaluation.engine``)."""
+    iteration = read_tracker(root) if os.path.isdir(root) else None
     if iteration is None:
-        if cfg.training.exit_on_missing_checkpoint:
-            raise ConfigError(f"--load {c.load}: no {TRACKER_FILE} found (--exit-on-missing-checkpoint)")
-        logger.warning("--load %s: no checkpoint found, training from scratch", c.load)
         return None
-    path = checkpoint_name(c.load, iteration)
-    start = time.perf_counter()
+    path = checkpoint_path(root, iteration)
     common = read_common_state(path)
     source = checkpoint_source(common, path)
     if source == "megatron-lm":
-        check_megatron_lm_compatible(common["args"], cfg, path, finetune=c.finetune)
+        check_megatron_lm_compatible(common["args"], cfg, path, finetune=finetune)
         padded = getattr(common["args"], "padded_vocab_size", None)
     else:
         check_model_compatible(common["config"], cfg, f"checkpoint {path}")
@@ -406,11 +516,93 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
         raise ConfigError(f"checkpoint {path} has a padded vocabulary of {padded}, this run "
                           f"{_padded_vocab(model)}: check --vocab-size/--tokenizer-model and "
                           "--make-vocab-size-divisible-by (the padding is a multiple of it x TP size)")
+    return OpenedCheckpoint(path, iteration, common, source)
+
+
+def load_sharded(opened: OpenedCheckpoint, model, extra=None) -> dict:
+    """Read the model weights into ``model``, resharded to this run's layout by megatron-core,
+    with the entries ``extra(model_sharded_state_dict)`` returns (optimizer, RNG); returns
+    what was loaded."""
+    sharded = model_sharded_state_dict(model)
+    if extra is not None:
+        sharded.update(extra(sharded))
+    loaded = dist_checkpointing.load(sharded, opened.path)
+    load_model_weights(model, loaded)
+    return loaded
+
+
+# Scheduler state (megatron-core's OptimizerParamScheduler.state_dict) -> the flag that sets it.
+# Steps are counted in samples: iterations x --global-batch-size.
+SCHEDULE_FIELDS = {"max_lr": "--lr", "min_lr": "--min-lr", "lr_warmup_steps": "--lr-warmup-iters/--lr-warmup-fraction",
+                   "lr_decay_steps": "--lr-decay-iters (default --train-iters)", "lr_decay_style": "--lr-decay-style",
+                   "start_wd": "--weight-decay"}
+
+
+def schedule_differences(saved: dict, current: dict, saved_config: dict, cfg: Config) -> list[str]:
+    """Each schedule setting of this run that differs from the checkpoint's, with both values."""
+    saved_gbs = saved_config.get("training", {}).get("global_batch_size") or 1
+    gbs = cfg.training.global_batch_size
+
+    def show(value, batch):
+        return f"{value // batch} iterations ({value} samples)" if isinstance(value, int) else repr(value)
+
+    diffs = []
+    for key, flag in SCHEDULE_FIELDS.items():
+        if key in saved and saved[key] != current[key]:
+            diffs.append(f"{flag}: checkpoint {show(saved[key], saved_gbs)}, configured {show(current[key], gbs)}")
+    if cfg.optimizer.lr_decay_style == "WSD":
+        theirs = saved_config.get("optimizer", {})
+        for name in ("lr_wsd_decay_iters", "lr_wsd_decay_style"):
+            if name in theirs and theirs[name] != getattr(cfg.optimizer, name):
+                diffs.append(f"--{name.replace('_', '-')}: checkpoint {theirs[name]!r}, "
+                             f"configured {getattr(cfg.optimizer, name)!r}")
+    return diffs
+
+
+def load_scheduler(cfg: Config, scheduler, opened: OpenedCheckpoint) -> None:
+    """Megatron-LM's rule: the schedule flags of a resumed run must match the checkpoint's,
+    unless --override-opt-param-scheduler (this run's values win) or
+    --use-checkpoint-opt-param-scheduler (the checkpoint's win). The step count always
+    comes from the checkpoint. Unlike megatron-core's assertion (one field, hidden below the
+    log level), every differing flag is named, with both values."""
+    o = cfg.optimizer
+    saved = opened.common["opt_param_scheduler"]
+    if not (o.override_opt_param_scheduler or o.use_checkpoint_opt_param_scheduler):
+        diffs = schedule_differences(saved, scheduler.state_dict(), opened.common["config"], cfg)
+        if diffs:
+            raise ConfigError(f"checkpoint {opened.path} was trained with another learning-rate schedule: "
+                              + "; ".join(diffs) + ". Pass --override-opt-param-scheduler to use this run's "
+                              "values or --use-checkpoint-opt-param-scheduler to keep the checkpoint's")
+    # Checked above (or chosen by the user): megatron-core then takes the checkpoint's
+    # values, or this run's under --override-opt-param-scheduler.
+    scheduler.override_opt_param_scheduler = o.override_opt_param_scheduler
+    scheduler.use_checkpoint_opt_param_scheduler = not o.override_opt_param_scheduler
+    scheduler.load_state_dict(saved)
+    if o.use_checkpoint_opt_param_scheduler or o.override_opt_param_scheduler:
+        logger.info("learning-rate schedule: %s (lr %g, min lr %g, %s decay over %d samples)",
+                    "this run's flags" if o.override_opt_param_scheduler else "the checkpoint's",
+                    scheduler.max_lr, scheduler.min_lr, scheduler.lr_decay_style, scheduler.lr_decay_steps)
+
+
+def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
+    """Restore from ``--load`` into the already built model/optimizer/scheduler/state.
+    Returns the loaded iteration, or None when starting from scratch."""
+    c = cfg.checkpoint
+    if not c.load:
+        return None
+    clean_partial_checkpoints(c.load)  # collective: every rank must reach its barrier
+    start = time.perf_counter()
+    opened = open_checkpoint(c.load, cfg, model, finetune=c.finetune)
+    if opened is None:
+        if cfg.training.exit_on_missing_checkpoint:
+            raise ConfigError(f"--load {c.load}: no {TRACKER_FILE} found (--exit-on-missing-checkpoint)")
+        logger.warning("--load %s: no checkpoint found, training from scratch", c.load)
+        return None
+    path, common = opened.path, opened.common
     same_layout = common.get("layout") == _layout()
-    # Weights only: --finetune, a Megatron-LM checkpoint (loaded under --finetune only), or a
-    # checkpoint converted from Hugging Face (tools/convert_checkpoint.py --from hf), which
-    # has no optimizer, RNG or training state and starts counting at iteration 0.
-    weights_only = c.finetune or source != "megatron_ixt" or common.get("weights_only", False)
+    # Weights only: --finetune, or a checkpoint without training state (Megatron-LM's, loaded
+    # under --finetune only; converted from Hugging Face, which starts counting at 0).
+    weights_only = c.finetune or opened.weights_only
 
     load_optim = not (c.no_load_optim or weights_only)
     load_rng = not (c.no_load_rng or weights_only)
@@ -419,24 +611,32 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
                        common["layout"], _layout())
         load_rng = False
 
-    sharded = model_sharded_state_dict(model)
-    if load_optim:
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True)
-    if load_rng:
-        sharded["rng_state"] = _rng_state()
-    loaded = dist_checkpointing.load(sharded, path)
+    def extra(model_sharded: dict) -> dict:
+        parts = {}
+        if load_optim:
+            parts["optimizer"] = optimizer.sharded_state_dict(model_sharded, is_loading=True)
+        if load_rng:
+            parts["rng_state"] = _rng_state()
+        return parts
 
-    load_model_weights(model, loaded)
+    if load_optim:  # refuse a changed schedule before the (slow) read of the shards
+        load_scheduler(cfg, scheduler, opened)
+    # megatron-core's scheduler reads the peak and final lr of each parameter group, which
+    # the optimizer state restores from the checkpoint: keep this run's under the override.
+    group_lrs = [(g.get("max_lr"), g.get("min_lr")) for g in optimizer.param_groups] if load_optim else []
+    loaded = load_sharded(opened, model, extra)
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
-        scheduler.load_state_dict(common["opt_param_scheduler"])
+        if cfg.optimizer.override_opt_param_scheduler:
+            for group, (max_lr, min_lr) in zip(optimizer.param_groups, group_lrs):
+                group["max_lr"], group["min_lr"] = max_lr, min_lr
     if load_rng:
         _restore_rng(loaded["rng_state"])
     if not weights_only:
         for key, value in common["train_state"].items():
             setattr(state, key, value)
     torch.distributed.barrier()
-    logger.info("loaded checkpoint %s (iteration %d%s%s) in %.2f s", path, iteration,
+    logger.info("loaded checkpoint %s (iteration %d%s%s) in %.2f s", path, opened.iteration,
                 ", weights only" if weights_only else "",
-                "" if source == "megatron_ixt" else f", written by {source}", time.perf_counter() - start)
-    return iteration
+                "" if opened.source == "megatron_ixt" else f", written by {opened.source}", time.perf_counter() - start)
+    return opened.iteration

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-KILL_POINTS = ("kill-before-publish", "kill-after-rename", "kill-before-tracker")
+KILL_POINTS = ("kill-before-publish", "kill-after-aside", "kill-before-old-removed", "kill-after-rename",
+               "kill-before-tracker")
 
 
 def _armed() -> set[tuple[str, int]]:

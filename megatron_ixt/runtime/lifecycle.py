@@ -1,0 +1,152 @@
+"""A worker's life: it ends with its launcher, and one checkpoint folder has one writer.
+
+torchrun starts each worker in a session of its own, so a SIGKILL of the torchrun agent
+(an OOM kill, ``kill -9``, a lost terminal) reaches no worker: they train on as orphans and
+keep saving into ``--save``, where a restart then writes too. Two guards:
+
+* :func:`watch_launcher` - a worker started by torchrun asks the kernel for a signal when
+  its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux), and a thread also watches the
+  parent pid (other systems; a parent that died before the ``prctl``; a main thread stuck
+  in a collective). The worker then kills its process group - itself and every process it
+  started - at once, without saving: the run is being torn down, its peers die with it.
+* :func:`lock_save_folder` - an exclusive ``flock`` on ``<save>/.megatron_ixt.lock``, taken
+  before anything is written there, refuses a second live run naming the holder (host, pid,
+  start time). The kernel drops the lock when its holder dies, however it dies, so a lock
+  left by a killed run never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".megatron_ixt.lock"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Exit status of a worker whose launcher is gone (128 + SIGKILL, as if it had been killed).
+EXIT_LAUNCHER_GONE = 137
+WATCH_INTERVAL_S = 0.5
+
+_locks: dict[str, int] = {}  # save folder (real path) -> open, locked file descriptor
+
+
+def launched_by_torchrun(environ: Optional[dict] = None) -> bool:
+    """torchrun's agent sets these for its workers (and nothing else does)."""
+    env = os.environ if environ is None else environ
+    return "TORCHELASTIC_RUN_ID" in env and "LOCAL_RANK" in env
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _launcher_gone(parent: int) -> None:
+    logger.error("the launcher (pid %d) is gone: stopping now, without saving", parent)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # torchrun starts each worker as the leader of a process group of its own, which holds
+    # everything the worker started: data-loader workers, checkpoint writers, and processes
+    # that multiprocessing *spawned* (these inherit neither the parent-death signal nor the
+    # fork hook below). SIGKILL to the group ends them all, this worker included.
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(EXIT_LAUNCHER_GONE)  # no atexit handlers, no checkpoint
+
+
+def watch_launcher(environ: Optional[dict] = None, interval: float = WATCH_INTERVAL_S) -> bool:
+    """Under torchrun: end this worker (and what it started) when its launcher dies.
+    Returns whether it watches.
+
+    Only under torchrun: a process started from a shell (or by ``srun``, which reaps its own
+    tasks) must survive its parent, e.g. a run left going with ``nohup``.
+
+    Two watchers, because either alone can miss: the kernel's parent-death signal (SIGHUP,
+    handled in the main thread, which may be inside a long collective) and a thread polling
+    the parent pid (which needs the interpreter's lock)."""
+    if not launched_by_torchrun(environ):
+        return False
+    parent = os.getppid()
+    signal.signal(signal.SIGHUP, lambda signum, frame: _launcher_gone(parent))
+    _set_parent_death_signal(signal.SIGHUP)
+    if os.getppid() != parent or parent == 1:  # died before the prctl took effect
+        _launcher_gone(parent)
+    # The kernel clears the parent-death signal in a forked child, and the watch thread is
+    # not copied into it: a fork of this worker (a checkpoint writer, a data-loader worker)
+    # that outlives it, e.g. after an OOM kill of the worker alone, would wait forever.
+    os.register_at_fork(after_in_child=lambda: _set_parent_death_signal(signal.SIGKILL))
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                _launcher_gone(parent)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+    return True
+
+
+class SaveFolderLocked(Exception):
+    """Another live run holds the lock of this ``--save`` folder."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process (it has not written its name yet)"
+    return f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started')}" + (
+        f" ({info['command']})" if info.get("command") else "")
+
+
+def lock_save_folder(folder: str) -> str:
+    """Take the exclusive lock of ``folder`` (created if missing) for the life of this
+    process; returns the lock file. Raises :class:`SaveFolderLocked` naming the holder.
+    Taking it again in the process that holds it is a no-op."""
+    os.makedirs(folder, exist_ok=True)
+    key = os.path.realpath(folder)
+    path = os.path.join(folder, LOCK_FILE)
+    if key in _locks:
+        return path
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise SaveFolderLocked(f"--save {folder} is in use by a running training: {holder}. Stop that run "
+                               f"first, or save elsewhere (the lock, {path}, is released when its holder exits)")
+    info = {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
+    os.fsync(fd)
+    _locks[key] = fd  # kept open (and locked) until the process exits
+    return path
+
+
+def release_save_folder(folder: str) -> None:
+    """Give the lock back before the process ends (in-process runs, tests)."""
+    fd = _locks.pop(os.path.realpath(folder), None)
+    if fd is not None:
+        os.close(fd)

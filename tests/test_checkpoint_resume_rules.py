@@ -1,0 +1,140 @@
+"""What a checkpoint checks and keeps on resume: an atomic re-save of an existing iteration,
+changed schedule flags (Megatron-LM's rule), transformer_impl among the model fields, and
+the prefix template of the training data recorded for the inference tools."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import TINY, read_metrics, run_torchrun
+from megatron_ixt.config import Config, ConfigError
+from megatron_ixt.training import checkpointing
+
+BASE = ["--config", TINY, "--mock-data", "--eval-interval", 0, "--log-interval", 1, "--lr-warmup-iters", 1]
+
+
+def tracker(ckpt) -> int:
+    return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+
+
+# -- the re-save, step by step (no processes needed) --------------------------------------
+
+def _folder(path, content: str):
+    path.mkdir()
+    (path / "common.pt").write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("point", ["kill-after-aside", "kill-before-old-removed"])
+def test_resave_interrupted_between_steps_keeps_a_complete_checkpoint(tmp_path, point):
+    final = _folder(tmp_path / "iter_0000004", "old")
+    new = _folder(tmp_path / "iter_0000004.partial", "new")
+
+    class Killed(Exception):
+        pass
+
+    def fault(at):
+        if at == point:
+            raise Killed(at)
+
+    with pytest.raises(Killed):
+        checkpointing.replace_folder(str(new), str(final), fault)
+    # Whatever the step, the iteration is readable now (the folder or its .old twin) ...
+    readable = checkpointing.checkpoint_path(str(tmp_path), 4)
+    assert os.path.isfile(os.path.join(readable, "common.pt"))
+    # ... and the next start leaves exactly one complete folder in place.
+    checkpointing.recover_interrupted_saves(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000004"]
+    assert (final / "common.pt").read_text() == ("old" if point == "kill-after-aside" else "new")
+
+
+def test_resave_without_fault_replaces_the_folder(tmp_path):
+    final = _folder(tmp_path / "iter_0000004", "old")
+    checkpointing.replace_folder(str(_folder(tmp_path / "iter_0000004.partial", "new")), str(final))
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000004"] and (final / "common.pt").read_text() == "new"
+
+
+# -- transformer_impl ------------------------------------------------------------------------
+
+def test_transformer_impl_mismatch_is_named():
+    cfg = Config()
+    cfg.model.transformer_impl = "transformer_engine"
+    saved = Config().to_dict()
+    saved["model"]["transformer_impl"] = "local"
+    with pytest.raises(ConfigError, match="--transformer-impl: checkpoint 'local', configured 'transformer_engine'"):
+        checkpointing.check_model_compatible(saved, cfg, "checkpoint X")
+    cfg.model.transformer_impl = "local"
+    checkpointing.check_model_compatible(saved, cfg, "checkpoint X")
+
+
+# -- real runs ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_during_resave_leaves_a_loadable_checkpoint(tmp_path):
+    # A finished run resumed with the same --train-iters re-saves the iteration it loaded.
+    ckpt = tmp_path / "ckpt"
+    args = [*BASE, "--train-iters", 4, "--save", ckpt]
+    run_torchrun(1, "pretrain_ixt.py", args)
+    assert tracker(ckpt) == 4
+    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--load", ckpt], check=False,
+                        env={"MEGATRON_IXT_FAULT": "kill-after-aside@4"})
+    assert proc.returncode != 0 and tracker(ckpt) == 4
+    # Killed mid-way: the old folder aside, the new one not yet in place.
+    assert sorted(p for p in os.listdir(ckpt) if p.startswith("iter_")) == ["iter_0000004.old", "iter_0000004.partial"]
+    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--load", ckpt])
+    assert "restored checkpoint" in proc.stdout and "loaded checkpoint" in proc.stdout, proc.stdout[-3000:]
+    assert sorted(p for p in os.listdir(ckpt) if p.startswith("iter_")) == ["iter_0000004"]
+
+
+@pytest.mark.slow
+def test_changed_schedule_flags_are_refused_unless_chosen(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_torchrun(1, "pretrain_ixt.py", [*BASE, "--train-iters", 4, "--save", ckpt])
+    changed = [*BASE, "--train-iters", 8, "--load", ckpt, "--lr", 0.01, "--min-lr", 0.001]
+    proc = run_torchrun(1, "pretrain_ixt.py", changed, check=False)
+    message = proc.stderr.split("pretrain_ixt.py: error: ", 1)[-1].splitlines()[0]
+    assert proc.returncode != 0 and "another learning-rate schedule" in message, proc.stderr[-3000:]
+    for named in ("--lr: checkpoint 0.003, configured 0.01", "--min-lr: checkpoint 0.0003, configured 0.001",
+                  "--lr-decay-iters (default --train-iters): checkpoint 4 iterations (32 samples), "
+                  "configured 8 iterations (64 samples)", "--override-opt-param-scheduler"):
+        assert named in message, message
+
+    lrs = {}
+    for choice in ("--override-opt-param-scheduler", "--use-checkpoint-opt-param-scheduler"):
+        log = tmp_path / f"{choice}.jsonl"
+        run_torchrun(1, "pretrain_ixt.py", [*changed, choice, "--log-file", log])
+        rows, _ = read_metrics(log)
+        assert rows[0]["iteration"] == 5
+        lrs[choice] = rows[0]["lr"]
+    # This run's schedule: cosine from 0.01 to 0.001 over 8 iterations (warm-up 1) -> at step 4
+    # of 8 it is still near the peak; the checkpoint's ended at iteration 4: its min-lr.
+    assert lrs["--use-checkpoint-opt-param-scheduler"] == pytest.approx(3e-4)
+    assert lrs["--override-opt-param-scheduler"] > 3e-3
+
+
+@pytest.mark.slow
+def test_checkpoint_records_the_prefix_template(tmp_path, ixt_corpus):
+    ckpt = tmp_path / "ckpt"
+    run_torchrun(1, "pretrain_ixt.py", [
+        "--config", TINY, "--data-path", ixt_corpus["prefix"], "--tokenizer-type", "SentencePieceTokenizer",
+        "--tokenizer-model", ixt_corpus["tokenizer"], "--train-iters", 2, "--lr-warmup-iters", 0, "--eval-interval", 0, "--split", "98,2,0",
+        "--save", ckpt, "--data-cache-path", tmp_path / "cache"])
+    # The corpus was preprocessed with --prefix-template critique: the tools take it from the checkpoint.
+    proc = run_torchrun(1, "tools/generate.py", ["--load", ckpt, "--feedback-level", 5, "--prompt", "def ",
+                                                 "--max-new-tokens", 4, "--greedy"])
+    prefix = proc.stdout.split("[prefix]", 1)[1].splitlines()[0]
+    assert "Score: 9/10" in prefix and "Writing style 9/10" in prefix, proc.stdout[-2000:]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(open(ixt_corpus["jsonl"]).readlines()[:4]))
+    proc = run_torchrun(1, "tools/evaluate_conditioning.py", ["--load", ckpt, "--input", docs, "--seq-length", 48])
+    assert "template critique, quality thresholds fixed" in proc.stdout, proc.stdout[-2000:]
+    # Asked for another template than the model was trained with: it is used, with a warning.
+    proc = run_torchrun(1, "tools/generate.py", ["--load", ckpt, "--prefix-template", "quality", "--prompt", "def ",
+                                                 "--max-new-tokens", 2, "--greedy"])
+    assert "Quality: 5/5" in proc.stdout and "differs from the template the model was trained with" in proc.stdout
+    # A --seq-length beyond the model's is refused by name.
+    proc = run_torchrun(1, "tools/evaluate_conditioning.py", ["--load", ckpt, "--input", docs, "--seq-length", 4096],
+                        check=False)
+    assert proc.returncode != 0 and "--seq-length 4096: expected 3 .. 64" in proc.stderr
