@@ -9,8 +9,8 @@ each that generates new problems with computed answers.
 Some templates enumerate millions of variable combinations before they can sample one.
 Two bounds keep the builder fast and reproducible: a template whose combination space is
 larger than ``max_combinations`` is not used for generation (a deterministic rule), and
-each generation runs under a wall-clock limit as a safety net (a timed-out template is
-skipped and logged; only then can two machines build different corpora).
+each generation runs under a CPU-time limit as a safety net (a timed-out template is
+skipped and logged; CPU time does not grow with the machine's load as wall time does).
 
 Wrong variants (the critic, not the builder, decides what is wrong):
 
@@ -49,7 +49,9 @@ class _TimeLimit(Exception):
 
 @contextmanager
 def time_limit(seconds: float):
-    """Raise _TimeLimit after ``seconds`` (SIGALRM; only in the main thread, else no limit)."""
+    """Raise _TimeLimit after ``seconds`` of this process's CPU time (SIGPROF; only in the main
+    thread, else no limit). CPU time, not wall-clock: on a loaded machine a wall-clock limit
+    skipped different templates from run to run, and the corpus changed with the load."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -57,13 +59,13 @@ def time_limit(seconds: float):
     def expire(signum, frame):
         raise _TimeLimit()
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def _combinations(template: Any, replacements: dict) -> int | None:
