@@ -124,7 +124,7 @@ def test_checkpoint_records_the_prefix_template(tmp_path, ixt_corpus):
     # The corpus was preprocessed with --prefix-template critique: the tools take it from the checkpoint.
     proc = run_torchrun(1, "tools/generate.py", ["--load", ckpt, "--feedback-level", 5, "--prompt", "def ",
                                                  "--max-new-tokens", 4, "--greedy"])
-    prefix = proc.stdout.split("[prefix]", 1)[1].splitlines()[0]
+    prefix = proc.stdout.split("[prefix]", 1)[1].split("[prompt]", 1)[0]  # the critique prefix spans lines
     assert "Score: 9/10" in prefix and "Writing style 9/10" in prefix, proc.stdout[-2000:]
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(open(ixt_corpus["jsonl"]).readlines()[:4]))
