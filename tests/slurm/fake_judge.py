@@ -15,7 +15,10 @@ import os
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-VERDICT = {"score": 7, "critique": "Clear and correct; could use an example."}
+# A complete verdict: the critic refuses one that does not score every axis of its rubric.
+VERDICT = {"score": 7, "critique": "Clear and correct; could use an example.",
+           "axes": {name: 7 for name in ("writing_style", "expertise", "educational_value", "factual_accuracy",
+                                         "efficiency")}}
 
 
 def main() -> None:
