@@ -209,14 +209,17 @@ class MicroBatchStream:
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM and SIGINT to the training process. SLURM and torchrun
-    signal the whole process group; a worker killed by the signal would make the DataLoader
+    """DataLoader workers leave the preemption signals (SIGTERM, SLURM's warning SIGUSR1) and
+    SIGINT to the training process. SLURM and torchrun signal every process of the step or
+    process group; a worker killed by the signal would make the DataLoader
     raise in the training process before its handler could save the checkpoint. Workers end
     when the training process closes its streams (``MicroBatchStream.close``, also at exit) or
     dies (torch's worker loop watches its parent)."""
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from megatron_ixt.runtime.lifecycle import PREEMPTION_SIGNALS
+
+    for signum in (*PREEMPTION_SIGNALS, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: tuple = ()) -> MicroBatchStream:

@@ -37,6 +37,10 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Exit status of a worker whose launcher is gone (128 + SIGKILL, as if it had been killed).
 EXIT_LAUNCHER_GONE = 137
 WATCH_INTERVAL_S = 0.5
+# What asks a run to save and stop: SLURM's time-limit SIGTERM (also torchrun's on shutdown)
+# and the early warning of `sbatch --signal=USR1@...`. The training process handles them
+# (training/checkpointing.py); its DataLoader workers ignore them (data/loader.py).
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 _locks: dict[str, int] = {}  # save folder (real path) -> open, locked file descriptor
 

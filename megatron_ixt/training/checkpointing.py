@@ -274,7 +274,7 @@ class Saver:
             if torch.distributed.get_rank() == 0:
                 os.makedirs(self.root, exist_ok=True)
             clean_partial_checkpoints(self.root)
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            for sig in lifecycle.PREEMPTION_SIGNALS:
                 signal.signal(sig, self._on_signal)
         if cfg.checkpoint.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
