@@ -104,12 +104,14 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     cfg.parallel.pipeline_model_parallel_size = pipeline_parallel
     cfg.data.tokenizer_type = tokenizer_type
     cfg.data.tokenizer_model = tokenizer_path
+    # The weights are written in megatron-core's local layer layout (below), and the checkpoint
+    # says so: resuming it where Transformer Engine would be chosen is refused by name.
+    cfg.model.transformer_impl = "local"
     padded = padded_vocab_size(tokenizer.vocab_size, cfg)
 
     build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
     build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
     build.model.make_vocab_size_divisible_by = divisible_by * tensor_parallel
-    build.model.transformer_impl = "local"
     initialize_distributed(build)
     model = build_model_chunks(build, tokenizer.vocab_size)[0]
     assert model.vocab_size == padded, (model.vocab_size, padded)
