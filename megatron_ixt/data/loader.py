@@ -21,6 +21,7 @@ chunk that needs them has had them).
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import weakref
 from typing import Iterator, Optional, Sequence
@@ -108,12 +109,20 @@ def chunk_fields(available: Sequence[str], num_chunks: int, document_masks: str)
 
 
 _open_streams: "weakref.WeakSet[MicroBatchStream]" = weakref.WeakSet()
+_worker_processes: list = []  # every DataLoader worker this process started
 
 
 @atexit.register  # after multiprocessing's own exit hook is registered, so it runs before it
 def _close_open_streams() -> None:
+    """Close the streams still open, then SIGKILL any worker left by a stream that was dropped
+    without ``close()``: workers ignore SIGTERM, and multiprocessing's own exit hook (which
+    sends SIGTERM, then waits) would otherwise wait for them forever."""
     for stream in list(_open_streams):
         stream.close()
+    for worker in _worker_processes:
+        if worker._parent_pid == os.getpid() and worker.is_alive():  # started here, still running
+            worker.kill()
+            worker.join()
 
 
 class StackFields:
@@ -237,6 +246,7 @@ def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: t
             # Its own generator: a DataLoader iterator otherwise draws its base seed from the
             # global RNG, which would shift dropout masks after a resume.
             generator=torch.Generator().manual_seed(cfg.training.seed)))
+        _worker_processes.extend(getattr(stream.source, "_workers", ()))  # persistent: started already
     return stream
 
 
