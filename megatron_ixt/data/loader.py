@@ -119,8 +119,13 @@ def _close_open_streams() -> None:
     sends SIGTERM, then waits) would otherwise wait for them forever."""
     for stream in list(_open_streams):
         stream.close()
-    for worker in _worker_processes:
-        if worker._parent_pid == os.getpid() and worker.is_alive():  # started here, still running
+    _kill_left(_worker_processes)
+
+
+def _kill_left(workers) -> None:
+    """SIGKILL the workers (started by this process) that are still running."""
+    for worker in workers:
+        if worker._parent_pid == os.getpid() and worker.is_alive():
             worker.kill()
             worker.join()
 
@@ -174,10 +179,7 @@ class MicroBatchStream:
         workers = list(getattr(source, "_workers", ()))  # torch's multi-process iterator keeps them here
         if hasattr(source, "_shutdown_workers"):
             source._shutdown_workers()
-        for worker in workers:
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
+        _kill_left(workers)
 
     def iterators(self):
         return self._iterators[0] if len(self._iterators) == 1 else self._iterators
