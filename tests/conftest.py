@@ -20,6 +20,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "examples" / "configs" / "tiny.yaml"
+# The demo's code (corpus builder, report, pipeline) lives in examples/demo, outside the
+# package; its tests import it as the demo's scripts do, from that folder.
+sys.path.insert(0, str(REPO / "examples" / "demo"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, _env
 
-sys.path.insert(0, str(REPO / "examples" / "demo"))
+
 
 import pipeline  # noqa: E402
 import run_demo  # noqa: E402, F401
@@ -109,7 +109,7 @@ def test_quick_demo_measures_every_run_on_the_same_tokens(quick_demo):
 
 @pytest.mark.slow
 def test_quick_demo_report_leads_with_the_fair_ratio(quick_demo):
-    from megatron_ixt.evaluation.report import load_runs, tokens_to_reach
+    from report import load_runs, tokens_to_reach
 
     out, _ = quick_demo
     report = (out / "report.md").read_text()
@@ -233,7 +233,7 @@ def test_output_dir_is_cleared_only_when_it_is_the_demos(tmp_path):
 
 
 def test_tokens_to_reach_interpolates_and_never_extrapolates():
-    from megatron_ixt.evaluation.report import tokens_to_reach
+    from report import tokens_to_reach
 
     curve = [{"tokens": 100, "loss": 6.0}, {"tokens": 200, "loss": 5.0}, {"tokens": 300, "loss": 4.5}]
     assert tokens_to_reach(curve, "loss", 5.5) == (150.0, "=")
@@ -243,7 +243,7 @@ def test_tokens_to_reach_interpolates_and_never_extrapolates():
 
 
 def test_wilson_interval_matches_known_values():
-    from megatron_ixt.evaluation.report import wilson
+    from report import wilson
 
     low, high = wilson(50, 100)
     assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
@@ -256,7 +256,7 @@ def _curve(losses, key, step_tokens=1000):
 
 
 def test_fair_ratio_takes_the_better_reference_and_bounds_the_unreached(tmp_path):
-    from megatron_ixt.evaluation.report import write_report
+    from report import write_report
 
     (tmp_path / "measurements").mkdir()
     curves = {"plain_s1": _curve([6.0, 5.0, 4.6, 4.4], "none"), "bos_s1": _curve([5.8, 4.8, 4.4, 4.2], "bos"),

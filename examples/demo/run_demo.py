@@ -37,12 +37,12 @@ class Settings:
     max_docs: int = 2400
     """Documents in the corpus (annotation runs at ~40-60 docs/s)."""
     mix: str = CORPUS_MIX
-    """Shares of the corpus sources (build_demo_corpus.py --mix; stdlib code gets the rest)."""
+    """Shares of the corpus sources (build_corpus.py --mix; stdlib code gets the rest)."""
     flawed_share: float = 0.7
     """Share of prose pieces replaced by a flawed version (misspelt, words swapped or dropped,
     two pages spliced)."""
     prose_flaws: str = "misspellings,swapped_words,dropped_words,spliced"
-    """Flaw kinds planted (build_demo_corpus.py --prose-flaws). Shuffled sentences are left
+    """Flaw kinds planted (build_corpus.py --prose-flaws). Shuffled sentences are left
     out: the text critic caught 2 % of them, so nearly all kept a good level (docs/demo.md)."""
     flaw_rate: float = 0.25
     """Share of words a word-level flaw touches. At 0.1 the critics caught 89 % of misspelt
@@ -103,10 +103,10 @@ def parse_args(argv=None):
     parser.add_argument("--train-iters", type=int, help="override the budget's training steps")
     parser.add_argument("--save-interval", type=int, help="override the checkpoint interval")
     parser.add_argument("--max-docs", type=int, help="override the budget's corpus size")
-    parser.add_argument("--mix", help="corpus source shares, as build_demo_corpus.py --mix")
+    parser.add_argument("--mix", help="corpus source shares, as build_corpus.py --mix")
     parser.add_argument("--flawed-share", type=float, help="share of prose pieces with a planted flaw")
     parser.add_argument("--flaw-rate", type=float, help="share of words a word-level flaw touches (default 0.25)")
-    parser.add_argument("--prose-flaws", help="flaw kinds to plant, as build_demo_corpus.py --prose-flaws")
+    parser.add_argument("--prose-flaws", help="flaw kinds to plant, as build_corpus.py --prose-flaws")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 1234,1235)")
     parser.add_argument("--kinds", help="comma-separated runs per seed, from plain, bos, ixt, same "
                                         "(default plain,bos,ixt; --quick: all four; the report needs "
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
           f"{s.global_batch_size} x {s.seq_length} tokens)", flush=True)
     try:
         # 1. Corpus: code, math and prose, most of it flawed; the builder only makes variants.
-        corpus_cmd = python_cmd("tools/build_demo_corpus.py", "--output", data / "corpus.jsonl",
+        corpus_cmd = python_cmd("examples/demo/build_corpus.py", "--output", data / "corpus.jsonl",
                                 "--max-docs", s.max_docs, "--seed", args.seed, "--cache-dir", args.cache_dir,
                                 "--mix", s.mix, "--flawed-share", s.flawed_share, "--wrong-share", 1.0,
                                 "--prose-chunk-chars", s.prose_chunk_chars, "--prose-flaws", s.prose_flaws,
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
              "runs": [run_name(k, seed) for k, seed in runs],
              "layouts": {"train": "TP=1, one process per run", "evaluate": "PP=2", "measure": "TP=1"}},
             indent=1) + "\n")
-        stages.run("report", [sys.executable, "-m", "megatron_ixt.evaluation.report", str(out)],
+        stages.run("report", python_cmd("examples/demo/report.py", out),
                    "writing report.md, results.json and plots/*.png", note=lambda o: last_match(r"^(headline: .*)$", o))
     except StageError as error:
         print(f"\ndemo failed at stage {stages.index}/{stages.total}: {error}", file=sys.stderr)

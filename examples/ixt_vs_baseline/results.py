@@ -3,7 +3,7 @@
 
     python examples/ixt_vs_baseline/results.py outputs/ixt_vs_baseline
 
-The ratios are the demo's (megatron_ixt.evaluation.report): tokens the better of the two
+The ratios are the demo's (examples/demo/report.py): tokens the better of the two
 references (plain, plain + BOS) needs to reach IXT's held-out loss on good documents
 under its best feedback, divided by IXT's tokens; read off measured curves, never
 extrapolated.
@@ -15,8 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from megatron_ixt.evaluation.report import (fmt_ratio, headline_points, load_runs, plot_curves, ratio_rows,
-                                            spread, task_table)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))
+
+from report import (fmt_ratio, headline_points, load_runs, plot_curves, ratio_rows, spread,  # noqa: E402
+                    task_table)
 
 PREFIX_KINDS = {"ixt": "critique prefixes (critics' critiques, 48-token budget)",
                 "ixtq": "quality-level prefixes (Quality: k/5)"}

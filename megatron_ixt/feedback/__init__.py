@@ -19,7 +19,7 @@ Usage::
     summary = annotate_file(["corpus.jsonl"], "corpus.annotated.jsonl", critic, fraction=0.15)
     print(summary.format())
 
-The demo corpus builder lives in ``megatron_ixt.feedback.corpus``; docs/feedback.md has
+The demo corpus builder lives in ``examples/demo/corpus`` (demo code, outside the package); docs/feedback.md has
 the document keys, the critics' rules and the data sources.
 """
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ixt.feedback.corpus import CorpusConfig, build_demo_corpus
-from megatron_ixt.feedback.corpus import prose as prose_module
-from megatron_ixt.feedback.corpus.builder import write_atomically
-from megatron_ixt.feedback.corpus.mutations import KINDS, mutate
-from megatron_ixt.feedback.corpus.prose import clean_rst
-from megatron_ixt.feedback.corpus.stdlib_code import chunk_module, stdlib_files, stdlib_root
+from corpus import CorpusConfig, build_demo_corpus
+from corpus import prose as prose_module
+from corpus.builder import write_atomically
+from corpus.mutations import KINDS, mutate
+from corpus.prose import clean_rst
+from corpus.stdlib_code import chunk_module, stdlib_files, stdlib_root
 from megatron_ixt.data.document import validate_document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,19 +116,19 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 
 def test_command_line(tmp_path):
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "build_demo_corpus.py"), "--output",
+    run = subprocess.run([sys.executable, str(REPO / "examples" / "demo" / "build_corpus.py"), "--output",
                           str(tmp_path / "c.jsonl"), "--max-docs", "60", "--no-python-docs",
                           "--cache-dir", str(tmp_path / "cache"), "--mix", "humaneval=0.5,math=0.2,prose=0.2"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("60 documents")
-    bad = subprocess.run([sys.executable, str(REPO / "tools" / "build_demo_corpus.py"), "--output",
+    bad = subprocess.run([sys.executable, str(REPO / "examples" / "demo" / "build_corpus.py"), "--output",
                           str(tmp_path / "d.jsonl"), "--mix", "wiki=0.5"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown source" in bad.stderr
 
 
 def test_most_prose_is_flawed_and_each_piece_appears_once(small_corpus):
-    from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS
+    from corpus.flaws import FLAW_KINDS
 
     config, _ = small_corpus
     prose = [json.loads(line) for line in config.output.read_text().splitlines()
@@ -156,7 +156,7 @@ def test_flaw_options_are_checked(tmp_path):
 def test_flaw_rate_sets_how_many_words_a_flaw_touches():
     import random
 
-    from megatron_ixt.feedback.corpus.flaws import plant
+    from corpus.flaws import plant
 
     text = " ".join(["documentation"] * 400)
     for rate in (0.1, 0.3):

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from megatron_ixt.feedback import NotApplicable
-from megatron_ixt.feedback.corpus.gsm import WRONG_KINDS, final_answer, make_wrong
+from corpus.gsm import WRONG_KINDS, final_answer, make_wrong
 from megatron_ixt.feedback.math_critic import MathCritic, check_steps, parse_number
 from megatron_ixt.feedback.math_critic import final_answer as critic_final_answer
 

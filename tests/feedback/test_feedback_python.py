@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from megatron_ixt.feedback import NotApplicable
-from megatron_ixt.feedback.corpus.mutations import KINDS, mutate
+from corpus.mutations import KINDS, mutate
 from megatron_ixt.feedback.python_critic import PythonCritic, analyse
 from megatron_ixt.feedback.sandbox import Limits, run_tests
 

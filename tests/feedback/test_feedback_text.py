@@ -6,7 +6,7 @@ import random
 
 from pydoc_data.topics import topics
 
-from megatron_ixt.feedback.corpus.prose import chunk_paragraphs, degrade
+from corpus.prose import chunk_paragraphs, degrade
 from megatron_ixt.feedback.text_critic import RULE_NAMES, TextCritic
 
 CRITIC = TextCritic()
@@ -69,7 +69,7 @@ from collections import Counter  # noqa: E402
 import pytest  # noqa: E402
 
 from megatron_ixt.feedback import text_signals  # noqa: E402
-from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS, plant  # noqa: E402
+from corpus.flaws import FLAW_KINDS, plant  # noqa: E402
 
 # flaw -> (the rule meant to catch it, the least share of flawed pieces it must flag). The
 # shares are about 70-80 % of those measured on these pieces (docs/demo.md), so a rule that

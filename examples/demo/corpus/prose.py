@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS, plant
+from .flaws import FLAW_KINDS, plant
 from megatron_ixt.feedback.documents import DOMAIN_PROSE
 from megatron_ixt.feedback.text_critic import STOP_WORDS
 

@@ -2,10 +2,11 @@
 broken variants (``builder.py`` ties the sources together; docs/feedback.md lists them
 with their licenses).
 
-    from megatron_ixt.feedback.corpus import CorpusConfig, build_demo_corpus
+    # with examples/demo on sys.path (build_corpus.py and run_demo.py put it there)
+    from corpus import CorpusConfig, build_demo_corpus
     build_demo_corpus(CorpusConfig(output=Path("demo.jsonl"), max_docs=3000, seed=0))
 """
 
-from megatron_ixt.feedback.corpus.builder import CorpusConfig, build_demo_corpus
+from .builder import CorpusConfig, build_demo_corpus
 
 __all__ = ["CorpusConfig", "build_demo_corpus"]

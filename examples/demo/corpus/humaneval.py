@@ -12,7 +12,7 @@ import logging
 import random
 from typing import Any, Iterator
 
-from megatron_ixt.feedback.corpus.mutations import KINDS, mutate
+from .mutations import KINDS, mutate
 from megatron_ixt.feedback.documents import DOMAIN_CODE
 
 logger = logging.getLogger(__name__)

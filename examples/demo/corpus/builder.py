@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from megatron_ixt.feedback.corpus.gsm import gsm_documents
-from megatron_ixt.feedback.corpus.humaneval import humaneval_documents
-from megatron_ixt.feedback.corpus.flaws import FLAW_KINDS
-from megatron_ixt.feedback.corpus.prose import DEGRADE_KINDS, prose_documents
-from megatron_ixt.feedback.corpus.stdlib_code import stdlib_documents
+from .gsm import gsm_documents
+from .humaneval import humaneval_documents
+from .flaws import FLAW_KINDS
+from .prose import DEGRADE_KINDS, prose_documents
+from .stdlib_code import stdlib_documents
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The demo's report: ``report.md``, ``results.json`` and ``plots/*.png`` from a demo output
 folder (``examples/demo/run_demo.py``), re-renderable on its own:
 
-    python -m megatron_ixt.evaluation.report outputs/demo
+    python examples/demo/report.py outputs/demo
 
 It leads with the fair comparison: the compute-efficiency ratio of IXT under its best
 feedback against the *better* of two references (plain training, and plain training with
@@ -401,7 +401,7 @@ def write_report(out: Path) -> list[Path]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m megatron_ixt.evaluation.report OUTPUT_DIR", file=sys.stderr)
+        print("usage: python examples/demo/report.py OUTPUT_DIR", file=sys.stderr)
         return 2
     write_report(Path(argv[0]))
     return 0
