@@ -41,10 +41,10 @@ def main(argv=None) -> int:
     from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
     logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp32", plan.describe())
-    initialize_distributed(cfg)
+    layout = initialize_distributed(cfg)
     try:
         lock_save_folder(cfg)  # before anything writes to --save
-        state = pretrain(cfg)
+        state = pretrain(cfg, layout)
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code

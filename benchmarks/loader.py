@@ -38,6 +38,7 @@ from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig  # noqa: 
 from megatron_ixt.data.loader import training_stream  # noqa: E402
 from megatron_ixt.data.tokenizers import build_tokenizer  # noqa: E402
 from megatron_ixt.runtime import cpu_compat  # noqa: E402
+from megatron_ixt.runtime.distributed import ParallelLayout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 def waits(cfg, dataset, compute_ms: float, micro_batches: int) -> list[float]:
     """Milliseconds blocked in the stream per micro-batch (the first, which includes the
     workers' start-up, is left out)."""
-    it = training_stream(cfg, dataset, 0, "none").iterators()
+    it = training_stream(cfg, ParallelLayout.from_megatron(), dataset, 0, "none").iterators()
     out = []
     for _ in range(micro_batches + 1):
         start = time.perf_counter()

@@ -34,6 +34,14 @@ def test_every_batch_is_the_dataset_s_and_workers_change_nothing(probe):
             assert r["differ_with_workers"] == 0, (layout, r)
 
 
+def test_parallel_layout_answers_as_megatron_core(probe):
+    """The ParallelLayout the modules are given holds megatron-core's own sizes, ranks,
+    groups and stage predicates, at every layout (interleaved included) and rank."""
+    for layout, ranks in probe.items():
+        for r in ranks:
+            assert r["layout_mismatches"] == [], (layout, r)
+
+
 def test_tensor_parallel_rank_0_loads_and_broadcasts(probe):
     for layout in ("tp2_pp2", "tp2_dp2"):
         for r in probe[layout]:

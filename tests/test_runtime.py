@@ -3,6 +3,7 @@ active on CPU only, invisible outside megatron-core, and never touched on CUDA."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -50,6 +51,46 @@ def test_layout_matches_megatron_rank_order():
             assert sorted(c[kind] for c in coords) == list(range(len(group)))
 
 
+def test_layout_stage_predicates_and_checkpoint_record():
+    """Rank 5 of TP 2 x PP 2 x DP 2 with two virtual stages per rank: the last pipeline
+    stage (pp rank 1), whose second chunk only is the last of the whole pipeline."""
+    layout = ParallelLayout(world_size=8, tp=2, pp=2, vpp=2, rank=5, tp_rank=1, pp_rank=1, dp_rank=0)
+    assert layout.coordinates(5) == {"rank": 5, "tp": 1, "pp": 1, "dp": 0}
+    assert layout.num_chunks == 2 and layout.dp == 2
+    assert not layout.is_first_stage() and layout.is_last_stage()
+    assert [layout.is_last_stage(k) for k in range(2)] == [False, True]
+    assert not any(layout.is_first_stage(k) for k in range(2))
+    first = dataclasses.replace(layout, rank=1, pp_rank=0)
+    assert [first.is_first_stage(k) for k in range(2)] == [True, False]
+    assert layout.num_microbatches(global_batch_size=16, micro_batch_size=2) == 4
+    assert layout.checkpoint_record() == {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
+                                          "data_parallel_size": 2}
+    assert layout.rank_grid() == ((2, 2, 2), (1, 1, 0))
+
+
+def test_layout_from_a_one_process_world():
+    """Read from megatron-core's groups in a one-process gloo world (in a subprocess: a fresh
+    process, whatever other tests left initialised)."""
+    code = """
+import torch
+from megatron.core import parallel_state
+from megatron_ixt.runtime import cpu_compat
+from megatron_ixt.runtime.distributed import ParallelLayout, _free_port
+torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+cpu_compat.activate()
+parallel_state.initialize_model_parallel(1, 1)
+layout = ParallelLayout.from_megatron()
+assert layout == ParallelLayout(world_size=1, tp=1, pp=1), layout
+assert layout.tp_group is parallel_state.get_tensor_model_parallel_group()
+assert layout.dp_group is parallel_state.get_data_parallel_group()
+assert layout.is_first_stage() and layout.is_last_stage() and layout.num_chunks == 1
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def test_cpu_compat_refuses_cuda(monkeypatch):
     # A fresh process's state: tests that run megatron-core in this process (test_attention.py)
     # activated the layer already.
@@ -73,7 +114,10 @@ def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: calls.setdefault("pg", kw))
     monkeypatch.setattr(parallel_state, "initialize_model_parallel", lambda **kw: calls.setdefault("mp", kw))
-    monkeypatch.setattr(distributed, "seed_everything", lambda seed: None)
+    monkeypatch.setattr(distributed, "seed_everything", lambda seed, pipeline_rank=0: None)
+    # megatron-core's groups are not created (initialize_model_parallel is replaced above).
+    given = ParallelLayout(world_size=4, tp=2, pp=1, rank=3, tp_rank=1, dp_rank=1)
+    monkeypatch.setattr(ParallelLayout, "from_megatron", classmethod(lambda cls: given))
     monkeypatch.setattr(cpu_compat, "activate", lambda: pytest.fail("CPU layer activated on CUDA"))
     from megatron_ixt.runtime import kernels
 
@@ -86,7 +130,7 @@ def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
     from megatron_ixt.config import parse_config
 
     cfg, _ = parse_config(["--config", str(TINY), "--mock-data", "--tensor-model-parallel-size", "2"])
-    distributed.initialize_distributed(cfg)
+    assert distributed.initialize_distributed(cfg) is given
     assert calls["pg"]["backend"] == "nccl" and calls["device"] == 3
     assert calls["mp"]["tensor_model_parallel_size"] == 2 and calls["mp"]["distributed_timeout_minutes"] == 10
     assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"  # set before CUDA starts, as Megatron-LM requires

@@ -52,9 +52,9 @@ def load_full_model(load: str, tokenizer_overrides: dict):
                  **{k: v for k, v in tokenizer_overrides.items() if v is not None}}
     cfg = config_from_checkpoint(load, overrides)
     check_exportable(cfg.model)
-    init_inference(cfg)
+    layout = init_inference(cfg)
     tokenizer = tokenizer_from_config(cfg)
-    model = InferenceModel(cfg, tokenizer.vocab_size)
+    model = InferenceModel(cfg, tokenizer.vocab_size, layout)
     if model.chunks[0].vocab_size != common["padded_vocab_size"]:
         raise ConversionError(f"--load {load}: padded vocabulary {common['padded_vocab_size']} in the checkpoint, "
                               f"{model.chunks[0].vocab_size} from the tokenizer {tokenizer.tokenizer_type}: "

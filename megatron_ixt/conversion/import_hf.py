@@ -112,8 +112,8 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
     build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
     build.model.make_vocab_size_divisible_by = divisible_by * tensor_parallel
-    initialize_distributed(build)
-    model = build_model_chunks(build, tokenizer.vocab_size)[0]
+    layout = initialize_distributed(build)
+    model = build_model_chunks(build, layout, tokenizer.vocab_size)[0]
     assert model.vocab_size == padded, (model.vocab_size, padded)
 
     rows = hf["model.embed_tokens.weight"].shape[0]

@@ -27,10 +27,10 @@ import weakref
 from typing import Iterator, Optional, Sequence
 
 import torch
-from megatron.core import parallel_state
 
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.batch import INPUT_FIELDS, INTEGER_FIELDS, Batch, dataset_fields
+from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
 
 
@@ -98,14 +98,11 @@ def stage_fields(available: Sequence[str], first_stage: bool, last_stage: bool, 
     return tuple(f for f in available if f in needed)
 
 
-def chunk_fields(available: Sequence[str], num_chunks: int, document_masks: str) -> list[tuple[str, ...]]:
+def chunk_fields(available: Sequence[str], layout: ParallelLayout, document_masks: str) -> list[tuple[str, ...]]:
     """:func:`stage_fields` of each model chunk on this rank (one chunk without the
     interleaved schedule)."""
-    return [stage_fields(available,
-                         parallel_state.is_pipeline_first_stage(ignore_virtual=num_chunks == 1, vp_stage=k),
-                         parallel_state.is_pipeline_last_stage(ignore_virtual=num_chunks == 1, vp_stage=k),
-                         document_masks)
-            for k in range(num_chunks)]
+    stages = [k if layout.vpp else None for k in range(layout.num_chunks)]
+    return [stage_fields(available, layout.is_first_stage(k), layout.is_last_stage(k), document_masks) for k in stages]
 
 
 _open_streams: "weakref.WeakSet[MicroBatchStream]" = weakref.WeakSet()
@@ -155,15 +152,15 @@ class MicroBatchStream:
     ``None`` for each micro-batch."""
 
     def __init__(self, source: Optional[Iterator[list]], fields_per_chunk: list[tuple[str, ...]],
-                 shape: tuple[int, int]) -> None:
+                 shape: tuple[int, int], layout: ParallelLayout) -> None:
         self.source = source
         self.fields_per_chunk = fields_per_chunk
         self.fields = tuple(dict.fromkeys(f for fields in fields_per_chunk for f in fields))
         self.collate = StackFields(self.fields)
         self.shape = shape
         self.device = current_device()
-        self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
-        self.loads = bool(self.fields) and parallel_state.get_tensor_model_parallel_rank() == 0
+        self.layout = layout
+        self.loads = bool(self.fields) and layout.tp_rank == 0
         self._consumers = sum(1 for f in fields_per_chunk if f)
         self._buffer: dict[int, list] = {}  # micro-batch number -> [batch, chunks yet to take it]
         self._fetched = 0
@@ -208,11 +205,9 @@ class MicroBatchStream:
         else:
             buffers = [torch.empty((len(names), *self.shape), dtype=dtype, device=self.device)
                        for names, dtype in self.collate.groups]
-        if self.tp_size > 1:
-            group = parallel_state.get_tensor_model_parallel_group()
-            src = parallel_state.get_tensor_model_parallel_src_rank()
+        if self.layout.tp > 1:
             for buf in buffers:
-                torch.distributed.broadcast(buf, src, group=group)
+                torch.distributed.broadcast(buf, self.layout.tp_src_rank, group=self.layout.tp_group)
         fields = {}
         for (names, _), buf in zip(self.collate.groups, buffers):
             fields.update(zip(names, buf.unbind(0)))
@@ -233,12 +228,11 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: tuple = ()) -> MicroBatchStream:
-    from megatron_ixt.runtime.distributed import virtual_pipeline_size
-
+def _stream(cfg: Config, layout: ParallelLayout, dataset, batch_sampler, document_masks: str,
+            exclude: tuple = ()) -> MicroBatchStream:
     available = tuple(f for f in dataset_fields(dataset) if f not in exclude)
-    per_chunk = chunk_fields(available, virtual_pipeline_size(cfg) or 1, document_masks)
-    stream = MicroBatchStream(None, per_chunk, (cfg.training.micro_batch_size, cfg.model.seq_length))
+    per_chunk = chunk_fields(available, layout, document_masks)
+    stream = MicroBatchStream(None, per_chunk, (cfg.training.micro_batch_size, cfg.model.seq_length), layout)
     if stream.loads:
         workers = cfg.data.num_workers
         stream.source = iter(torch.utils.data.DataLoader(
@@ -252,19 +246,19 @@ def _stream(cfg: Config, dataset, batch_sampler, document_masks: str, exclude: t
     return stream
 
 
-def training_stream(cfg: Config, dataset, consumed_samples: int, document_masks: str) -> MicroBatchStream:
+def training_stream(cfg: Config, layout: ParallelLayout, dataset, consumed_samples: int,
+                    document_masks: str) -> MicroBatchStream:
     """The training micro-batches from ``consumed_samples`` on (``token_level`` is only
     reported by evaluation, so training does not move it)."""
     sampler = PretrainingSampler(len(dataset), consumed_samples, cfg.training.micro_batch_size,
-                                 parallel_state.get_data_parallel_rank(),
-                                 parallel_state.get_data_parallel_world_size())
-    return _stream(cfg, dataset, sampler, document_masks, exclude=("token_level",))
+                                 layout.dp_rank, layout.dp)
+    return _stream(cfg, layout, dataset, sampler, document_masks, exclude=("token_level",))
 
 
-def validation_stream(cfg: Config, dataset, consumed_samples: int, document_masks: str) -> MicroBatchStream:
+def validation_stream(cfg: Config, layout: ParallelLayout, dataset, consumed_samples: int,
+                      document_masks: str) -> MicroBatchStream:
     """All future evaluations' micro-batches (:class:`ValidationSampler`), from one
     persistent loader."""
     sampler = ValidationSampler(len(dataset), consumed_samples, samples_per_evaluation(cfg, len(dataset)),
-                                cfg.training.micro_batch_size, parallel_state.get_data_parallel_rank(),
-                                parallel_state.get_data_parallel_world_size())
-    return _stream(cfg, dataset, sampler, document_masks)
+                                cfg.training.micro_batch_size, layout.dp_rank, layout.dp)
+    return _stream(cfg, layout, dataset, sampler, document_masks)

@@ -17,13 +17,13 @@ import os
 from typing import Optional
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_ixt.config.cli import ConfigError, apply_overrides
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
+from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training.checkpointing import (
     TEMPLATE_FILE, checkpoint_path, checkpoint_source, load_sharded, open_checkpoint, read_common_state, read_tracker)
@@ -48,11 +48,14 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
 
 
 class InferenceModel:
-    """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes."""
+    """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes.
+    ``layout``: the one :func:`init_inference` returned (read from megatron-core's process
+    groups when not given)."""
 
-    def __init__(self, cfg: Config, vocab_size: int) -> None:
+    def __init__(self, cfg: Config, vocab_size: int, layout: Optional[ParallelLayout] = None) -> None:
         self.cfg = cfg
-        self.chunks = build_model_chunks(cfg, vocab_size)
+        self.layout = layout or ParallelLayout.from_megatron()
+        self.chunks = build_model_chunks(cfg, self.layout, vocab_size)
         for chunk in self.chunks:
             chunk.eval()
         self.iteration = self._load()
@@ -112,21 +115,20 @@ class InferenceModel:
         # The interleaved schedule needs at least PP micro-batches: run the same batch that
         # many times (each chunk gets its own iterator) and keep the first result.
         interleaved = len(self.chunks) > 1
-        n_micro = parallel_state.get_pipeline_model_parallel_world_size() if interleaved else 1
+        n_micro = self.layout.pp if interleaved else 1
         iterators = [iter([None] * n_micro) for _ in self.chunks] if interleaved else iter([None])
         outputs = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iterators, model=self.chunks,
             num_microbatches=n_micro, seq_length=s, micro_batch_size=b, forward_only=True,
             collect_non_loss_data=True,
         )
-        result = outputs[0] if parallel_state.is_pipeline_last_stage() else None
+        result = outputs[0] if self.layout.is_last_stage() else None
         return self._broadcast_from_last_stage(result)
 
     def _broadcast_from_last_stage(self, tensor: Optional[torch.Tensor]) -> torch.Tensor:
-        if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        if self.layout.pp == 1:
             return tensor
-        group = parallel_state.get_pipeline_model_parallel_group()
-        src = parallel_state.get_pipeline_model_parallel_last_rank()
+        group, src = self.layout.pp_group, self.layout.pp_last_rank
         meta = torch.zeros(4, dtype=torch.long, device=self.device)  # [ndim, sizes...]
         if tensor is not None:
             meta[0] = tensor.dim()
@@ -169,8 +171,9 @@ def prefix_template_for(model: InferenceModel, requested: Optional[str]) -> str:
     return requested
 
 
-def init_inference(cfg: Config):
-    """Process groups and seeds for an inference tool (any launcher, any layout)."""
+def init_inference(cfg: Config) -> ParallelLayout:
+    """Process groups and seeds for an inference tool (any launcher, any layout); returns
+    this rank's layout."""
     from megatron_ixt.runtime.distributed import initialize_distributed, resolve_launch_env
     from megatron_ixt.runtime.kernels import validate_for_this_machine
     from megatron_ixt.runtime.lifecycle import watch_launcher
@@ -214,6 +217,6 @@ def load_for_inference(args):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = config_from_checkpoint(args.load, overrides)
-    init_inference(cfg)
+    layout = init_inference(cfg)
     tokenizer = tokenizer_from_config(cfg)
-    return cfg, InferenceModel(cfg, tokenizer.vocab_size), tokenizer
+    return cfg, InferenceModel(cfg, tokenizer.vocab_size, layout), tokenizer

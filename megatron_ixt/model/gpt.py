@@ -12,7 +12,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import ModuleSpec, TransformerConfig
 from megatron.core.transformer.dot_product_attention import DotProductAttention
@@ -24,7 +23,7 @@ from megatron_ixt.config.schema import Config
 from megatron_ixt.model.attention import TorchCoreAttention
 from megatron_ixt.model.init import initialize_weights
 from megatron_ixt.model.norms import TorchNorm
-from megatron_ixt.runtime.distributed import virtual_pipeline_size
+from megatron_ixt.runtime.distributed import ParallelLayout, virtual_pipeline_size
 from megatron_ixt.runtime.kernels import KernelPlan, kernel_plan
 
 logger = logging.getLogger(__name__)
@@ -132,8 +131,8 @@ def _layer_spec(cfg: Config, plan: KernelPlan, config: TransformerConfig, vp_sta
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchNorm)
 
 
-def build_model_chunks(cfg: Config, vocab_size: int) -> list:
-    """One ``GPTModel`` per virtual pipeline stage on this rank, on the current device, with
+def build_model_chunks(cfg: Config, layout: ParallelLayout, vocab_size: int) -> list:
+    """One ``GPTModel`` per virtual pipeline stage on this rank (``layout``), on the current device, with
     layout-independent initial weights; under BF16 wrapped in megatron-core's
     ``Float16Module``, as Megatron-LM's ``get_model`` does (every parameter, norms included,
     in BF16; the last stage's output back in fp32)."""
@@ -148,8 +147,8 @@ def build_model_chunks(cfg: Config, vocab_size: int) -> list:
             transformer_layer_spec=_layer_spec(cfg, plan, config, stage),
             vocab_size=padded_vocab_size(vocab_size, cfg),
             max_sequence_length=cfg.model.max_position_embeddings or cfg.model.seq_length,
-            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
-            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            pre_process=layout.is_first_stage(stage),
+            post_process=layout.is_last_stage(stage),
             share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
             position_embedding_type=cfg.model.position_embedding_type,
             rotary_percent=cfg.model.rotary_percent,
@@ -159,7 +158,7 @@ def build_model_chunks(cfg: Config, vocab_size: int) -> list:
         if plan.device == "cuda":
             model.cuda(torch.cuda.current_device())
         chunks.append(model)
-    initialize_weights(chunks, cfg.training.seed, vocab_size)
+    initialize_weights(chunks, cfg.training.seed, vocab_size, layout)
     if cfg.model.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     return chunks

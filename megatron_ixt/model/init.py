@@ -20,7 +20,8 @@ import re
 import zlib
 
 import torch
-from megatron.core import parallel_state
+
+from megatron_ixt.runtime.distributed import ParallelLayout
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 _OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
@@ -47,12 +48,13 @@ def global_parameter_name(model, name: str) -> str:
     return name
 
 
-def _full_and_slice(param: torch.Tensor, name: str, std: float, seed: int, vocab_size: int, gated: bool):
+def _full_and_slice(param: torch.Tensor, name: str, std: float, seed: int, vocab_size: int, gated: bool,
+                    layout: ParallelLayout):
     """This rank's shard of the parameter's full tensor (megatron-core tags sharded
     parameters with ``tensor_model_parallel`` and ``partition_dim``)."""
     sharded = getattr(param, "tensor_model_parallel", False)
-    tp = parallel_state.get_tensor_model_parallel_world_size() if sharded else 1
-    rank = parallel_state.get_tensor_model_parallel_rank() if sharded else 0
+    tp = layout.tp if sharded else 1
+    rank = layout.tp_rank if sharded else 0
     device = param.device
     dim = param.partition_dim if sharded else 0
     full_shape = list(param.shape)
@@ -81,8 +83,9 @@ def _vocab_rows(padded: int, rest, std, seed, name, vocab_size, device) -> torch
 
 
 @torch.no_grad()
-def initialize_weights(chunks, seed: int, vocab_size: int) -> None:
-    """Overwrite every parameter of the model chunks with its layout-independent value."""
+def initialize_weights(chunks, seed: int, vocab_size: int, layout: ParallelLayout) -> None:
+    """Overwrite every parameter of the model chunks with its layout-independent value
+    (``layout``: which TP shard this rank keeps)."""
     for model in chunks:
         config = model.config
         std = config.init_method_std
@@ -95,7 +98,7 @@ def initialize_weights(chunks, seed: int, vocab_size: int) -> None:
                 value = torch.zeros_like(param, dtype=torch.float32)
             elif param.dim() >= 2:
                 scale = std / math.sqrt(2.0 * config.num_layers) if name.endswith(_OUTPUT_PROJECTIONS) else std
-                value = _full_and_slice(param, name, scale, seed, vocab_size, config.gated_linear_unit)
+                value = _full_and_slice(param, name, scale, seed, vocab_size, config.gated_linear_unit, layout)
             else:
                 raise ValueError(f"no layout-independent initialisation rule for parameter {local_name} "
                                  f"{tuple(param.shape)}; add one in megatron_ixt/model/init.py")

@@ -10,7 +10,7 @@ import os
 import random
 import re
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -64,26 +64,108 @@ def resolve_launch_env(environ: Optional[dict] = None) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class ParallelLayout:
-    """Which rank holds which (TP, PP, DP) coordinate. megatron-core orders ranks
-    ``tp-cp-ep-dp-pp``: TP varies fastest (keep it inside a node), PP slowest."""
+    """The run's parallel layout and this rank's place in it: built once, after megatron-core
+    creates its process groups (:meth:`from_megatron`), and passed to the modules that need
+    it (loop, step, loader, checkpoints, inference) instead of each asking megatron-core's
+    ``parallel_state`` again; the role of torchtitan's ``ParallelDims``. megatron-core keeps
+    owning the groups (its schedules, DDP and layers read them themselves); this object only
+    holds what it handed out.
+
+    megatron-core orders ranks ``tp-cp-ep-dp-pp``: TP varies fastest (keep it inside a node),
+    PP slowest. Built by hand (``--dry-run``'s table, tests), it describes the sizes only:
+    the rank fields are 0 and there are no groups."""
 
     world_size: int
     tp: int
     pp: int
-    vpp: Optional[int] = None
+    vpp: Optional[int] = None  # model chunks per pipeline rank (interleaved schedule), else None
+    cp: int = 1
+    # This rank's coordinates and the groups our own code uses (the TP group for the loader's
+    # broadcast, DP for the reported losses, PP for inference results).
+    rank: int = 0
+    tp_rank: int = 0
+    pp_rank: int = 0
+    dp_rank: int = 0
+    cp_rank: int = 0
+    tp_group: Any = dataclasses.field(default=None, compare=False, repr=False)
+    dp_group: Any = dataclasses.field(default=None, compare=False, repr=False)
+    pp_group: Any = dataclasses.field(default=None, compare=False, repr=False)
+    tp_src_rank: int = 0  # global rank of TP rank 0 in this rank's TP group
+    pp_last_rank: int = 0  # global rank of the last stage in this rank's PP group
+
+    @classmethod
+    def from_megatron(cls) -> "ParallelLayout":
+        """This rank's layout as megatron-core's ``initialize_model_parallel`` set it up."""
+        from megatron.core import parallel_state as ps
+
+        layout = cls(
+            world_size=torch.distributed.get_world_size(),
+            tp=ps.get_tensor_model_parallel_world_size(),
+            pp=ps.get_pipeline_model_parallel_world_size(),
+            vpp=ps.get_virtual_pipeline_model_parallel_world_size(),
+            cp=ps.get_context_parallel_world_size(),
+            rank=torch.distributed.get_rank(),
+            tp_rank=ps.get_tensor_model_parallel_rank(),
+            pp_rank=ps.get_pipeline_model_parallel_rank(),
+            dp_rank=ps.get_data_parallel_rank(),
+            cp_rank=ps.get_context_parallel_rank(),
+            tp_group=ps.get_tensor_model_parallel_group(),
+            dp_group=ps.get_data_parallel_group(),
+            pp_group=ps.get_pipeline_model_parallel_group(),
+            tp_src_rank=ps.get_tensor_model_parallel_src_rank(),
+            pp_last_rank=ps.get_pipeline_model_parallel_last_rank(),
+        )
+        if layout.dp != ps.get_data_parallel_world_size():  # e.g. expert parallelism, which we do not set up
+            raise RuntimeError(f"megatron-core's data-parallel size {ps.get_data_parallel_world_size()} is not "
+                               f"world / (TP x CP x PP) = {layout.dp}")
+        return layout
 
     @property
     def dp(self) -> int:
-        return self.world_size // (self.tp * self.pp)
+        return self.world_size // (self.tp * self.cp * self.pp)
+
+    @property
+    def num_chunks(self) -> int:
+        """Model chunks on each rank: one per virtual pipeline stage, one without interleaving."""
+        return self.vpp or 1
+
+    def is_first_stage(self, vp_stage: Optional[int] = None) -> bool:
+        """This rank holds the first pipeline stage; with ``vp_stage`` (interleaved schedule),
+        that model chunk is the first of the whole pipeline. megatron-core's
+        ``is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage)``."""
+        if vp_stage is not None and self.vpp is not None and vp_stage != 0:
+            return False
+        return self.pp_rank == 0
+
+    def is_last_stage(self, vp_stage: Optional[int] = None) -> bool:
+        """As :meth:`is_first_stage`, for the last stage."""
+        if vp_stage is not None and self.vpp is not None and vp_stage != self.vpp - 1:
+            return False
+        return self.pp_rank == self.pp - 1
+
+    def num_microbatches(self, global_batch_size: int, micro_batch_size: int) -> int:
+        """Micro-batches per DP rank and global batch."""
+        return global_batch_size // (micro_batch_size * self.dp)
+
+    def checkpoint_record(self) -> dict:
+        """The layout as a checkpoint records it (``common.pt``'s ``layout``)."""
+        return {"tensor_model_parallel_size": self.tp, "pipeline_model_parallel_size": self.pp,
+                "data_parallel_size": self.dp}
+
+    def rank_grid(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """(sizes, this rank's offsets) over (PP, TP, DP): where per-rank state (the RNG
+        states) sits in a checkpoint."""
+        return (self.pp, self.tp, self.dp), (self.pp_rank, self.tp_rank, self.dp_rank)
 
     def coordinates(self, rank: int) -> dict:
         tp_rank = rank % self.tp
-        dp_rank = (rank // self.tp) % self.dp
-        pp_rank = rank // (self.tp * self.dp)
+        dp_rank = (rank // (self.tp * self.cp)) % self.dp
+        pp_rank = rank // (self.tp * self.cp * self.dp)
         return {"rank": rank, "tp": tp_rank, "pp": pp_rank, "dp": dp_rank}
 
     def table(self) -> str:
         lines = [f"parallel layout: world {self.world_size} = TP {self.tp} x PP {self.pp} x DP {self.dp}"
+                 + (f" x CP {self.cp}" if self.cp > 1 else "")
                  + (f" (virtual pipeline stages per rank: {self.vpp})" if self.vpp else "")]
         for r in range(self.world_size):
             c = self.coordinates(r)
@@ -99,16 +181,16 @@ def virtual_pipeline_size(cfg) -> Optional[int]:
     return cfg.model.num_layers // p.pipeline_model_parallel_size // p.num_layers_per_virtual_pipeline_stage
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, pipeline_rank: int = 0) -> None:
     """Python, NumPy and torch seeds, then megatron-core's model-parallel RNG streams
     (needs the process groups: the TP stream differs per TP rank).
 
     As in Megatron-LM, each pipeline stage draws from its own streams (seed + 100 x stage),
     so stages do not share dropout masks. Initial weights do not depend on these streams:
     ``megatron_ixt.model.init`` draws them per parameter, the same at every layout."""
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import tensor_parallel
 
-    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    seed = seed + 100 * pipeline_rank
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -116,7 +198,8 @@ def seed_everything(seed: int) -> None:
 
 
 def initialize_distributed(cfg) -> ParallelLayout:
-    """Create the default process group and megatron-core's model-parallel groups.
+    """Create the default process group and megatron-core's model-parallel groups; returns
+    this rank's :class:`ParallelLayout`, the one the rest of the run is given.
 
     On CUDA: NCCL, one device per local rank, plain megatron-core. On CPU: gloo and the CPU
     compatibility layer (``megatron_ixt.runtime.cpu_compat``)."""
@@ -149,8 +232,8 @@ def initialize_distributed(cfg) -> ParallelLayout:
         virtual_pipeline_model_parallel_size=vpp,
         distributed_timeout_minutes=p.distributed_timeout_minutes,
     )
-    seed_everything(cfg.training.seed)
-    layout = ParallelLayout(launch["world_size"], p.tensor_model_parallel_size, p.pipeline_model_parallel_size, vpp)
+    layout = ParallelLayout.from_megatron()
+    seed_everything(cfg.training.seed, layout.pp_rank)
     logger.info("initialised %s (%s launch, backend %s)", layout.table().splitlines()[0], launch["source"], backend)
     return layout
 

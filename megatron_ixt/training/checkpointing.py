@@ -39,12 +39,13 @@ from typing import Optional
 import numpy as np
 import torch
 import yaml
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.runtime import lifecycle
+from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training import faults
 
@@ -200,7 +201,7 @@ def lock_save_folder(cfg: Config) -> None:
         raise ConfigError(verdict[0])
 
 
-def _rng_state() -> ShardedObject:
+def _rng_state(layout: ParallelLayout) -> ShardedObject:
     """Every rank's RNG states, as one sharded object indexed by (pp, tp, dp) rank."""
     state = {
         "random": random.getstate(),
@@ -209,12 +210,7 @@ def _rng_state() -> ShardedObject:
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
-    shape = (parallel_state.get_pipeline_model_parallel_world_size(),
-             parallel_state.get_tensor_model_parallel_world_size(),
-             parallel_state.get_data_parallel_world_size())
-    offset = (parallel_state.get_pipeline_model_parallel_rank(),
-              parallel_state.get_tensor_model_parallel_rank(),
-              parallel_state.get_data_parallel_rank())
+    shape, offset = layout.rank_grid()
     return ShardedObject("rng_state", state, shape, offset, replica_id=0)
 
 
@@ -254,17 +250,12 @@ def _padded_vocab(model) -> int:
     return _unwrap(model[0]).vocab_size
 
 
-def _layout() -> dict:
-    return {"tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
-            "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
-            "data_parallel_size": parallel_state.get_data_parallel_world_size()}
-
-
 class Saver:
     """Saves checkpoints and turns SIGTERM/SIGUSR1 into "save, then exit"."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, layout: ParallelLayout) -> None:
         self.cfg = cfg
+        self.layout = layout
         self.root = cfg.checkpoint.save
         self._signal_received: Optional[int] = None
         self._signal_time = 0.0
@@ -328,9 +319,9 @@ class Saver:
             "iteration": state.iteration,
             "train_state": {k: v for k, v in vars(state).items() if k != "history"},
             "config": self.cfg.to_dict(),
-            "layout": _layout(),
+            "layout": self.layout.checkpoint_record(),
             "padded_vocab_size": _padded_vocab(model),
-            "rng_state": _rng_state(),
+            "rng_state": _rng_state(self.layout),
             "ixt_prefix": self.prefix,
             "checkpoint_version": 1,
         })
@@ -584,7 +575,7 @@ def load_scheduler(cfg: Config, scheduler, opened: OpenedCheckpoint) -> None:
                     scheduler.max_lr, scheduler.min_lr, scheduler.lr_decay_style, scheduler.lr_decay_steps)
 
 
-def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
+def load(cfg: Config, layout: ParallelLayout, model, optimizer, scheduler, state) -> Optional[int]:
     """Restore from ``--load`` into the already built model/optimizer/scheduler/state.
     Returns the loaded iteration, or None when starting from scratch."""
     c = cfg.checkpoint
@@ -599,7 +590,7 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
         logger.warning("--load %s: no checkpoint found, training from scratch", c.load)
         return None
     path, common = opened.path, opened.common
-    same_layout = common.get("layout") == _layout()
+    same_layout = common.get("layout") == layout.checkpoint_record()
     # Weights only: --finetune, or a checkpoint without training state (Megatron-LM's, loaded
     # under --finetune only; converted from Hugging Face, which starts counting at 0).
     weights_only = c.finetune or opened.weights_only
@@ -608,7 +599,7 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
     load_rng = not (c.no_load_rng or weights_only)
     if load_rng and not same_layout:
         logger.warning("checkpoint layout %s differs from this run's %s: RNG states are not restored",
-                       common["layout"], _layout())
+                       common["layout"], layout.checkpoint_record())
         load_rng = False
 
     def extra(model_sharded: dict) -> dict:
@@ -616,7 +607,7 @@ def load(cfg: Config, model, optimizer, scheduler, state) -> Optional[int]:
         if load_optim:
             parts["optimizer"] = optimizer.sharded_state_dict(model_sharded, is_loading=True)
         if load_rng:
-            parts["rng_state"] = _rng_state()
+            parts["rng_state"] = _rng_state(layout)
         return parts
 
     if load_optim:  # refuse a changed schedule before the (slow) read of the shards

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from megatron.core import parallel_state
 
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.datasets import build_datasets
@@ -23,6 +22,7 @@ from megatron_ixt.data.loader import samples_per_evaluation, training_stream, va
 from megatron_ixt.data.tokenizers import build_tokenizer
 from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
+from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training import checkpointing
 from megatron_ixt.training.metrics import MetricsLogger
@@ -54,16 +54,16 @@ def tokenizer_from_config(cfg: Config):
                            merge_file=d.merge_file, vocab_size=cfg.model.vocab_size)
 
 
-def num_microbatches(cfg: Config) -> int:
-    dp = parallel_state.get_data_parallel_world_size()
-    return cfg.training.global_batch_size // (cfg.training.micro_batch_size * dp)
+def num_microbatches(cfg: Config, layout: ParallelLayout) -> int:
+    return layout.num_microbatches(cfg.training.global_batch_size, cfg.training.micro_batch_size)
 
 
-def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
-    """Train per ``cfg`` on the initialised process groups; returns the final state.
+def pretrain(cfg: Config, layout: ParallelLayout, datasets_fn=build_datasets) -> TrainState:
+    """Train per ``cfg`` on the initialised process groups (``layout``: this rank's place in
+    them, from ``initialize_distributed``); returns the final state.
     ``datasets_fn(cfg, tokenizer) -> (train, valid, test)`` selects the data (IXT or GPT)."""
     tokenizer = tokenizer_from_config(cfg)
-    model = build_ddp_model(cfg, tokenizer.vocab_size)
+    model = build_ddp_model(cfg, layout, tokenizer.vocab_size)
     optimizer, scheduler = build_optimizer(cfg, model)
     logger.info("model: %s parameters on this rank (TP x PP shard), padded vocabulary %d",
                 f"{count_parameters(model):,}", padded_vocab_size(tokenizer.vocab_size, cfg))
@@ -72,18 +72,18 @@ def pretrain(cfg: Config, datasets_fn=build_datasets) -> TrainState:
     # Load last: it restores the RNG states, and nothing may draw random numbers between
     # the restore and the first step, or a resumed run would diverge from an uninterrupted one.
     state = TrainState()
-    checkpointing.load(cfg, model, optimizer, scheduler, state)
-    ctx = StepContext.of(cfg, tokenizer.eod)
-    train_data = training_stream(cfg, train_ds, state.consumed_train_samples, ctx.document_masks)
+    checkpointing.load(cfg, layout, model, optimizer, scheduler, state)
+    ctx = StepContext.of(cfg, tokenizer.eod, layout)
+    train_data = training_stream(cfg, layout, train_ds, state.consumed_train_samples, ctx.document_masks)
     validation = Validation(cfg, ctx, valid_ds)
     metrics = MetricsLogger(
         cfg,
         flops_per_iteration=training_flops_per_iteration(cfg, padded_vocab_size(tokenizer.vocab_size, cfg)),
-        world_size=torch.distributed.get_world_size(),
+        world_size=layout.world_size,
         peak_tflops=device_peak_tflops(cfg),
     )
-    n_micro = num_microbatches(cfg)
-    saver = checkpointing.Saver(cfg)
+    n_micro = num_microbatches(cfg, layout)
+    saver = checkpointing.Saver(cfg, layout)
     start_time = time.time()
     exit_reason = None
 
@@ -144,9 +144,10 @@ class Validation:
         if self.samples == 0:
             return {}
         if self.data is None:
-            self.data = validation_stream(self.cfg, self.dataset, state.consumed_valid_samples, self.ctx.document_masks)
+            self.data = validation_stream(self.cfg, self.ctx.layout, self.dataset, state.consumed_valid_samples,
+                                          self.ctx.document_masks)
         iters = self.samples // self.cfg.training.global_batch_size
-        totals = evaluate(self.cfg, self.ctx, self.data, model, num_microbatches(self.cfg), iters)
+        totals = evaluate(self.cfg, self.ctx, self.data, model, num_microbatches(self.cfg, self.ctx.layout), iters)
         state.consumed_valid_samples += self.samples
         return metrics.on_eval(state.iteration, totals)
 

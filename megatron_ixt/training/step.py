@@ -15,7 +15,6 @@ from functools import partial
 from typing import Iterator, Optional
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.optimizer import optimizer as mcore_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -24,6 +23,7 @@ from megatron_ixt.data.batch import Batch
 from megatron_ixt.data.levels import NOT_ANNOTATED, NUM_LEVELS
 from megatron_ixt.data.loader import MicroBatchStream
 from megatron_ixt.model.attention import attention_inputs
+from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import kernel_plan
 from megatron_ixt.training import faults
 
@@ -50,16 +50,17 @@ def loss_func(loss_mask: torch.Tensor, report_masks: dict, output_tensor: torch.
 
 @dataclass(frozen=True)
 class StepContext:
-    """What the forward step needs besides the batch: how document boundaries reach the
-    attention kernel (the kernel plan's ``document_masks``) and the EOD token that ends a
-    document."""
+    """What a step needs besides the batch: how document boundaries reach the attention
+    kernel (the kernel plan's ``document_masks``), the EOD token that ends a document, and
+    the parallel layout (the data-parallel group the reports are summed over)."""
 
     document_masks: str
     eod: int
+    layout: ParallelLayout
 
     @staticmethod
-    def of(cfg: Config, eod: int) -> "StepContext":
-        return StepContext(kernel_plan(cfg).document_masks, eod)
+    def of(cfg: Config, eod: int, layout: ParallelLayout) -> "StepContext":
+        return StepContext(kernel_plan(cfg).document_masks, eod, layout)
 
     @property
     def packed(self) -> bool:
@@ -99,7 +100,7 @@ def forward_step(ctx: StepContext, data_iterator: Iterator[Optional[Batch]], mod
     return output, partial(loss_func, batch.loss_mask, report_masks)
 
 
-def sum_reports(reports: list[dict]) -> dict[str, torch.Tensor]:
+def sum_reports(reports: list[dict], layout: ParallelLayout) -> dict[str, torch.Tensor]:
     """Sum the ``[sum, count]`` reports of all micro-batches, then over data-parallel ranks.
     Only the last pipeline stage has reports; elsewhere this returns {}."""
     totals: dict[str, torch.Tensor] = {}
@@ -109,7 +110,7 @@ def sum_reports(reports: list[dict]) -> dict[str, torch.Tensor]:
     if totals:
         names = sorted(totals)
         flat = torch.stack([totals[n] for n in names])
-        torch.distributed.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+        torch.distributed.all_reduce(flat, group=layout.dp_group)
         totals = {n: flat[i] for i, n in enumerate(names)}
     return totals
 
@@ -167,7 +168,7 @@ def train_step(cfg: Config, ctx: StepContext, data: MicroBatchStream, num_microb
         forward_only=False,
         **ctx.schedule_shape(cfg),
     )
-    totals = sum_reports(reports)
+    totals = sum_reports(reports, ctx.layout)
     ok, grad_norm = optimizer_step(optimizer)
     if not ok:
         return StepResult(totals, None, skipped=True)
@@ -192,7 +193,7 @@ def evaluate(cfg: Config, ctx: StepContext, data: MicroBatchStream, model, num_m
             forward_only=True,
             **ctx.schedule_shape(cfg),
         )
-        for name, value in sum_reports(reports).items():
+        for name, value in sum_reports(reports, ctx.layout).items():
             totals[name] = totals.get(name, 0) + value
     for chunk in model:
         chunk.train()

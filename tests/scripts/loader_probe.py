@@ -22,6 +22,7 @@ from megatron_ixt.data.datasets import build_datasets
 from megatron_ixt.data.loader import PretrainingSampler, training_stream, validation_stream
 from megatron_ixt.data.tokenizers import build_tokenizer
 from megatron_ixt.runtime import cpu_compat
+from megatron_ixt.runtime.distributed import ParallelLayout
 
 LAYOUTS = {  # name -> (tp, pp, vpp, document masks)
     "tp2_pp2": (2, 2, None, "none"),
@@ -58,6 +59,31 @@ def read(stream, num_chunks):
     return received
 
 
+def layout_mismatches(layout: ParallelLayout) -> list[str]:
+    """Where the layout differs from what megatron-core's parallel_state answers itself."""
+    ps = parallel_state
+    want = {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size(), "vpp": ps.get_virtual_pipeline_model_parallel_world_size(),
+            "tp_rank": ps.get_tensor_model_parallel_rank(), "pp_rank": ps.get_pipeline_model_parallel_rank(),
+            "dp_rank": ps.get_data_parallel_rank(), "tp_src_rank": ps.get_tensor_model_parallel_src_rank(),
+            "pp_last_rank": ps.get_pipeline_model_parallel_last_rank()}
+    diffs = [f"{k}: {getattr(layout, k)} != {v}" for k, v in want.items() if getattr(layout, k) != v]
+    for name, group in (("tp_group", ps.get_tensor_model_parallel_group()), ("dp_group", ps.get_data_parallel_group()),
+                        ("pp_group", ps.get_pipeline_model_parallel_group())):
+        if getattr(layout, name) is not group:
+            diffs.append(f"{name} is not megatron-core's")
+    for k in range(layout.num_chunks):
+        stage = k if layout.vpp else None
+        for mine, theirs in ((layout.is_first_stage, ps.is_pipeline_first_stage),
+                             (layout.is_last_stage, ps.is_pipeline_last_stage)):
+            if mine(stage) != theirs(ignore_virtual=stage is None, vp_stage=stage):
+                diffs.append(f"{mine.__name__}({stage})")
+    expected = {"rank": layout.rank, "tp": layout.tp_rank, "pp": layout.pp_rank, "dp": layout.dp_rank}
+    if layout.coordinates(layout.rank) != expected:
+        diffs.append(f"coordinates({layout.rank}) = {layout.coordinates(layout.rank)}, megatron-core {expected}")
+    return diffs
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data-prefix", required=True)
@@ -77,10 +103,11 @@ def main():
                                "--global-batch-size", str(MICRO * 2 * 4 // (tp * pp))]
                               + (["--num-layers-per-virtual-pipeline-stage", "1", "--num-layers", "4"] if vpp else []))
         parallel_state.initialize_model_parallel(tp, pp, virtual_pipeline_model_parallel_size=vpp)
+        layout = ParallelLayout.from_megatron()
         tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=args.tokenizer_model)
         train, valid, _ = build_datasets(cfg, tokenizer)
         dataset = Counting(train)
-        stream = training_stream(cfg, dataset, 0, masks)
+        stream = training_stream(cfg, layout, dataset, 0, masks)
         received = read(stream, vpp or 1)
 
         dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
@@ -98,13 +125,13 @@ def main():
 
         # The same stream with two DataLoader worker processes, and the validation stream.
         cfg.data.num_workers = 2
-        workers_stream = training_stream(cfg, train, 0, masks)
+        workers_stream = training_stream(cfg, layout, train, 0, masks)
         with_workers = read(workers_stream, vpp or 1)
         differ_with_workers = sum(
             int((a is None) != (b is None) or (a is not None and any(
                 not torch.equal(getattr(a, f), getattr(b, f)) for f in a.present())))
             for ca, cb in zip(received, with_workers) for a, b in zip(ca, cb))
-        valid_stream = validation_stream(cfg, valid, 0, masks)
+        valid_stream = validation_stream(cfg, layout, valid, 0, masks)
         valid_fields = [sorted(b.present()) if b is not None else [] for b in
                         [next(it) for it in (valid_stream.iterators() if vpp else [valid_stream.iterators()])]]
         results[name] = {
@@ -113,6 +140,7 @@ def main():
             "dp_rank": dp_rank, "opened_loader": stream.source is not None, "samples_read": dataset.reads,
             "fields": fields, "valid_fields": valid_fields, "batches": sum(b is not None for c in received for b in c),
             "mismatches": mismatches, "differ_with_workers": differ_with_workers,
+            "layout_mismatches": layout_mismatches(layout),
         }
         for s in (stream, workers_stream, valid_stream):
             s.close()
