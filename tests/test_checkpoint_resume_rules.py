@@ -5,10 +5,12 @@ the prefix template of the training data recorded for the inference tools."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import TINY, read_metrics, run_torchrun
+from conftest import REPO, TINY, _env, read_metrics, run_torchrun
 from megatron_ixt.config import Config, ConfigError
 from megatron_ixt.training import checkpointing
 
@@ -138,3 +140,46 @@ def test_checkpoint_records_the_prefix_template(tmp_path, ixt_corpus):
     proc = run_torchrun(1, "tools/evaluate_conditioning.py", ["--load", ckpt, "--input", docs, "--seq-length", 4096],
                         check=False)
     assert proc.returncode != 0 and "--seq-length 4096: expected 3 .. 64" in proc.stderr
+
+
+# -- --load of another folder ----------------------------------------------------------------
+
+# A live run's lock on its --save folder (what pretrain_ixt.py takes), held until killed.
+LOCK_HOLDER = """
+import sys, time
+from megatron_ixt.runtime import lifecycle
+lifecycle.lock_save_folder(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_load_repairs_interrupted_saves_only_in_its_own_locked_save_folder(tmp_path):
+    # --load may name another run's folder, live and saving: its .partial folder is that
+    # run's save in flight, not debris. Only this run's --save folder, once locked, is repaired.
+    theirs = tmp_path / "theirs"
+    args = [*BASE, "--lr-decay-iters", 8]  # one schedule for every run (resumes of 2 and 3 iterations)
+    run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 2, "--save", theirs])
+    in_flight = _folder(theirs / "iter_0000004.partial", "being written")
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(theirs)], cwd=REPO, env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # Fine-tuning from their latest checkpoint into a folder of our own: theirs is only read.
+        ours = tmp_path / "ours"
+        proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 3, "--load", theirs, "--save", ours])
+        assert "loaded checkpoint" in proc.stdout and tracker(ours) == 3, proc.stdout[-3000:]
+        assert (in_flight / "common.pt").is_file(), proc.stdout[-3000:]
+        # Resuming in their folder while they hold it: refused before anything there is touched.
+        proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 3, "--load", theirs, "--save", theirs],
+                            check=False)
+        assert proc.returncode != 0 and "is in use by a running training" in proc.stderr, proc.stderr[-3000:]
+        assert (in_flight / "common.pt").is_file() and tracker(theirs) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    # Their run is gone: resuming in their folder takes the lock, then removes the leftover.
+    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 3, "--load", theirs, "--save", theirs])
+    assert "removed incomplete checkpoint" in proc.stdout and not in_flight.exists(), proc.stdout[-3000:]
+    assert tracker(theirs) == 3

@@ -149,6 +149,11 @@ def lock_save_folder(folder: str) -> str:
     return path
 
 
+def holds_save_folder(folder: str) -> bool:
+    """Whether this process holds the lock of ``folder``."""
+    return os.path.realpath(folder) in _locks
+
+
 def release_save_folder(folder: str) -> None:
     """Give the lock back before the process ends (in-process runs, tests)."""
     fd = _locks.pop(os.path.realpath(folder), None)

@@ -138,7 +138,11 @@ def recover_interrupted_saves(root: str) -> list[str]:
 
 
 def clean_partial_checkpoints(root: str) -> list[str]:
-    """Collective: rank 0 recovers from interrupted saves, then every rank waits for it."""
+    """Collective: rank 0 recovers from interrupted saves, then every rank waits for it.
+    Only in a folder whose lock this process holds (:func:`lock_save_folder`): elsewhere a
+    ``.partial`` or ``.old`` folder may be a live run's save in flight."""
+    if torch.distributed.get_rank() == 0 and not lifecycle.holds_save_folder(root):
+        raise RuntimeError(f"{root}: not locked by this run, so its interrupted saves are not its to repair")
     acted = recover_interrupted_saves(root) if torch.distributed.get_rank() == 0 else []
     torch.distributed.barrier()
     return acted
@@ -581,7 +585,11 @@ def load(cfg: Config, layout: ParallelLayout, model, optimizer, scheduler, state
     c = cfg.checkpoint
     if not c.load:
         return None
-    clean_partial_checkpoints(c.load)  # collective: every rank must reach its barrier
+    # Repair only this run's own --save folder, locked by now (pretrain_ixt.py): another
+    # --load folder may be a live run's, its .partial folder a save in flight. Reading needs
+    # no repair (checkpoint_path falls back on an interrupted re-save's .old twin).
+    if c.save and os.path.realpath(c.load) == os.path.realpath(c.save):
+        clean_partial_checkpoints(c.load)  # collective: every rank must reach its barrier
     start = time.perf_counter()
     opened = open_checkpoint(c.load, cfg, model, finetune=c.finetune)
     if opened is None:
