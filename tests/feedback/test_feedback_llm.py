@@ -143,8 +143,10 @@ def test_500_and_503_then_success(chat_server, judge):
 
 def test_timeout_then_success(chat_server, judge):
     ok = judge.completion(judge.verdict(4))
-    server = chat_server(lambda i, r: judge.Reply(ok, delay_s=1.5 if i == 0 else 0.0))
-    critic = make_critic(server, timeout_s=0.3)
+    # A read timeout far above a loaded machine's scheduling delays (the retry's instant answer
+    # once missed a 0.3 s timeout at load 9), and a first answer far slower than it.
+    server = chat_server(lambda i, r: judge.Reply(ok, delay_s=6.0 if i == 0 else 0.0))
+    critic = make_critic(server, timeout_s=2.0)
     assert critic.critique(DOC).score == 4
     assert len(server.requests) == 2
     # Gave up on the slow answer at the read timeout and retried (not a wall-clock bound).
