@@ -241,7 +241,7 @@ def main() -> int:
                  "hidden_dropout": 0.0, "attention_dropout": 0.0}
     first = Path(next(iter(runs.values())))
     cfg = config_from_checkpoint(str(first), overrides)
-    init_inference(cfg)
+    layout = init_inference(cfg)
     tokenizer = tokenizer_from_config(cfg)
     sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length,
                                max_text_tokens=args.max_text_tokens, window_template=args.window_template)
@@ -258,7 +258,7 @@ def main() -> int:
             for iteration in iterations:
                 started = time.time()
                 cfg.checkpoint.load = checkpoint_view(ckpt, iteration, Path(views))
-                model = InferenceModel(cfg, tokenizer.vocab_size)
+                model = InferenceModel(cfg, tokenizer.vocab_size, layout)
                 point = {"iteration": iteration, "tokens": iteration * tokens_per_step}
                 final = iteration == iterations[-1]
                 for cond in conditions + (FINAL_CONDITIONS[args.kind] if final else ()):

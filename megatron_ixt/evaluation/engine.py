@@ -49,12 +49,11 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
 
 class InferenceModel:
     """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes.
-    ``layout``: the one :func:`init_inference` returned (read from megatron-core's process
-    groups when not given)."""
+    ``layout``: the one :func:`init_inference` returned."""
 
-    def __init__(self, cfg: Config, vocab_size: int, layout: Optional[ParallelLayout] = None) -> None:
+    def __init__(self, cfg: Config, vocab_size: int, layout: ParallelLayout) -> None:
         self.cfg = cfg
-        self.layout = layout or ParallelLayout.from_megatron()
+        self.layout = layout
         self.chunks = build_model_chunks(cfg, self.layout, vocab_size)
         for chunk in self.chunks:
             chunk.eval()
