@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         # the text critic reads spelling, word order, coherence, repetition).
         stages.run("annotate", python_cmd("tools/annotate_feedback.py", "--input", data / "corpus.jsonl",
                                           "--output", data / "annotated.jsonl", "--critic", "auto", "--no-progress",
-                                          "--workers", 2, "--summary-json", data / "annotation_summary.json"),
+                                          "--workers", 1, "--summary-json", data / "annotation_summary.json"),
                    "critiquing every document with the offline critics (--critic auto)",
                    note=lambda _: annotate_note(data / "annotation_summary.json"))
 

@@ -9,10 +9,16 @@ thread-safe; the ones here keep no per-call state on ``self``.
 from __future__ import annotations
 
 import importlib
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
 from megatron_ixt.feedback.record import Feedback
+
+# CPython 3.11's parser and symbol-table passes are not thread-safe (cpython#106905:
+# "SystemError: AST constructor recursion depth mismatch" when two annotation workers parse
+# at once). Every critic holds this one lock around ast.parse, compile and symtable.
+COMPILER_LOCK = threading.Lock()
 
 
 class NotApplicable(Exception):

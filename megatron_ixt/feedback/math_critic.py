@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Mapping
 
-from megatron_ixt.feedback.base import Critic, NotApplicable
+from megatron_ixt.feedback.base import COMPILER_LOCK, Critic, NotApplicable
 from megatron_ixt.feedback.documents import DOMAIN_MATH
 from megatron_ixt.feedback.record import Feedback
 
@@ -61,7 +61,8 @@ def evaluate_arithmetic(expression: str) -> Fraction | None:
     """Exact value of a plain arithmetic expression, or None if it is anything else."""
     expression = expression.replace(",", "").replace("\u00d7", "*").replace("$", "")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        with COMPILER_LOCK:  # not thread-safe beside the python critic's parses (base.py)
+            tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError:
         return None
 

@@ -33,7 +33,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from megatron_ixt.feedback.base import Critic, NotApplicable
+from megatron_ixt.feedback.base import COMPILER_LOCK, Critic, NotApplicable
 from megatron_ixt.feedback.documents import DOMAIN_CODE
 from megatron_ixt.feedback.record import Feedback, clamp
 from megatron_ixt.feedback.sandbox import Limits, TestRun, run_tests
@@ -62,11 +62,6 @@ class StaticReport:
     doc_lines: int = 0  # comment lines + docstring lines
 
 
-# CPython 3.11's parser and symbol-table passes are not thread-safe (cpython#106905:
-# "AST constructor recursion depth mismatch" under concurrent annotation workers).
-_COMPILER_LOCK = threading.Lock()
-
-
 def _parse(source: str) -> tuple[ast.Module | None, str | None]:
     """(tree, None) or (None, syntax error as a sentence).
 
@@ -74,7 +69,7 @@ def _parse(source: str) -> tuple[ast.Module | None, str | None]:
     symbol-table pass (``return`` outside a function, ``nonlocal`` at module level).
     """
     try:
-        with _COMPILER_LOCK:
+        with COMPILER_LOCK:
             tree = ast.parse(source)
             compile(tree, "<document>", "exec", dont_inherit=True)
         return tree, None
@@ -90,7 +85,7 @@ def _parse(source: str) -> tuple[ast.Module | None, str | None]:
 
 def undefined_names(source: str) -> list[str]:
     """Global names the code reads but never binds (and that are not builtins), sorted."""
-    with _COMPILER_LOCK:
+    with COMPILER_LOCK:
         top = symtable.symtable(source, "<document>", "exec")
     bound: set[str] = set()
     used: set[str] = set()
