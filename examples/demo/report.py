@@ -307,7 +307,7 @@ def write_report(out: Path) -> list[Path]:
                 lines.append(f"| {label} (step {row['iteration']}) | {row['seed']} | {row['ixt_loss']:.4f} | "
                              f"{ref['final_loss']:.4f} | {fmt_ratio(ref)} |")
     # -- IXT vs the same-critique control ------------------------------------------------
-    if same_rows:
+    if any("same" in row["refs"] for row in same_rows):  # the control ran (--kinds ...,same)
         lines += ["", "### IXT against the same-critique control", "",
                   "Every document of the control carries one fixed critique of the same length "
                   "(examples/demo/same_critique_template.yaml): the prefix text without the feedback's "
