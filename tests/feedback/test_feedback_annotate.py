@@ -132,7 +132,10 @@ def test_ctrl_c_then_resume_keeps_every_document_once(tmp_path, jsonl, chat_serv
     docs = [{"id": i, "text": f"Text number {i}."} for i in range(30)]
     source = jsonl.write(tmp_path / "in.jsonl", docs)
     out = tmp_path / "out.jsonl"
-    slow = chat_server(lambda i, r: judge.Reply(judge.completion(judge.verdict(6)), delay_s=0.1))
+    # The first answers come quickly, the rest slowly: the run is still going when the test
+    # has seen 4 lines, however late a loaded machine schedules the test's polling (at 0.1 s
+    # per answer the whole run once finished before the SIGINT arrived).
+    slow = chat_server(lambda i, r: judge.Reply(judge.completion(judge.verdict(6)), delay_s=0.05 if i < 6 else 1.0))
     command = [sys.executable, str(TOOL), "--input", str(source), "--output", str(out), "--critic", "llm",
                "--model", "test-judge", "--workers", "2", "--no-progress"]
     process = subprocess.Popen(command + ["--endpoint", slow.url], stdout=subprocess.PIPE,
