@@ -133,13 +133,15 @@ def test_ctrl_c_then_resume_keeps_every_document_once(tmp_path, jsonl, chat_serv
     source = jsonl.write(tmp_path / "in.jsonl", docs)
     out = tmp_path / "out.jsonl"
     # The first answers come quickly, the rest slowly: the run is still going when the test
-    # has seen 4 lines, however late a loaded machine schedules the test's polling (at 0.1 s
-    # per answer the whole run once finished before the SIGINT arrived).
+    # has seen 4 lines, however late a loaded machine schedules the test's polling.
     slow = chat_server(lambda i, r: judge.Reply(judge.completion(judge.verdict(6)), delay_s=0.05 if i < 6 else 1.0))
     command = [sys.executable, str(TOOL), "--input", str(source), "--output", str(out), "--critic", "llm",
                "--model", "test-judge", "--workers", "2", "--no-progress"]
+    # Ctrl-C as in a terminal: a suite started in the background (`nohup make test &`) runs
+    # with SIGINT ignored, children inherit that, and Python then leaves it ignored.
     process = subprocess.Popen(command + ["--endpoint", slow.url], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 4):
         time.sleep(0.05)
