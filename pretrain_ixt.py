@@ -13,7 +13,7 @@ setup_logging()
 import logging  # noqa: E402
 
 from megatron_ixt.config import ConfigError, config_to_yaml, parse_config  # noqa: E402
-from megatron_ixt.data.errors import DataError  # noqa: E402
+from megatron_ixt.format.errors import DataError  # noqa: E402
 from megatron_ixt.runtime.distributed import (  # noqa: E402
     ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env)
 from megatron_ixt.runtime.kernels import validate_for_this_machine  # noqa: E402

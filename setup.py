@@ -7,7 +7,7 @@ setup(
     description="Megatron-core pretraining conditioned on critique feedback (Introspective Training)",
     python_requires=">=3.11",
     packages=find_packages(include=["megatron_ixt", "megatron_ixt.*"]),
-    package_data={"megatron_ixt": ["data/templates/*.yaml", "data/*.json", "feedback/prompts/*.yaml"]},
+    package_data={"megatron_ixt": ["format/templates/*.yaml", "format/*.json", "feedback/prompts/*.yaml"]},
     install_requires=[
         # Any recent torch (NGC containers bring their own); make setup installs 2.13.0.
         "torch>=2.6",

@@ -42,7 +42,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig  # n
 from megatron.core.datasets.utils import Split  # noqa: E402
 
 from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig  # noqa: E402
-from megatron_ixt.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron_ixt.tokenizers.build import build_tokenizer  # noqa: E402
 
 IXT_VARIANTS = [
     ("IXTDataset", {}),

@@ -36,7 +36,7 @@ from megatron.core import parallel_state  # noqa: E402
 from megatron_ixt.config import parse_config  # noqa: E402
 from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig  # noqa: E402
 from megatron_ixt.data.loader import training_stream  # noqa: E402
-from megatron_ixt.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron_ixt.tokenizers.build import build_tokenizer  # noqa: E402
 from megatron_ixt.runtime import cpu_compat  # noqa: E402
 from megatron_ixt.runtime.distributed import ParallelLayout  # noqa: E402
 

@@ -58,7 +58,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_ixt.data.tokenizer_training import train_sentencepiece  # noqa: E402
+from megatron_ixt.tokenizers.training import train_sentencepiece  # noqa: E402
 
 RATE_LINE = re.compile(r"Processed (\d+) documents \(([\d.]+) docs/s, ([\d.]+) MB/s")
 

@@ -316,7 +316,7 @@ def test_ixt_vs_baseline_adds_quality_prefixes_to_the_demo(quick_demo, tmp_path)
 
 
 def test_same_critique_template_renders_one_prefix_for_every_document():
-    from megatron_ixt.data.prefixes import load_template, render_prefix
+    from megatron_ixt.format.prefixes import load_template, render_prefix
 
     same = load_template(str(REPO / "examples" / "demo" / "same_critique_template.yaml"))
     ixt = load_template(str(REPO / "examples" / "demo" / "critique_template.yaml"))

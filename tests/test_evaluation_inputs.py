@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_ixt.data.levels import QualityThresholds
+from megatron_ixt.format.levels import QualityThresholds
 from megatron_ixt.evaluation.conditioning import evaluate_conditioning
 from megatron_ixt.evaluation.generation import control_prefix
 

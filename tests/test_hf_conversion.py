@@ -47,8 +47,8 @@ def _train(corpus, ckpt, layout_flags, iters=30):
 def test_export_matches_the_engine(layout, ixt_corpus, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_ixt.data.prefixes import prefix_token_ids
-    from megatron_ixt.data.tokenizers import build_tokenizer
+    from megatron_ixt.format.prefixes import prefix_token_ids
+    from megatron_ixt.tokenizers.build import build_tokenizer
 
     ckpt = tmp_path / "ckpt"
     _train(ixt_corpus, ckpt, LAYOUTS[layout])
@@ -165,7 +165,7 @@ def _tiny_llama(folder, texts):
 def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
     from megatron_ixt.config.cli import parse_config
     from megatron_ixt.data.datasets import build_datasets
-    from megatron_ixt.data.tokenizers import build_tokenizer
+    from megatron_ixt.tokenizers.build import build_tokenizer
 
     texts = [json.loads(line)["text"] for line in open(ixt_corpus["jsonl"])]
     hf_dir = tmp_path / "hf"

@@ -11,9 +11,9 @@ from megatron.core.datasets import helpers
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_ixt.data.indexed_io import read_side_file
+from megatron_ixt.format.indexed_io import read_side_file
 from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig, pack_samples, uniform_hash
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.tokenizers.build import build_tokenizer
 
 SEQ = 64
 

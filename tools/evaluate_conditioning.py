@@ -22,7 +22,7 @@ from megatron_ixt.runtime.logs import setup_logging  # noqa: E402
 setup_logging()
 
 from megatron_ixt.config.cli import ConfigError  # noqa: E402
-from megatron_ixt.data.errors import DataError  # noqa: E402
+from megatron_ixt.format.errors import DataError  # noqa: E402
 from megatron_ixt.evaluation.conditioning import evaluate_conditioning  # noqa: E402
 from megatron_ixt.evaluation.engine import (  # noqa: E402
     add_inference_args, load_for_inference, on_output_rank, prefix_template_for)

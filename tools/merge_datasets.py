@@ -6,11 +6,11 @@
 
 writes data/corpus_<key>_document.{bin,idx,ixt.npy,meta.json}, byte for byte what one
 tools/preprocess_data.py run over all the shards' inputs writes. The logic lives in
-megatron_ixt.data.merge (used by examples/slurm/preprocess_data.sbatch).
+megatron_ixt.preprocess.merge (used by examples/slurm/preprocess_data.sbatch).
 """
 import sys
 
-from megatron_ixt.data.merge import main
+from megatron_ixt.preprocess.merge import main
 
 if __name__ == "__main__":
     sys.exit(main())

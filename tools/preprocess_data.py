@@ -9,7 +9,7 @@ Megatron-LM's flags plus IXT's feedback prefixes; see docs/data.md. Example:
 
 writes out/corpus_text_document.{bin,idx} (megatron-core format), .ixt.npy (prefix length
 and quality level per sequence) and .meta.json. The logic lives in
-megatron_ixt.data.preprocess.
+megatron_ixt.preprocess.pipeline.
 """
 import sys
 import warnings
@@ -18,11 +18,11 @@ import warnings
 # needs neither, so the warning would only be noise here.
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
-from megatron_ixt.data.preprocess_args import parse_config  # noqa: E402
+from megatron_ixt.preprocess.config import parse_config  # noqa: E402
 
 if __name__ == "__main__":
     # The command line first (light imports): --help and usage errors return at once.
     config = parse_config()
-    from megatron_ixt.data.preprocess import main
+    from megatron_ixt.preprocess.pipeline import main
 
     sys.exit(main(config=config))

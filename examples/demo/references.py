@@ -23,7 +23,7 @@ RUN_KINDS = {"plain": ("none", ()), "bos": ("none", ("--prepend-bos",)), "ixt": 
 
 
 def level_of(doc: dict) -> Optional[int]:
-    from megatron_ixt.data.levels import quality_level
+    from megatron_ixt.format.levels import quality_level
 
     feedback = doc.get("feedback")
     if not feedback or feedback.get("score") is None:

@@ -175,7 +175,7 @@ def gap_by_flaw(out: Path) -> list[dict]:
 
 def critic_levels(out: Path) -> list[dict]:
     """How the critics leveled each source/variant of the corpus (the builder set none)."""
-    from megatron_ixt.data.levels import quality_level
+    from megatron_ixt.format.levels import quality_level
 
     table: dict[str, list[int]] = {}
     for doc in _read_jsonl(out / "data" / "annotated.jsonl"):

@@ -36,7 +36,7 @@ from megatron_ixt.runtime.logs import setup_logging
 
 setup_logging()
 
-from megatron_ixt.data.prefixes import prefix_token_ids  # noqa: E402
+from megatron_ixt.format.prefixes import prefix_token_ids  # noqa: E402
 from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference  # noqa: E402
 from megatron_ixt.evaluation.generation import filter_logits  # noqa: E402
 from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name  # noqa: E402

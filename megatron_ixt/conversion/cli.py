@@ -53,7 +53,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     setup_logging()
     from megatron_ixt.config.cli import ConfigError
     from megatron_ixt.conversion import ConversionError
-    from megatron_ixt.data.errors import DataError
+    from megatron_ixt.format.errors import DataError
 
     try:
         if args.to:

@@ -25,8 +25,8 @@ import logging
 import os
 
 from megatron_ixt.conversion import ConversionError
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.data.tokenizers import GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.tokenizers.build import GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer
 
 logger = logging.getLogger(__name__)
 

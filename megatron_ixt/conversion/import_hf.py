@@ -75,7 +75,7 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     from megatron.core import dist_checkpointing
 
     from megatron_ixt.config.schema import Config
-    from megatron_ixt.data.tokenizers import build_tokenizer
+    from megatron_ixt.tokenizers.build import build_tokenizer
     from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
     from megatron_ixt.runtime.distributed import initialize_distributed
     from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name

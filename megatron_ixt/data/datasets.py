@@ -62,7 +62,7 @@ def choose_dataset(cfg: Config, tokenizer):
     """Mock data, IXT datasets (every prefix has an ``.ixt.npy`` side file), or plain GPT
     datasets (none has: data preprocessed by Megatron-LM's tool)."""
     from megatron_ixt.config.cli import ConfigError
-    from megatron_ixt.data.indexed_io import SIDE_FILE_SUFFIX
+    from megatron_ixt.format.indexed_io import SIDE_FILE_SUFFIX
     from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig
 
     if cfg.data.mock_data:
@@ -93,7 +93,7 @@ def check_tokenizer_matches(prefixes: list[str], tokenizer) -> None:
     import json
 
     from megatron_ixt.config.cli import ConfigError
-    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX
 
     ours = {"vocab_size": tokenizer.vocab_size, "eod": getattr(tokenizer, "eod", None),
             "feedback_open_id": getattr(tokenizer, "feedback_open_id", None),

@@ -40,7 +40,7 @@ from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data import packing
 from megatron_ixt.data.batch import IXT_FIELDS
-from megatron_ixt.data.indexed_io import read_side_file
+from megatron_ixt.format.indexed_io import read_side_file
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
+from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
 
 CONDITIONS = ("none", "own", "best", "worst")
 BEST_CRITIQUE = "Excellent: correct, clear, idiomatic and well documented; dense with useful content."
@@ -101,8 +101,8 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
                           batch_size: int = 8, thresholds=None, progress=None) -> ConditioningResult:
     """Text-token losses of ``documents`` under the four conditions (see module docstring).
     Every sequence the model sees is at most ``seq_length`` tokens long. ``thresholds``: the
-    training data's :class:`~megatron_ixt.data.levels.QualityThresholds` (default fixed)."""
-    from megatron_ixt.data.levels import QualityThresholds
+    training data's :class:`~megatron_ixt.format.levels.QualityThresholds` (default fixed)."""
+    from megatron_ixt.format.levels import QualityThresholds
 
     thresholds = thresholds or QualityThresholds.fixed()
     result = ConditioningResult()

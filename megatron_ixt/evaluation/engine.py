@@ -82,7 +82,7 @@ class InferenceModel:
     def quality_thresholds(self):
         """The quality thresholds of the training data (quantile cut points when it used
         them; fixed fifths when it recorded none)."""
-        from megatron_ixt.data.levels import QualityThresholds
+        from megatron_ixt.format.levels import QualityThresholds
 
         recorded = (self.prefix or {}).get("quality_thresholds")
         return QualityThresholds.from_dict(recorded) if recorded else QualityThresholds.fixed()
@@ -150,7 +150,7 @@ class InferenceModel:
 def prefix_template_for(model: InferenceModel, requested: Optional[str]) -> str:
     """The prefix template to condition on: ``requested`` (``--prefix-template``), else the
     one the checkpoint records; a warning when the two differ."""
-    from megatron_ixt.data.prefixes import load_template
+    from megatron_ixt.format.prefixes import load_template
 
     recorded = model.prefix_template()
     if requested is None:

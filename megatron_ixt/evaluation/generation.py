@@ -31,7 +31,7 @@ def control_prefix(tokenizer, template: str, level: Optional[int] = None, critiq
                    thresholds=None) -> list[int]:
     """Token ids of the prefix to generate under: a quality ``level`` (1..5, default 5) and,
     for a critique template, a written ``critique`` (default: none written)."""
-    from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
+    from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
 
     level = level or 5
     kind = load_template(template).kind

@@ -26,7 +26,7 @@ the document keys, the critics' rules and the data sources.
 from megatron_ixt.feedback.annotate import ResumeError, annotate_file, is_selected
 from megatron_ixt.feedback.base import (CRITIC_NAMES, Critic, JudgeUnavailable, NotApplicable,
                                         VerdictError, build_critic, critic_class)
-from megatron_ixt.data.errors import DataError, DocumentError
+from megatron_ixt.format.errors import DataError, DocumentError
 from megatron_ixt.feedback.documents import iter_documents
 from megatron_ixt.feedback.progress import Summary
 from megatron_ixt.feedback.record import AXES, SCALE, Feedback, quality_level

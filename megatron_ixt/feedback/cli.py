@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from megatron_ixt.feedback.annotate import ResumeError, annotate_file
 from megatron_ixt.feedback.base import CRITIC_NAMES, JudgeUnavailable, build_critic
-from megatron_ixt.data.errors import DataError
+from megatron_ixt.format.errors import DataError
 
 logger = logging.getLogger("annotate_feedback")
 

@@ -1,7 +1,7 @@
 """Reading documents for the critics: ids, the text critics judge, the input check.
 
 A document is one JSON object per line in the IXT document format, which belongs to
-``megatron_ixt.data`` (``data/document.py``, contract in ``docs/DEVELOPING.md``): the same
+``megatron_ixt.format`` (``format/document.py``, contract in ``docs/DEVELOPING.md``): the same
 validator, the same error (``DocumentError``: file, line, field, what was expected), the
 same rules for blank lines (rejected) and compressed input (``.gz``, ``.zst``) as
 ``tools/preprocess_data.py``. Besides ``text`` (required), ``id``, ``domain`` and
@@ -30,9 +30,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from megatron_ixt.data.document import DocumentSpec, parse_document_line
-from megatron_ixt.data.errors import DocumentError
-from megatron_ixt.data.sources import iter_lines
+from megatron_ixt.format.document import DocumentSpec, parse_document_line
+from megatron_ixt.format.errors import DocumentError
+from megatron_ixt.format.sources import iter_lines
 
 DOMAIN_CODE = "code"
 DOMAIN_MATH = "math"
@@ -81,7 +81,7 @@ def iter_documents(paths: Iterable[str | os.PathLike]) -> Iterator[SourceDocumen
     """Parse and validate every line of the JSONL files, in order; give ids to those without.
 
     Raises ``DocumentError`` at the first bad line, ``InputError`` for a file that cannot
-    be read (both ``megatron_ixt.data.errors.DataError``).
+    be read (both ``megatron_ixt.format.errors.DataError``).
     """
     for path in paths:
         path = os.fspath(path)

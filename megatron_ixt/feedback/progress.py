@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from megatron_ixt.data.progress import format_duration
+from megatron_ixt.runtime.progress import format_duration
 from megatron_ixt.feedback.record import quality_level, record_score
 
 #: What happened to a document in a run.

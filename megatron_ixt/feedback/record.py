@@ -7,8 +7,8 @@ The record is the document format's ``feedback`` object (``docs/DEVELOPING.md``)
      "critique": "Correct and idiomatic; no docstring.",
      "judge": "python-critic/1"}
 
-The format belongs to ``megatron_ixt.data``: ``Feedback`` (``data/document.py``) and
-``quality_level`` (``data/levels.py``) are defined there once and imported here, so that a
+The format belongs to ``megatron_ixt.format``: ``Feedback`` (``format/document.py``) and
+``quality_level`` (``format/levels.py``) are defined there once and imported here, so that a
 critic's verdict and what the preprocessing tool reads are the same object with the same
 checks. Critics always write ``scale``. They write only the axes they can actually judge (a
 test runner knows about correctness, not about the writing style of prose), so ``axes`` may
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from megatron_ixt.data.document import DEFAULT_SCORE_SCALE, STANDARD_AXES, Feedback
-from megatron_ixt.data.levels import quality_level
+from megatron_ixt.format.document import DEFAULT_SCORE_SCALE, STANDARD_AXES, Feedback
+from megatron_ixt.format.levels import quality_level
 
 #: The five standard axes of the critique (ixt-method.md, "The feedback").
 AXES: tuple[str, ...] = STANDARD_AXES

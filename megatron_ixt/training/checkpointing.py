@@ -170,7 +170,7 @@ def prefix_record(cfg: Config) -> Optional[dict]:
     if cfg.data.mock_data or not cfg.data.data_path:
         return None
     from megatron_ixt.data.datasets import data_prefixes
-    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX
 
     records = []
     for prefix in data_prefixes(cfg):

@@ -19,7 +19,7 @@ import torch
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.datasets import build_datasets
 from megatron_ixt.data.loader import samples_per_evaluation, training_stream, validation_stream
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.tokenizers.build import build_tokenizer
 from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
 from megatron_ixt.runtime.distributed import ParallelLayout

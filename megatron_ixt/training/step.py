@@ -20,7 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.batch import Batch
-from megatron_ixt.data.levels import NOT_ANNOTATED, NUM_LEVELS
+from megatron_ixt.format.levels import NOT_ANNOTATED, NUM_LEVELS
 from megatron_ixt.data.loader import MicroBatchStream
 from megatron_ixt.model.attention import attention_inputs
 from megatron_ixt.runtime.distributed import ParallelLayout

@@ -95,7 +95,7 @@ def training_jsonl(data_cache, stdlib_texts) -> Path:
 @pytest.fixture(scope="session")
 def sp_model(data_cache, training_jsonl) -> str:
     """A 2k-piece lossless BPE SentencePiece model with the feedback delimiters built in."""
-    from megatron_ixt.data.tokenizer_training import train_sentencepiece
+    from megatron_ixt.tokenizers.training import train_sentencepiece
 
     return train_sentencepiece(str(training_jsonl), str(data_cache / "sp2k"), 2000, "bpe", num_threads=2)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_ixt.data.indexed_io import read_metadata
+from megatron_ixt.format.indexed_io import read_metadata
 
 from .conftest import PREPROCESS_TOOL, _run_forked, run_subprocess
 

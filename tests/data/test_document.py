@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from megatron_ixt.data.document import (
+from megatron_ixt.format.document import (
     STANDARD_AXES,
     DocumentSpec,
     CRITIC_KEYS,
@@ -15,7 +15,7 @@ from megatron_ixt.data.document import (
     parse_document_line,
     validate_document,
 )
-from megatron_ixt.data.errors import DocumentError, FieldError
+from megatron_ixt.format.errors import DocumentError, FieldError
 
 EXAMPLE = {
     "id": "humaneval/0", "domain": "code", "text": "def f(x):\n    return x\n",

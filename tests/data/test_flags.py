@@ -11,8 +11,8 @@ import pytest
 
 from megatron_ixt.config.flags import add_dataclass_arguments
 from megatron_ixt.config.schema import arg
-from megatron_ixt.data.prefixes import DEFAULT_PREFIX_TEMPLATE
-from megatron_ixt.data.preprocess_args import PreprocessConfig, build_parser, parse_config
+from megatron_ixt.format.prefixes import DEFAULT_PREFIX_TEMPLATE
+from megatron_ixt.preprocess.config import PreprocessConfig, build_parser, parse_config
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from megatron_ixt.data.indexed_io import DatasetWriter, Shard, read_side_file, write_shard_bin
+from megatron_ixt.format.indexed_io import DatasetWriter, Shard, read_side_file, write_shard_bin
 
 
 def random_documents(rng, n, dtype):
@@ -76,7 +76,7 @@ def test_dtype_table_is_megatron_cores():
     """indexed_io reproduces megatron-core's DType without importing it (fast start-up)."""
     from megatron.core.datasets.indexed_dataset import DType
 
-    from megatron_ixt.data.indexed_io import DTYPE_CODES, dtype_code, token_dtype
+    from megatron_ixt.format.indexed_io import DTYPE_CODES, dtype_code, token_dtype
 
     assert DTYPE_CODES == {getattr(np, d.name): d.value for d in DType}
     for numpy_type in DTYPE_CODES:
@@ -89,7 +89,7 @@ def test_dtype_table_is_megatron_cores():
 def test_append_dataset_matches_add_index_in_small_pieces(tmp_path, dtype, monkeypatch):
     """The merge path (finished datasets through memory maps, written piece by piece) gives
     IndexedDatasetBuilder.add_index's bytes; a tiny PIECE exercises every piece boundary."""
-    import megatron_ixt.data.indexed_io as indexed_io
+    import megatron_ixt.format.indexed_io as indexed_io
 
     monkeypatch.setattr(indexed_io, "PIECE", 7)
     rng = np.random.default_rng(1)
@@ -116,7 +116,7 @@ def test_append_dataset_matches_add_index_in_small_pieces(tmp_path, dtype, monke
 
 
 def test_append_dataset_refuses_damaged_shards(tmp_path):
-    from megatron_ixt.data.indexed_io import read_index
+    from megatron_ixt.format.indexed_io import read_index
 
     rng = np.random.default_rng(2)
     writer = DatasetWriter(str(tmp_path / "a.bin"), str(tmp_path / "a.idx"), str(tmp_path / "a.ixt.npy"), np.uint16)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_ixt.data.indexed_io import read_metadata, read_side_file
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.format.indexed_io import read_metadata, read_side_file
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.tokenizers.build import build_tokenizer
 
 from .conftest import annotated_documents, write_jsonl
 from .test_preprocess import check_layout, reference_dataset
@@ -44,8 +44,8 @@ def test_megatron_lm_command_line_with_a_plain_sentencepiece_model(
 
 
 def test_plain_sentencepiece_model_on_an_annotated_corpus(tmp_path, sp_model_without_delimiters, stdlib_texts):
-    from megatron_ixt.data.preprocess import run_preprocess
-    from megatron_ixt.data.preprocess_args import parse_config
+    from megatron_ixt.preprocess.pipeline import run_preprocess
+    from megatron_ixt.preprocess.config import parse_config
 
     docs = annotated_documents(stdlib_texts[:200])
     source = write_jsonl(tmp_path / "docs.jsonl", docs)
@@ -57,7 +57,7 @@ def test_plain_sentencepiece_model_on_an_annotated_corpus(tmp_path, sp_model_wit
     # Default SentencePiece normalization is lossy on code whitespace: check ids, not text.
     dataset = IndexedDataset(prefix)
     side = read_side_file(prefix)
-    from megatron_ixt.data.prefixes import prefix_token_ids
+    from megatron_ixt.format.prefixes import prefix_token_ids
 
     for i, doc in enumerate(docs):
         tokens = dataset[i].tolist()
@@ -85,8 +85,8 @@ FAMILIES = ["sentencepiece-builtin", "sentencepiece-appended", "huggingface-buil
 def test_no_forged_delimiters(family, tmp_path, request, stdlib_texts):
     """Documents and critiques that quote the delimiters: the only delimiter ids in the
     output are the two around each template prefix; the quoted strings come back as text."""
-    from megatron_ixt.data.preprocess import run_preprocess
-    from megatron_ixt.data.preprocess_args import parse_config
+    from megatron_ixt.preprocess.pipeline import run_preprocess
+    from megatron_ixt.preprocess.config import parse_config
 
     fixtures = [request.getfixturevalue(n) for n in ("sp_model", "sp_model_without_delimiters", "hf_tokenizer_json",
                                                      "hf_tokenizer_without_delimiters", "gpt2_files")]
@@ -152,8 +152,8 @@ def test_vocabulary_that_reaches_a_delimiter_is_still_not_forged(tmp_path):
 def test_training_refuses_a_dataset_of_another_tokenizer(tmp_path, sp_model, sp_model_without_delimiters, stdlib_texts):
     from megatron_ixt.config.cli import ConfigError
     from megatron_ixt.data.datasets import check_tokenizer_matches
-    from megatron_ixt.data.preprocess import run_preprocess
-    from megatron_ixt.data.preprocess_args import parse_config
+    from megatron_ixt.preprocess.pipeline import run_preprocess
+    from megatron_ixt.preprocess.config import parse_config
 
     source = write_jsonl(tmp_path / "docs.jsonl", annotated_documents(stdlib_texts[:20]))
     run_preprocess(parse_config(["--input", str(source), "--output-prefix", str(tmp_path / "d"), "--tokenizer-type",

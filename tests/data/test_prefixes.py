@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_ixt.data.document import Feedback
-from megatron_ixt.data.levels import QualityThresholds, quality_level
-from megatron_ixt.data.prefixes import (
+from megatron_ixt.format.document import Feedback
+from megatron_ixt.format.levels import QualityThresholds, quality_level
+from megatron_ixt.format.prefixes import (
     builtin_templates,
     feedback_for_level,
     load_template,
     prefix_token_ids,
     render_prefix,
 )
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.tokenizers.build import build_tokenizer
 
 FEEDBACK = {
     "score": 7.5, "scale": [0, 10],

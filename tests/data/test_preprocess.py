@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from megatron_ixt.data.document import Feedback
-from megatron_ixt.data.indexed_io import read_metadata, read_side_file
-from megatron_ixt.data.levels import QualityThresholds
-from megatron_ixt.data.prefixes import prefix_token_ids
-from megatron_ixt.data.preprocess import run_preprocess
-from megatron_ixt.data.preprocess_args import parse_config
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.format.document import Feedback
+from megatron_ixt.format.indexed_io import read_metadata, read_side_file
+from megatron_ixt.format.levels import QualityThresholds
+from megatron_ixt.format.prefixes import prefix_token_ids
+from megatron_ixt.preprocess.pipeline import run_preprocess
+from megatron_ixt.preprocess.config import parse_config
+from megatron_ixt.tokenizers.build import build_tokenizer
 
 from .conftest import annotated_documents, write_jsonl
 

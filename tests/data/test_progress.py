@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from megatron_ixt.data.progress import Progress
+from megatron_ixt.runtime.progress import Progress
 
 
 class _Terminal(io.StringIO):

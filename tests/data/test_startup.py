@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_ixt.data.tokenizer_base import LegacyTokenizerBase
+from megatron_ixt.tokenizers.base import LegacyTokenizerBase
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_TOOLS = ("preprocess_data", "train_tokenizer", "annotate_feedback", "merge_datasets", "checkpoint_info")

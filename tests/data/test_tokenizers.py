@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megatron_ixt.data.errors import TokenizerError
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.data.tokenizers import (
+from megatron_ixt.format.errors import TokenizerError
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.tokenizers.build import (
     GPT2BPETokenizer,
     HuggingFaceTokenizer,
     NullTokenizer,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.data.tokenizer_training import split_for_training
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.tokenizers.training import split_for_training
+from megatron_ixt.tokenizers.build import build_tokenizer
 
 from .conftest import TRAIN_TOOL, run_subprocess, write_jsonl
 

@@ -19,7 +19,7 @@ from corpus.builder import write_atomically
 from corpus.mutations import KINDS, mutate
 from corpus.prose import clean_rst
 from corpus.stdlib_code import chunk_module, stdlib_files, stdlib_root
-from megatron_ixt.data.document import validate_document
+from megatron_ixt.format.document import validate_document
 
 REPO = Path(__file__).resolve().parents[2]
 

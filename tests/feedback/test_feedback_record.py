@@ -19,7 +19,7 @@ def test_quality_levels_follow_the_contract():
 
 
 def test_one_definition_shared_with_the_data_package():
-    from megatron_ixt.data import document, levels
+    from megatron_ixt.format import document, levels
 
     assert quality_level is levels.quality_level and Feedback is document.Feedback
     assert AXES == document.STANDARD_AXES

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from megatron_ixt.data.prefixes import prefix_token_ids
+from megatron_ixt.format.prefixes import prefix_token_ids
 from megatron_ixt.evaluation.engine import add_inference_args, load_for_inference, on_output_rank
 from megatron_ixt.evaluation.generation import SamplingConfig, generate_ids
 from megatron_ixt.runtime.distributed import destroy_distributed

@@ -20,7 +20,7 @@ from megatron.core import parallel_state
 from megatron_ixt.config import parse_config
 from megatron_ixt.data.datasets import build_datasets
 from megatron_ixt.data.loader import PretrainingSampler, training_stream, validation_stream
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.tokenizers.build import build_tokenizer
 from megatron_ixt.runtime import cpu_compat
 from megatron_ixt.runtime.distributed import ParallelLayout
 

@@ -49,11 +49,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megatron_ixt.data.errors import TokenizerError
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.format.errors import TokenizerError
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 # megatron-core's legacy tokenizer interface without importing megatron-core (start-up time).
-from megatron_ixt.data.tokenizer_base import TOKENIZER_TYPES
-from megatron_ixt.data.tokenizer_base import LegacyTokenizerBase as _MegatronBase
+from megatron_ixt.tokenizers.base import TOKENIZER_TYPES
+from megatron_ixt.tokenizers.base import LegacyTokenizerBase as _MegatronBase
 
 
 def _sha256_of_files(paths: Sequence[str]) -> str:

@@ -25,10 +25,10 @@ import os
 import sys
 from typing import Iterator, Optional, Sequence
 
-from megatron_ixt.data.document import DocumentSpec, parse_document_line
-from megatron_ixt.data.errors import DataError
-from megatron_ixt.data.sources import LineBatchReader, expand_inputs
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.format.document import DocumentSpec, parse_document_line
+from megatron_ixt.format.errors import DataError
+from megatron_ixt.format.sources import LineBatchReader, expand_inputs
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 
 logger = logging.getLogger(__name__)
 

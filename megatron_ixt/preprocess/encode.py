@@ -20,14 +20,14 @@ from typing import Optional
 
 import numpy as np
 
-from megatron_ixt.data.document import Document, DocumentSpec, parse_document_line
-from megatron_ixt.data.errors import DocumentError
-from megatron_ixt.data.indexed_io import Shard, write_shard_bin
-from megatron_ixt.data.levels import NUM_LEVELS, QualityThresholds
-from megatron_ixt.data.prefixes import load_template
-from megatron_ixt.data.sources import LineBatch
-from megatron_ixt.data.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.data.tokenizers import NullTokenizer, build_tokenizer
+from megatron_ixt.format.document import Document, DocumentSpec, parse_document_line
+from megatron_ixt.format.errors import DocumentError
+from megatron_ixt.format.indexed_io import Shard, write_shard_bin
+from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
+from megatron_ixt.format.prefixes import load_template
+from megatron_ixt.format.sources import LineBatch
+from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
+from megatron_ixt.tokenizers.build import NullTokenizer, build_tokenizer
 
 MAX_REPORTED_ERRORS = 10
 """How many skipped lines are listed (all are counted)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from megatron_ixt.data.errors import DocumentError, FieldError
+from megatron_ixt.format.errors import DocumentError, FieldError
 
 SCHEMA_PATH = Path(__file__).with_name("document.schema.json")
 """The JSON Schema (draft 2020-12) of one document line."""
@@ -148,7 +148,7 @@ class Feedback:
     @property
     def level(self) -> int:
         """The fixed-threshold quality level 1..5 (`levels.quality_level`)."""
-        from megatron_ixt.data.levels import quality_level
+        from megatron_ixt.format.levels import quality_level
 
         if self.score is None:
             raise ValueError("this feedback has no score")

@@ -1,6 +1,6 @@
 """Feedback -> prefix text, by a named, versioned template.
 
-Templates are data: YAML files in `megatron_ixt/data/templates/` (`critique`, `quality`,
+Templates are data: YAML files in `megatron_ixt/format/templates/` (`critique`, `quality`,
 `none`), or any YAML file of the same shape given by path. Each has a `name`, a `version`
 (recorded in the `.meta.json` of every preprocessed dataset) and a `kind`:
 
@@ -27,8 +27,8 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
-from megatron_ixt.data.document import STANDARD_AXES, Feedback
-from megatron_ixt.data.levels import NUM_LEVELS, QualityThresholds
+from megatron_ixt.format.document import STANDARD_AXES, Feedback
+from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 """Where the built-in templates live."""
@@ -268,7 +268,7 @@ def prefix_token_ids(
 ) -> list[int]:
     """Token ids of the whole prefix: `[<|feedback|>] + tokens(prefix text) + [<|/feedback|>]`.
 
-    Empty for the `none` template. `tokenizer` is one of `megatron_ixt.data.tokenizers`
+    Empty for the `none` template. `tokenizer` is one of `megatron_ixt.tokenizers.build`
     (it provides `feedback_open_id` / `feedback_close_id`). These are exactly the ids that
     preprocessing puts before a document's text tokens.
     """

@@ -3,7 +3,7 @@
 megatron-core's legacy base (`megatron.core.datasets.megatron_tokenizer.MegatronLegacyTokenizer`)
 lives behind `megatron.core`'s package import, which pulls in torch and most of the library
 (about 5 s). Preprocessing, tokenizer training and the SLURM shards need none of that, so
-`megatron_ixt.data.tokenizers` subclasses this light copy of the interface instead.
+`megatron_ixt.tokenizers.build` subclasses this light copy of the interface instead.
 megatron-core only duck-types its tokenizer (`GPTDataset` reads `eod`, `vocab_size`,
 `unique_identifiers`; nothing checks the class), and this base gives the same attributes,
 the same `unique_identifiers` / `unique_description` (so dataset cache hashes do not change)

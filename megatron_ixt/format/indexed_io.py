@@ -14,7 +14,7 @@ numpy scalars, and copies each shard's `.bin` with `os.sendfile` (no pass throug
 Memory therefore grows only with the index arrays, never with the token data.
 
 `DatasetWriter.append_dataset` appends a whole finished dataset (a SLURM shard; see
-`megatron_ixt.data.merge`) the same way, through memory maps of its files, written in
+`megatron_ixt.preprocess.merge`) the same way, through memory maps of its files, written in
 pieces of `PIECE` elements: a merge runs in constant memory, whatever the number of
 documents.
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence, Union
 
-from megatron_ixt.data.errors import InputError
+from megatron_ixt.format.errors import InputError
 
 
 def expand_inputs(spec: Union[str, Sequence[str]]) -> list[str]:

@@ -36,8 +36,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from megatron_ixt.data.errors import DataError
-from megatron_ixt.data.progress import format_duration
+from megatron_ixt.format.errors import DataError
+from megatron_ixt.runtime.progress import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def dataset_prefix(output_prefix: str, key: str) -> str:
 
 
 def json_keys_of(shard_prefix: str) -> list[str]:
-    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX
     metas = sorted(glob.glob(glob.escape(shard_prefix) + "_*_document" + META_FILE_SUFFIX))
     if not metas:
         raise DataError(f"{shard_prefix}: no *_document{META_FILE_SUFFIX} found "
@@ -87,7 +87,7 @@ def merged_metadata(metas: list[dict], shard_prefixes: Sequence[str], command: s
 
 
 def _merge_key(shards: list[str], out: str, command: str) -> dict:
-    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, DatasetWriter, read_metadata
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, DatasetWriter, read_metadata
     metas = [read_metadata(p) for p in shards]
     for p, meta in zip(shards[1:], metas[1:]):
         differ = [f for f in MUST_AGREE if meta.get(f) != metas[0].get(f)]
@@ -120,7 +120,7 @@ def merge_datasets(shard_prefixes: Sequence[str], output_prefix: str,
     order, into `output_prefix`; returns each json key's metadata. `DataError` on shards
     that are missing, damaged or preprocessed differently; then nothing is written."""
     # Imported here (and in the helpers): numpy is not needed for `--help`.
-    from megatron_ixt.data.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX
     if not shard_prefixes:
         raise DataError("no shards to merge")
     command = command if command is not None else " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])

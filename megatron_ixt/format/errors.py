@@ -22,7 +22,7 @@ class DataError(Exception):
 class FieldError(DataError, ValueError):
     """A value that does not match the document format, without file and line.
 
-    Raised by the validators in `megatron_ixt.data.document`; `DocumentError` adds the
+    Raised by the validators in `megatron_ixt.format.document`; `DocumentError` adds the
     location. Evaluation code that validates a hand-written feedback dict sees this one.
     """
 

@@ -17,8 +17,8 @@ from typing import Optional
 
 from megatron_ixt.config.flags import add_dataclass_arguments
 from megatron_ixt.config.schema import arg
-from megatron_ixt.data.prefixes import DEFAULT_PREFIX_TEMPLATE
-from megatron_ixt.data.tokenizer_base import TOKENIZER_TYPES
+from megatron_ixt.format.prefixes import DEFAULT_PREFIX_TEMPLATE
+from megatron_ixt.tokenizers.base import TOKENIZER_TYPES
 
 
 def _required(help: str, choices: Optional[tuple] = None):

@@ -37,8 +37,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from megatron_ixt.data.document import DocumentSpec
-from megatron_ixt.data.encode import (
+from megatron_ixt.format.document import DocumentSpec
+from megatron_ixt.preprocess.encode import (
     BatchResult,
     EncodeSettings,
     KeyStats,
@@ -47,16 +47,16 @@ from megatron_ixt.data.encode import (
     init_worker,
     scores_in_worker,
 )
-from megatron_ixt.data.errors import DataError, InputError, OutputError, TokenizerError
-from megatron_ixt.data.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, DatasetWriter, token_dtype
-from megatron_ixt.data.levels import NUM_LEVELS, QualityThresholds
-from megatron_ixt.data.prefixes import feedback_for_level, load_template, prefix_token_ids
-from megatron_ixt.data.preprocess_args import PreprocessConfig, parse_config
-from megatron_ixt.data.progress import Progress, format_duration
-from megatron_ixt.data.sources import LineBatchReader, expand_inputs
-from megatron_ixt.data.tokenizers import build_tokenizer
+from megatron_ixt.format.errors import DataError, InputError, OutputError, TokenizerError
+from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, DatasetWriter, token_dtype
+from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
+from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
+from megatron_ixt.preprocess.config import PreprocessConfig, parse_config
+from megatron_ixt.runtime.progress import Progress, format_duration
+from megatron_ixt.format.sources import LineBatchReader, expand_inputs
+from megatron_ixt.tokenizers.build import build_tokenizer
 
-logger = logging.getLogger("megatron_ixt.data.preprocess")
+logger = logging.getLogger("megatron_ixt.preprocess.pipeline")
 
 META_FORMAT = "megatron_ixt.preprocess/1"
 

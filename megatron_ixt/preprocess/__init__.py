@@ -1,0 +1,9 @@
+"""Preprocessing: feedback-annotated JSONL -> Megatron indexed datasets.
+
+* `config` - `PreprocessConfig`, the flags of tools/preprocess_data.py;
+* `encode` - one line batch -> token ids and prefix records (runs in the worker processes);
+* `pipeline` - the ordered, parallel pipeline behind tools/preprocess_data.py;
+* `merge` - merging finished datasets (SLURM shards) in constant memory.
+
+See docs/data.md.
+"""
