@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
@@ -58,6 +59,27 @@ def data_prefixes(cfg: Config) -> list[str]:
     return paths
 
 
+def dataset_record(cfg: Config) -> Optional[dict]:
+    """The prefix template and quality thresholds of the training data, from the datasets'
+    ``.meta.json``; None for mock data, plain GPT datasets or datasets that disagree.
+    Checkpoints record it, so that the inference tools condition on the prefixes the model saw."""
+    if cfg.data.mock_data or not cfg.data.data_path:
+        return None
+    from megatron_ixt.format.indexed_io import read_metadata
+
+    records = []
+    for prefix in data_prefixes(cfg):
+        meta = read_metadata(prefix, missing_ok=True)
+        if meta is None:
+            return None  # a dataset preprocessed by Megatron-LM: no prefixes
+        records.append({"template": meta.get("template"), "quality_thresholds": meta.get("quality_thresholds")})
+    if any(r != records[0] for r in records):
+        logger.warning("the datasets of --data-path were preprocessed with different prefix templates or "
+                       "thresholds: checkpoints record none (pass --prefix-template to the inference tools)")
+        return None
+    return records[0] if records[0]["template"] else None
+
+
 def choose_dataset(cfg: Config, tokenizer):
     """Mock data, IXT datasets (every prefix has an ``.ixt.npy`` side file), or plain GPT
     datasets (none has: data preprocessed by Megatron-LM's tool)."""
@@ -90,20 +112,22 @@ def check_tokenizer_matches(prefixes: list[str], tokenizer) -> None:
     """Refuse datasets preprocessed with another tokenizer than training's: the ids their
     `.meta.json` records (vocabulary size, eod, both feedback delimiters, appended ones
     included) must be this tokenizer's. Datasets without a `.meta.json` (Megatron-LM's) pass."""
-    import json
-
     from megatron_ixt.config.cli import ConfigError
-    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX
+    from megatron_ixt.format.errors import DataError
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, read_metadata
 
     ours = {"vocab_size": tokenizer.vocab_size, "eod": getattr(tokenizer, "eod", None),
             "feedback_open_id": getattr(tokenizer, "feedback_open_id", None),
             "feedback_close_id": getattr(tokenizer, "feedback_close_id", None)}
     for prefix in prefixes:
         path = prefix + META_FILE_SUFFIX
-        if not os.path.isfile(path):
+        try:
+            meta = read_metadata(prefix, missing_ok=True)
+        except DataError as error:  # a corrupt file: a configuration error, not a traceback
+            raise ConfigError(f"--data-path: {error}") from None
+        if meta is None:
             continue
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f).get("tokenizer") or {}
+        recorded = meta.get("tokenizer") or {}
         diffs = [f"{key} {recorded[key]} (training: {value})" for key, value in ours.items()
                  if recorded.get(key) is not None and value is not None and recorded[key] != value]
         if diffs:

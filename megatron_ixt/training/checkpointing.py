@@ -26,7 +26,6 @@ one TP/PP layout loads into another (megatron-core reshards on load).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pickle
@@ -44,6 +43,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
+from megatron_ixt.data.datasets import dataset_record
 from megatron_ixt.runtime import lifecycle
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
@@ -164,29 +164,6 @@ def replace_folder(new: str, final: str, fault=lambda point: None) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def prefix_record(cfg: Config) -> Optional[dict]:
-    """The prefix template and quality thresholds of the training data, from the datasets'
-    ``.meta.json``; None for mock data, plain GPT datasets or datasets that disagree."""
-    if cfg.data.mock_data or not cfg.data.data_path:
-        return None
-    from megatron_ixt.data.datasets import data_prefixes
-    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX
-
-    records = []
-    for prefix in data_prefixes(cfg):
-        try:
-            with open(prefix + META_FILE_SUFFIX, encoding="utf-8") as f:
-                meta = json.load(f)
-        except OSError:
-            return None  # a dataset preprocessed by Megatron-LM: no prefixes
-        records.append({"template": meta.get("template"), "quality_thresholds": meta.get("quality_thresholds")})
-    if any(r != records[0] for r in records):
-        logger.warning("the datasets of --data-path were preprocessed with different prefix templates or "
-                       "thresholds: checkpoints record none (pass --prefix-template to the inference tools)")
-        return None
-    return records[0] if records[0]["template"] else None
-
-
 def lock_save_folder(cfg: Config) -> None:
     """Collective: rank 0 takes the exclusive lock of ``--save`` (one lock for the folder,
     which every node shares) before anything writes there; every rank raises the same
@@ -264,7 +241,7 @@ class Saver:
         self._signal_received: Optional[int] = None
         self._signal_time = 0.0
         self._async_queue = None
-        self.prefix = prefix_record(cfg)
+        self.prefix = dataset_record(cfg)
         if self.root:
             if torch.distributed.get_rank() == 0:
                 os.makedirs(self.root, exist_ok=True)
