@@ -31,6 +31,8 @@ from typing import Optional
 
 import numpy as np
 
+from megatron_ixt.format.errors import InputError
+
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 
 DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5,
@@ -294,9 +296,37 @@ def read_side_file(dataset_prefix: str, mmap: bool = True) -> np.ndarray:
     return array
 
 
-def read_metadata(dataset_prefix: str) -> dict:
-    """The `.meta.json` of a preprocessed dataset (tokenizer, template, thresholds, counts)."""
+def read_metadata(dataset_prefix: str, missing_ok: bool = False) -> Optional[dict]:
+    """The `.meta.json` of a preprocessed dataset (tokenizer, template, thresholds, counts):
+    the one reader of that file.
+
+    A dataset preprocessed by Megatron-LM's tool has none: then None with `missing_ok`
+    (training and checkpoints treat such data as plain), else `InputError`. An unreadable
+    or corrupt file is always an `InputError` naming it.
+    """
     import json
 
-    with open(dataset_prefix + META_FILE_SUFFIX, encoding="utf-8") as f:
-        return json.load(f)
+    path = dataset_prefix + META_FILE_SUFFIX
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise InputError(f"{path}: no such file (is {dataset_prefix} the output of tools/preprocess_data.py?)") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it: {error.strerror}") from None
+    except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def write_metadata(path: str, meta: dict) -> None:
+    """Write a `.meta.json` (the one writer; `path` is the file, often a staged one)."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
