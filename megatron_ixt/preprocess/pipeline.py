@@ -11,23 +11,20 @@ The pipeline, for `tools/preprocess_data.py`:
    (`encode.py`), which parse, validate, tokenize and write one shard per batch and key.
 4. The main process appends the shards in input order (`indexed_io.DatasetWriter`) as
    they arrive, with a bounded number of batches in flight, so memory stays flat.
-5. Everything is written under a temporary folder next to the output and renamed into
-   place only when complete (the `.idx` last): a failed run leaves no `.bin`/`.idx`.
+5. Everything is written under a staging folder next to the output and renamed into
+   place only when complete, the `.idx` last (`publish.py`, shared with the merge): a
+   failed run leaves no `.bin`/`.idx`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import gc
-import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -47,11 +44,12 @@ from megatron_ixt.preprocess.encode import (
     init_worker,
     scores_in_worker,
 )
-from megatron_ixt.format.errors import DataError, InputError, OutputError, TokenizerError
-from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, DatasetWriter, token_dtype
+from megatron_ixt.format.errors import DataError, InputError, TokenizerError
+from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, token_dtype
 from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
 from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
 from megatron_ixt.preprocess.config import PreprocessConfig, parse_config
+from megatron_ixt.preprocess.publish import StagedDatasets, dataset_prefix, provenance
 from megatron_ixt.runtime.progress import Progress, format_duration
 from megatron_ixt.format.sources import LineBatchReader, expand_inputs
 from megatron_ixt.tokenizers.build import build_tokenizer
@@ -97,11 +95,6 @@ class PreprocessSummary:
         return sum(s.tokens for s in self.stats.values())
 
 
-def dataset_prefix(output_prefix: str, key: str) -> str:
-    """`<output-prefix>_<key>_document`, as Megatron-LM names it."""
-    return f"{output_prefix}_{key}_document"
-
-
 def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     """Run the whole pipeline (module docstring). Raises `DataError` on bad input."""
     started = time.perf_counter()
@@ -120,26 +113,22 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
     if config.prepend_bos and (getattr(tokenizer, "bos", None) is None or tokenizer.bos < 0):
         raise DataError(f"--prepend-bos: the {config.tokenizer_type} tokenizer has no beginning-of-sequence token")
 
-    out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
-    work_dir = _make_work_dir(out_dir, os.path.basename(config.output_prefix))
-    try:
+    with StagedDatasets(config.output_prefix) as staged:
         settings = EncodeSettings(
             tokenizer_type=config.tokenizer_type, tokenizer_model=config.tokenizer_model,
             vocab_file=config.vocab_file, merge_file=config.merge_file, vocab_size=config.vocab_size,
             spec=DocumentSpec(tuple(config.json_keys), config.feedback_key, config.parsed_score_scale()),
             template=config.prefix_template, thresholds=QualityThresholds.fixed(),
             append_eod=config.append_eod, skip_invalid=config.skip_invalid,
-            shard_dir=work_dir, dtype=np.dtype(dataset_dtype(tokenizer)).name,
+            shard_dir=staged.folder, dtype=np.dtype(dataset_dtype(tokenizer)).name,
             prepend_bos=config.prepend_bos,
         )
         if config.quality_thresholds == "quantile":
             settings = _with_quantile_thresholds(settings, paths, config)
-        summary = _encode_all(settings, paths, config, work_dir)
+        summary = _encode_all(settings, paths, config, staged)
         summary.elapsed_s = time.perf_counter() - started
-        _write_metadata(summary, config, settings, tokenizer, template, paths, work_dir)
-        _move_into_place(summary, work_dir)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        _write_metadata(summary, config, settings, tokenizer, template, paths, staged)
+        staged.publish(summary.output_prefixes.values())
     return summary
 
 
@@ -163,14 +152,6 @@ def _check_prefix_encodable(tokenizer, template) -> None:
             f"{tokenizer.tokenizer_type} cannot encode the '{template.name}' prefix text ({error}); "
             f"use --prefix-template none with it"
         ) from None
-
-
-def _make_work_dir(out_dir: str, name: str) -> str:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f".{name}.", suffix=".ixt-tmp", dir=out_dir)
-    except OSError as error:
-        raise OutputError(f"{out_dir}: cannot write to the output folder: {error.strerror}") from None
 
 
 # -- running batches on workers ----------------------------------------------------------
@@ -254,14 +235,10 @@ def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> Encode
     return dataclasses.replace(settings, thresholds=thresholds)
 
 
-def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_dir: str) -> PreprocessSummary:
+def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, staged: StagedDatasets) -> PreprocessSummary:
     keys = settings.spec.json_keys
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in keys}
-    writers = {
-        key: DatasetWriter(*(_work_path(work_dir, prefixes[key], suffix) for suffix in (".bin", ".idx", SIDE_FILE_SUFFIX)),
-                           dtype=np.dtype(settings.dtype))
-        for key in keys
-    }
+    writers = {key: staged.writer(prefixes[key], np.dtype(settings.dtype)) for key in keys}
     summary = PreprocessSummary(output_prefixes=prefixes)
     reader = LineBatchReader(paths, max_lines=config.batch_size)
     progress = Progress("Processed", total_disk_bytes=reader.total_disk_bytes, every_docs=config.log_interval,
@@ -298,21 +275,16 @@ def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, work_
     return summary
 
 
-def _work_path(work_dir: str, prefix: str, suffix: str) -> str:
-    return os.path.join(work_dir, os.path.basename(prefix) + suffix)
+# -- metadata ----------------------------------------------------------------------------
 
 
-# -- metadata and the final rename -------------------------------------------------------
-
-
-def _write_metadata(summary, config, settings, tokenizer, template, paths, work_dir) -> None:
+def _write_metadata(summary, config, settings, tokenizer, template, paths, staged: StagedDatasets) -> None:
     tokenizer_identity = tokenizer.identity()
     for key, prefix in summary.output_prefixes.items():
         stats = summary.stats.get(key, KeyStats())
         meta = {
             "format": META_FORMAT,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "",
+            **provenance(),
             "config": dataclasses.asdict(config),
             "json_key": key,
             "json_keys": list(settings.spec.json_keys),
@@ -345,17 +317,7 @@ def _write_metadata(summary, config, settings, tokenizer, template, paths, work_
             "skipped": summary.skipped_examples,
             "elapsed_s": round(summary.elapsed_s, 3),
         }
-        with open(_work_path(work_dir, prefix, META_FILE_SUFFIX), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-
-
-def _move_into_place(summary: PreprocessSummary, work_dir: str) -> None:
-    # The .idx goes last: megatron-core needs both files, so a reader never sees a half set.
-    for suffixes in ((".bin", SIDE_FILE_SUFFIX, META_FILE_SUFFIX), (".idx",)):
-        for prefix in summary.output_prefixes.values():
-            for suffix in suffixes:
-                os.replace(_work_path(work_dir, prefix, suffix), prefix + suffix)
+        staged.write_metadata(prefix, meta)
 
 
 # -- command line -----------------------------------------------------------------------
