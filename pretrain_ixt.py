@@ -37,7 +37,8 @@ def main(argv=None) -> int:
         print(ParallelLayout(world_size, p.tensor_model_parallel_size, p.pipeline_model_parallel_size).table())
         return 0
 
-    from megatron_ixt.training.checkpointing import EXIT_CODE_PREEMPTED, lock_save_folder
+    from megatron_ixt.checkpoint.save import lock_save_folder
+    from megatron_ixt.runtime.lifecycle import EXIT_CODE_PREEMPTED
     from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
     logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp32", plan.describe())

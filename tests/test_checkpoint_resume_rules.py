@@ -12,7 +12,8 @@ import pytest
 
 from conftest import REPO, TINY, _env, read_metrics, run_torchrun
 from megatron_ixt.config import Config, ConfigError
-from megatron_ixt.training import checkpointing
+from megatron_ixt.checkpoint import files
+from megatron_ixt.checkpoint.load import check_model_compatible
 
 BASE = ["--config", TINY, "--mock-data", "--eval-interval", 0, "--log-interval", 1, "--lr-warmup-iters", 1]
 
@@ -42,19 +43,19 @@ def test_resave_interrupted_between_steps_keeps_a_complete_checkpoint(tmp_path, 
             raise Killed(at)
 
     with pytest.raises(Killed):
-        checkpointing.replace_folder(str(new), str(final), fault)
+        files.replace_folder(str(new), str(final), fault)
     # Whatever the step, the iteration is readable now (the folder or its .old twin) ...
-    readable = checkpointing.checkpoint_path(str(tmp_path), 4)
+    readable = files.checkpoint_path(str(tmp_path), 4)
     assert os.path.isfile(os.path.join(readable, "common.pt"))
     # ... and the next start leaves exactly one complete folder in place.
-    checkpointing.recover_interrupted_saves(str(tmp_path))
+    files.recover_interrupted_saves(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["iter_0000004"]
     assert (final / "common.pt").read_text() == ("old" if point == "kill-after-aside" else "new")
 
 
 def test_resave_without_fault_replaces_the_folder(tmp_path):
     final = _folder(tmp_path / "iter_0000004", "old")
-    checkpointing.replace_folder(str(_folder(tmp_path / "iter_0000004.partial", "new")), str(final))
+    files.replace_folder(str(_folder(tmp_path / "iter_0000004.partial", "new")), str(final))
     assert sorted(os.listdir(tmp_path)) == ["iter_0000004"] and (final / "common.pt").read_text() == "new"
 
 
@@ -66,9 +67,9 @@ def test_transformer_impl_mismatch_is_named():
     saved = Config().to_dict()
     saved["model"]["transformer_impl"] = "local"
     with pytest.raises(ConfigError, match="--transformer-impl: checkpoint 'local', configured 'transformer_engine'"):
-        checkpointing.check_model_compatible(saved, cfg, "checkpoint X")
+        check_model_compatible(saved, cfg, "checkpoint X")
     cfg.model.transformer_impl = "local"
-    checkpointing.check_model_compatible(saved, cfg, "checkpoint X")
+    check_model_compatible(saved, cfg, "checkpoint X")
 
 
 # -- real runs ------------------------------------------------------------------------------

@@ -11,9 +11,29 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
+
+from megatron_ixt.config.flags import add_dataclass_arguments  # noqa: E402
+from megatron_ixt.config.schema import arg  # noqa: E402
+
+
+@dataclass
+class CheckpointInfoConfig:
+    """The flags (the checkpoint folder is the one positional argument)."""
+    iteration: Optional[int] = arg(None, "inspect this iteration instead of the latest")
+    full_config: bool = arg(False, "print every configuration field")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # A positional, as before: the flag generator makes --flags only.
+    parser.add_argument("checkpoint_dir")
+    add_dataclass_arguments(parser, CheckpointInfoConfig)
+    return parser
 
 
 def folder_size(path: str) -> tuple[int, int]:
@@ -22,16 +42,13 @@ def folder_size(path: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint_dir")
-    parser.add_argument("--iteration", type=int, help="inspect this iteration instead of the latest")
-    parser.add_argument("--full-config", action="store_true", help="print every configuration field")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     # Imported only now: torch and megatron-core take seconds to import, `--help` needs neither.
-    import torch
     import yaml
 
-    from megatron_ixt.training.checkpointing import PARTIAL_SUFFIX, checkpoint_name, read_tracker
+    from megatron_ixt.checkpoint.files import PARTIAL_SUFFIX, TRACKER_FILE, checkpoint_path, read_tracker
+    from megatron_ixt.checkpoint.load import read_common_state
+    from megatron_ixt.config.cli import ConfigError
 
     root = args.checkpoint_dir
     if not os.path.isdir(root):
@@ -40,7 +57,7 @@ def main(argv=None) -> int:
     latest = read_tracker(root)
     names = sorted(n for n in os.listdir(root) if n.startswith("iter_"))
     print(f"checkpoint folder: {root}")
-    print(f"latest (latest_checkpointed_iteration.txt): {latest}")
+    print(f"latest ({TRACKER_FILE}): {latest}")
     for name in names:
         size, count = folder_size(os.path.join(root, name))
         note = "  <- incomplete save, removed at the next start" if name.endswith(PARTIAL_SUFFIX) else ""
@@ -49,8 +66,12 @@ def main(argv=None) -> int:
     if iteration is None:
         print("no complete checkpoint", file=sys.stderr)
         return 1
-    path = checkpoint_name(root, iteration)
-    common = torch.load(os.path.join(path, "common.pt"), map_location="cpu", weights_only=False)
+    path = checkpoint_path(root, iteration)
+    try:
+        common = read_common_state(path)
+    except ConfigError as error:
+        print(f"checkpoint_info.py: error: {error}", file=sys.stderr)
+        return 1
     state = common.get("train_state", {})
     layout = common["layout"]
     print(f"\ncheckpoint: {path}")

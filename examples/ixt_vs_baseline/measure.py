@@ -39,7 +39,7 @@ setup_logging()
 from megatron_ixt.format.prefixes import prefix_token_ids  # noqa: E402
 from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference  # noqa: E402
 from megatron_ixt.evaluation.generation import filter_logits  # noqa: E402
-from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name  # noqa: E402
+from megatron_ixt.checkpoint.files import TRACKER_FILE, checkpoint_name  # noqa: E402
 from megatron_ixt.training.loop import tokenizer_from_config  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")

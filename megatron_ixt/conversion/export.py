@@ -32,8 +32,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def load_full_model(load: str, tokenizer_overrides: dict):
     """(config, full megatron state dict on CPU, tokenizer) of the checkpoint in `load`,
     on an initialised single-process group."""
+    from megatron_ixt.checkpoint.files import checkpoint_name, read_tracker
+    from megatron_ixt.checkpoint.load import read_common_state
     from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference
-    from megatron_ixt.training.checkpointing import checkpoint_name, read_common_state, read_tracker
     from megatron_ixt.training.loop import tokenizer_from_config
 
     iteration = read_tracker(load)

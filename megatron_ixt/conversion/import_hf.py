@@ -74,11 +74,11 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     """Convert (module docstring); returns a summary."""
     from megatron.core import dist_checkpointing
 
+    from megatron_ixt.checkpoint import files
     from megatron_ixt.config.schema import Config
     from megatron_ixt.tokenizers.build import build_tokenizer
     from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
     from megatron_ixt.runtime.distributed import initialize_distributed
-    from megatron_ixt.training.checkpointing import TRACKER_FILE, checkpoint_name
 
     config_path = os.path.join(input_dir, "config.json")
     if not os.path.isfile(config_path):
@@ -130,8 +130,7 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     dtype = torch.bfloat16 if bf16 else torch.float32
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
 
-    final = checkpoint_name(save, 0)
-    partial = final + ".partial"
+    partial = files.partial_folder(save, 0)
     os.makedirs(partial)
     dist_checkpointing.save({
         "model": model.sharded_state_dict(),
@@ -145,11 +144,9 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
         "converted_from": {"format": "huggingface", "path": os.path.abspath(input_dir),
                            "architectures": hf_config.get("architectures")},
     }, partial)
-    with open(os.path.join(partial, "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.rename(partial, final)
-    with open(os.path.join(save, TRACKER_FILE), "w") as f:
-        f.write("0\n")
+    # Published as training publishes its saves: config.yaml, fsync, rename, then the tracker,
+    # written atomically.
+    files.publish(save, 0, cfg.to_dict())
     user_config = {"model": {k: v for k, v in cfg.to_dict()["model"].items() if k in settings or k in (
         "seq_length", "make_vocab_size_divisible_by", "bf16")},
                    "data": {"tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_path},

@@ -23,10 +23,11 @@ from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_para
 from megatron_ixt.config.cli import ConfigError, apply_overrides
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
-from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
-from megatron_ixt.training.checkpointing import (
-    TEMPLATE_FILE, checkpoint_path, checkpoint_source, load_sharded, open_checkpoint, read_common_state, read_tracker)
+from megatron_ixt.training.context import RunContext
+from megatron_ixt.checkpoint.compat import checkpoint_source
+from megatron_ixt.checkpoint.files import TEMPLATE_FILE, checkpoint_path, read_tracker
+from megatron_ixt.checkpoint.load import load_sharded, open_checkpoint, read_common_state
 
 logger = logging.getLogger("megatron_ixt")
 
@@ -49,12 +50,14 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
 
 class InferenceModel:
     """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes.
-    ``layout``: the one :func:`init_inference` returned."""
+    ``run``: the context :func:`init_inference` returned (its layout and kernel plan);
+    ``vocab_size``: default, its tokenizer's."""
 
-    def __init__(self, cfg: Config, vocab_size: int, layout: ParallelLayout) -> None:
-        self.cfg = cfg
-        self.layout = layout
-        self.chunks = build_model_chunks(cfg, self.layout, vocab_size)
+    def __init__(self, run: RunContext, vocab_size: Optional[int] = None) -> None:
+        self.cfg = run.cfg
+        self.layout = run.layout
+        vocab_size = run.tokenizer.vocab_size if vocab_size is None else vocab_size
+        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, vocab_size)
         for chunk in self.chunks:
             chunk.eval()
         self.iteration = self._load()
@@ -170,17 +173,20 @@ def prefix_template_for(model: InferenceModel, requested: Optional[str]) -> str:
     return requested
 
 
-def init_inference(cfg: Config) -> ParallelLayout:
-    """Process groups and seeds for an inference tool (any launcher, any layout); returns
-    this rank's layout."""
+def init_inference(cfg: Config) -> RunContext:
+    """The run context of an inference tool (any launcher, any layout), built once: ``cfg``
+    validated, its kernel plan, process groups and seeds (this rank's layout), and the
+    tokenizer ``cfg`` names (by default the one the checkpoint was trained with)."""
     from megatron_ixt.runtime.distributed import initialize_distributed, resolve_launch_env
     from megatron_ixt.runtime.kernels import validate_for_this_machine
     from megatron_ixt.runtime.lifecycle import watch_launcher
+    from megatron_ixt.tokenizers.build import tokenizer_from_config
 
     watch_launcher()  # under torchrun: end with the launcher
     cfg.data.mock_data = cfg.data.mock_data or not cfg.data.data_path  # inference needs no training data
-    validate_for_this_machine(cfg, resolve_launch_env()["world_size"])
-    return initialize_distributed(cfg)
+    plan = validate_for_this_machine(cfg, resolve_launch_env()["world_size"])
+    layout = initialize_distributed(cfg, plan)
+    return RunContext(cfg, layout, plan, tokenizer=tokenizer_from_config(cfg.tokenizer))
 
 
 def on_output_rank() -> bool:
@@ -206,8 +212,6 @@ def add_inference_args(parser) -> None:
 def load_for_inference(args):
     """(config, model, tokenizer) for ``args`` from :func:`add_inference_args`, on the
     initialised process groups of this launch."""
-    from megatron_ixt.training.loop import tokenizer_from_config
-
     overrides = {"tensor_model_parallel_size": args.tensor_model_parallel_size,
                  "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
                  "sequence_parallel": False, "num_layers_per_virtual_pipeline_stage": None,
@@ -216,6 +220,5 @@ def load_for_inference(args):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = config_from_checkpoint(args.load, overrides)
-    layout = init_inference(cfg)
-    tokenizer = tokenizer_from_config(cfg)
-    return cfg, InferenceModel(cfg, tokenizer.vocab_size, layout), tokenizer
+    run = init_inference(cfg)
+    return cfg, InferenceModel(run), run.tokenizer

@@ -13,6 +13,11 @@ keep saving into ``--save``, where a restart then writes too. Two guards:
   before anything is written there, refuses a second live run naming the holder (host, pid,
   start time). The kernel drops the lock when its holder dies, however it dies, so a lock
   left by a killed run never blocks a restart.
+
+And a run asked to stop saves first: :func:`handle_preemption_signals` turns SIGTERM/SIGUSR1
+into a request that the training loop sees at the end of an iteration
+(:func:`preemption_requested`); it then saves a checkpoint and exits with
+:data:`EXIT_CODE_PREEMPTED`.
 """
 
 from __future__ import annotations
@@ -39,10 +44,17 @@ EXIT_LAUNCHER_GONE = 137
 WATCH_INTERVAL_S = 0.5
 # What asks a run to save and stop: SLURM's time-limit SIGTERM (also torchrun's on shutdown)
 # and the early warning of `sbatch --signal=USR1@...`. The training process handles them
-# (training/checkpointing.py); its DataLoader workers ignore them (data/loader.py).
+# (handle_preemption_signals); its DataLoader workers ignore them (data/loader.py).
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Exit status after a signal-triggered save: "temporary failure, run me again" (EX_TEMPFAIL),
+# distinct from success (0), errors (1) and configuration errors (2).
+EXIT_CODE_PREEMPTED = 75
+# A second signal later than this after the first means "stop now"; earlier, it is a duplicate.
+REPEAT_SIGNAL_GRACE_S = 10.0
 
 _locks: dict[str, int] = {}  # save folder (real path) -> open, locked file descriptor
+# The preemption signal this process received (None: none yet) and when (time.monotonic()).
+_preemption: dict = {"signal": None, "time": 0.0}
 
 
 def launched_by_torchrun(environ: Optional[dict] = None) -> bool:
@@ -159,3 +171,46 @@ def release_save_folder(folder: str) -> None:
     fd = _locks.pop(os.path.realpath(folder), None)
     if fd is not None:
         os.close(fd)
+
+
+def handle_preemption_signals() -> None:
+    """Turn the preemption signals into "save, then exit" for this process (the training
+    process, saving into ``--save``); forgets a signal an earlier run in it received."""
+    _preemption.update(signal=None, time=0.0)
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, _on_preemption_signal)
+
+
+def _on_preemption_signal(signum, frame) -> None:
+    # Only record it: the loop finishes the current iteration, then saves and exits.
+    # A second signal means "now": a rank stuck in a collective (its peer died) must
+    # stay killable by its launcher.
+    # A repeat within a few seconds is the same request delivered twice (SLURM signals
+    # every process of a step, and a launcher may forward it again): ignore it.
+    now = time.monotonic()
+    if _preemption["signal"] is not None:
+        if now - _preemption["time"] < REPEAT_SIGNAL_GRACE_S:
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    _preemption.update(signal=signum, time=now)
+    logger.warning("received signal %d: saving a checkpoint after this iteration, then exiting", signum)
+
+
+def preemption_signal() -> Optional[int]:
+    """The preemption signal this process received, or None."""
+    return _preemption["signal"]
+
+
+def preemption_requested() -> bool:
+    """Collective: true on all ranks if any rank received a preemption signal (ranks may get
+    it at slightly different times; they must all stop at the same iteration)."""
+    # Deferred: the rest of this module needs only the standard library, and its tests
+    # start processes that import nothing heavier.
+    import torch
+
+    from megatron_ixt.runtime.kernels import current_device
+
+    flag = torch.tensor([1.0 if _preemption["signal"] else 0.0], device=current_device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from megatron_ixt.checkpoint.load import load
+from megatron_ixt.checkpoint.save import Saver
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.datasets import build_datasets
 from megatron_ixt.data.loader import samples_per_evaluation, training_stream, validation_stream
@@ -24,7 +26,6 @@ from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iter
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
-from megatron_ixt.training import checkpointing
 from megatron_ixt.training.metrics import MetricsLogger
 from megatron_ixt.training.setup import build_ddp_model, build_optimizer
 from megatron_ixt.training.step import StepContext, evaluate, train_step
@@ -72,7 +73,7 @@ def pretrain(cfg: Config, layout: ParallelLayout, datasets_fn=build_datasets) ->
     # Load last: it restores the RNG states, and nothing may draw random numbers between
     # the restore and the first step, or a resumed run would diverge from an uninterrupted one.
     state = TrainState()
-    checkpointing.load(cfg, layout, model, optimizer, scheduler, state)
+    load(cfg, layout, model, optimizer, scheduler, state)
     ctx = StepContext.of(cfg, tokenizer.eod, layout)
     train_data = training_stream(cfg, layout, train_ds, state.consumed_train_samples, ctx.document_masks)
     validation = Validation(cfg, ctx, valid_ds)
@@ -83,7 +84,7 @@ def pretrain(cfg: Config, layout: ParallelLayout, datasets_fn=build_datasets) ->
         peak_tflops=device_peak_tflops(cfg),
     )
     n_micro = num_microbatches(cfg, layout)
-    saver = checkpointing.Saver(cfg, layout)
+    saver = Saver(cfg, layout)
     start_time = time.time()
     exit_reason = None
 

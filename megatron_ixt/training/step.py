@@ -25,7 +25,7 @@ from megatron_ixt.data.loader import MicroBatchStream
 from megatron_ixt.model.attention import attention_inputs
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import kernel_plan
-from megatron_ixt.training import faults
+from megatron_ixt.runtime import faults
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
 # (IXT's prefix tokens vs. text tokens, and text trained without its prefix in view).

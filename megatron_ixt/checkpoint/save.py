@@ -1,0 +1,186 @@
+"""Saving: what a checkpoint holds, written by every rank with megatron-core's
+``dist_checkpointing`` (``torch_dist``), then published by rank 0 (``files.publish``).
+
+Because the format is sharded by tensor *names and global shapes*, a checkpoint saved with
+one TP/PP layout loads into another (megatron-core reshards on load).
+
+Every checkpoint records the prefix template and the quality thresholds of the IXT data it
+was trained on (``data.datasets.dataset_record``), so that the inference tools condition on
+the prefixes the model saw, without being told again.
+
+A preemption signal (``runtime.lifecycle``) makes the training loop save, then exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_ixt.checkpoint import files
+from megatron_ixt.config.cli import ConfigError
+from megatron_ixt.config.schema import Config
+from megatron_ixt.data.datasets import dataset_record
+from megatron_ixt.runtime import faults, lifecycle
+from megatron_ixt.runtime.distributed import ParallelLayout
+
+logger = logging.getLogger("megatron_ixt")
+
+
+def lock_save_folder(cfg: Config) -> None:
+    """Collective: rank 0 takes the exclusive lock of ``--save`` (one lock for the folder,
+    which every node shares) before anything writes there; every rank raises the same
+    :class:`ConfigError`, naming the holder, while another live run holds it."""
+    if not cfg.checkpoint.save:
+        return
+    error = None
+    if torch.distributed.get_rank() == 0:
+        try:
+            lifecycle.lock_save_folder(cfg.checkpoint.save)
+        except lifecycle.SaveFolderLocked as locked:
+            error = str(locked)
+    verdict = [error]
+    torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise ConfigError(verdict[0])
+
+
+def rng_state(layout: ParallelLayout) -> ShardedObject:
+    """Every rank's RNG states, as one sharded object indexed by (pp, tp, dp) rank."""
+    state = {
+        "random": random.getstate(),
+        "np_random": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    shape, offset = layout.rank_grid()
+    return ShardedObject("rng_state", state, shape, offset, replica_id=0)
+
+
+def unwrap(chunk):
+    """The GPTModel inside its wrappers (DDP, then Float16Module under BF16; inference tools
+    may hold bare models)."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
+def model_keys(model) -> list[str]:
+    """Keys as Megatron-LM writes them: ``model``, or ``model0``, ``model1``... per virtual stage."""
+    return ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
+
+
+def model_sharded_state_dict(model) -> dict:
+    return {key: unwrap(chunk).sharded_state_dict() for key, chunk in zip(model_keys(model), model)}
+
+
+def padded_vocab(model) -> int:
+    return unwrap(model[0]).vocab_size
+
+
+_FROM_DATA = object()  # Saver(prefix=...) not given: read the datasets' record
+
+
+class Saver:
+    """Saves checkpoints into ``--save``; while it saves there, a preemption signal asks the
+    training loop to save and exit (``runtime.lifecycle``). ``prefix`` is the record of the
+    training data (``data.datasets.dataset_record``) when the caller has it already."""
+
+    def __init__(self, cfg: Config, layout: ParallelLayout, prefix: Optional[dict] | object = _FROM_DATA) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.root = cfg.checkpoint.save
+        self._async_queue = None
+        self.prefix = dataset_record(cfg) if prefix is _FROM_DATA else prefix
+        if self.root:
+            if torch.distributed.get_rank() == 0:
+                os.makedirs(self.root, exist_ok=True)
+            files.clean_partial_checkpoints(self.root)
+            lifecycle.handle_preemption_signals()
+        if cfg.checkpoint.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._async_queue = AsyncCallsQueue()
+
+    def preemption_requested(self) -> bool:
+        """Collective: true on all ranks if any rank received a preemption signal. Never
+        without ``--save``: no handler is installed then, a signal ends the run at once."""
+        return bool(self.root) and lifecycle.preemption_requested()
+
+    @property
+    def signal_received(self) -> Optional[int]:
+        return lifecycle.preemption_signal() if self.root else None
+
+    def save(self, model, optimizer, scheduler, state) -> Optional[str]:
+        if not self.root:
+            return None
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
+        start = time.perf_counter()
+        partial = files.partial_folder(self.root, state.iteration)
+        if torch.distributed.get_rank() == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+        torch.distributed.barrier()
+
+        sharded = model_sharded_state_dict(model)
+        if optimizer is not None:
+            sharded["optimizer"] = optimizer.sharded_state_dict(sharded)
+        sharded.update({
+            "opt_param_scheduler": scheduler.state_dict(),
+            "iteration": state.iteration,
+            "train_state": {k: v for k, v in vars(state).items() if k != "history"},
+            "config": self.cfg.to_dict(),
+            "layout": self.layout.checkpoint_record(),
+            "padded_vocab_size": padded_vocab(model),
+            "rng_state": rng_state(self.layout),
+            "ixt_prefix": self.prefix,
+            "checkpoint_version": 1,
+        })
+        request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)
+
+        def publish() -> None:
+            rank = torch.distributed.get_rank()
+            faults.maybe_kill("kill-before-publish", state.iteration, rank)
+            if rank == 0:
+                template_source = ((self.prefix or {}).get("template") or {}).get("source", "")
+                final = files.publish(self.root, state.iteration, self.cfg.to_dict(), template_source,
+                                      lambda point: faults.maybe_kill(point, state.iteration, rank))
+                self._prune()
+                size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(final) for f in fs)
+                logger.info("saved checkpoint %s (%.1f MiB) in %.2f s", final, size / 2**20,
+                            time.perf_counter() - start)
+            torch.distributed.barrier()
+
+        if request is None:
+            publish()
+        else:
+            request.add_finalize_fn(publish)
+            self._async_queue.schedule_async_request(request)
+        return files.checkpoint_name(self.root, state.iteration)
+
+    def _prune(self) -> None:
+        keep = self.cfg.checkpoint.keep_last_n
+        if not keep:
+            return
+        iters = sorted(n for n in os.listdir(self.root) if n.startswith("iter_") and n[5:].isdigit())
+        for name in iters[:-keep]:
+            shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def finalize(self) -> None:
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=True)
+            self._async_queue.close()
+
+    def maybe_finalize_async(self) -> None:
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=False)
