@@ -75,7 +75,7 @@ def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int, da
     ms = statistics.median(steps)
     tokens = cfg.training.global_batch_size * cfg.model.seq_length
     # The NullTokenizer of mock data adds EOD and the two feedback delimiters to --vocab-size.
-    vocab = cfg.model.vocab_size + 3 if data == "mock" else 4000
+    vocab = cfg.tokenizer.vocab_size + 3 if data == "mock" else 4000
     flops = training_flops_per_iteration(cfg, padded_vocab_size(vocab, cfg))
     return {"layout": f"{name}/{data}", "procs": nproc, "ms_per_iter": ms, "tokens_per_s": tokens / (ms / 1000),
             "tflops_per_device": flops / (ms / 1000) / nproc / 1e12, "loss": rows[-1].get("lm loss"),

@@ -144,3 +144,33 @@ def test_one_override_function():
 def test_schedule_override_flags_exclude_each_other():
     with pytest.raises(ConfigError, match="--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler"):
         validate(_cfg("--override-opt-param-scheduler", "--use-checkpoint-opt-param-scheduler"), 1, cuda=False)
+
+
+def test_tokenizer_section_and_the_old_layouts(tmp_path):
+    cfg = _cfg("--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "tok.model")
+    assert (cfg.tokenizer.tokenizer_type, cfg.tokenizer.tokenizer_model, cfg.tokenizer.vocab_size) == (
+        "SentencePieceTokenizer", "tok.model", 509)
+    assert cfg.tokenizer.padded_vocab_size(512, 2) == 512 and cfg.tokenizer.padded_vocab_size(513, 2) == 640
+    # A YAML file written before the tokenizer had its own section: the fields under data/model.
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  tokenizer_type: GPT2BPETokenizer\n  vocab_file: v.json\n  merge_file: m.bpe\n"
+                   "model:\n  vocab_size: 100\n  make_vocab_size_divisible_by: 8\n")
+    cfg, _ = parse_config(["--config", str(old), "--mock-data"])
+    assert (cfg.tokenizer.tokenizer_type, cfg.tokenizer.vocab_file, cfg.tokenizer.merge_file) == (
+        "GPT2BPETokenizer", "v.json", "m.bpe")
+    assert (cfg.tokenizer.vocab_size, cfg.tokenizer.make_vocab_size_divisible_by) == (100, 8)
+
+
+def test_config_saved_in_the_old_layout_loads():
+    # A checkpoint's config from before the tokenizer section (tokenizer fields under data and model).
+    saved = Config().to_dict()
+    tokenizer = saved.pop("tokenizer")
+    saved["data"].update(tokenizer_type="SentencePieceTokenizer", tokenizer_model="tok.model",
+                         vocab_file=None, merge_file=None)
+    saved["model"].update(vocab_size=None, make_vocab_size_divisible_by=64, num_layers=6)
+    saved["model"]["removed_long_ago"] = 1  # a field no section holds any more is dropped
+    cfg = Config.from_dict(saved)
+    assert (cfg.tokenizer.tokenizer_type, cfg.tokenizer.tokenizer_model) == ("SentencePieceTokenizer", "tok.model")
+    assert cfg.tokenizer.make_vocab_size_divisible_by == 64 and cfg.model.num_layers == 6
+    assert not hasattr(cfg.model, "removed_long_ago") and set(tokenizer) == set(cfg.to_dict()["tokenizer"])
+    assert Config.from_dict(cfg.to_dict()) == cfg

@@ -40,7 +40,7 @@ from megatron_ixt.format.prefixes import prefix_token_ids  # noqa: E402
 from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference  # noqa: E402
 from megatron_ixt.evaluation.generation import filter_logits  # noqa: E402
 from megatron_ixt.checkpoint.files import TRACKER_FILE, checkpoint_name  # noqa: E402
-from megatron_ixt.training.loop import tokenizer_from_config  # noqa: E402
+from megatron_ixt.tokenizers.build import tokenizer_from_config  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
 # Conditions measured per kind of run. Every condition scores exactly the same text tokens.
@@ -242,7 +242,7 @@ def main() -> int:
     first = Path(next(iter(runs.values())))
     cfg = config_from_checkpoint(str(first), overrides)
     layout = init_inference(cfg)
-    tokenizer = tokenizer_from_config(cfg)
+    tokenizer = tokenizer_from_config(cfg.tokenizer)
     sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length,
                                max_text_tokens=args.max_text_tokens, window_template=args.window_template)
     conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]

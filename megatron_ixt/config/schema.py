@@ -24,6 +24,17 @@ def arg(default: Any, help: str, *, choices: Optional[tuple] = None, nargs: Opti
     return field(default=default, metadata=meta)
 
 
+def required(help: str, *, choices: Optional[tuple] = None, nargs: Optional[str] = None,
+             flag: Optional[str] = None) -> Any:
+    """A field without a default: its flag is required (``config.flags``). Declare such
+    fields first, or the class ``kw_only``, as dataclasses ask."""
+    return field(metadata={"help": help, "choices": choices, "nargs": nargs, "flag": flag})
+
+
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
+"""The ``--tokenizer-type`` names (Megatron-LM's) that ``tokenizers.build`` accepts."""
+
+
 @dataclass
 class ModelConfig:
     num_layers: int = arg(4, "Number of transformer layers.")
@@ -46,8 +57,6 @@ class ModelConfig:
     init_method_std: float = arg(0.02, "Standard deviation of the weight initialisation.")
     hidden_dropout: float = arg(0.0, "Dropout after attention and MLP.")
     attention_dropout: float = arg(0.0, "Dropout on attention probabilities.")
-    vocab_size: Optional[int] = arg(None, "Vocabulary size for the NullTokenizer/mock data (otherwise taken from the tokenizer).")
-    make_vocab_size_divisible_by: int = arg(128, "Pad the vocabulary to a multiple of this times TP size.")
     transformer_impl: Optional[str] = arg(None, "Layer implementation (default: transformer_engine when importable, else local).",
                                           choices=("transformer_engine", "local"))
     attention_backend: str = arg(
@@ -79,15 +88,42 @@ class DataConfig:
     mock_data: bool = arg(False, "Train on megatron-core's mock GPT dataset (random tokens).")
     split: str = arg("969,30,1", "Train/valid/test split weights over each dataset's documents.")
     data_cache_path: Optional[str] = arg(None, "Where dataset index caches go (a path every rank sees).")
-    tokenizer_type: str = arg("NullTokenizer", "Tokenizer.", choices=("NullTokenizer", "SentencePieceTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer"))
-    tokenizer_model: Optional[str] = arg(None, "SentencePiece model or tokenizer.json.")
-    vocab_file: Optional[str] = arg(None, "GPT-2 BPE vocabulary (encoder.json).")
-    merge_file: Optional[str] = arg(None, "GPT-2 BPE merges (vocab.bpe).")
     reset_position_ids: bool = arg(False, "Restart position ids at each document boundary.")
     reset_attention_mask: bool = arg(False, "No attention across document boundaries inside a sample.")
     eod_mask_loss: bool = arg(False, "No loss on end-of-document tokens.")
     num_workers: int = arg(2, "DataLoader worker processes per loading rank (TP rank 0 of a stage that reads "
                                  "data); persistent, each prefetching 2 micro-batches. 0 reads in the training process.")
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer, and how the model's vocabulary is padded around it: the one spec that
+    training, preprocessing, inference and conversion pass around (``tokenizers.build.
+    tokenizer_from_config`` builds it). Megatron-LM's names; its ``--vocab-size`` too."""
+
+    tokenizer_type: str = arg("NullTokenizer", "Tokenizer kind (Megatron-LM's names).", choices=TOKENIZER_TYPES)
+    """Megatron-LM's type name; which of the fields below it reads is in ``tokenizers.build``."""
+    tokenizer_model: Optional[str] = arg(None, "SentencePiece .model, or tokenizer.json (or its folder) "
+                                               "for HuggingFaceTokenizer.")
+    """SentencePieceTokenizer: the ``.model`` file; HuggingFaceTokenizer: ``tokenizer.json``
+    or the folder holding it."""
+    vocab_file: Optional[str] = arg(None, "GPT-2 BPE vocabulary (encoder.json).")
+    """GPT2BPETokenizer only."""
+    merge_file: Optional[str] = arg(None, "GPT-2 BPE merges (vocab.bpe).")
+    """GPT2BPETokenizer only."""
+    vocab_size: Optional[int] = arg(None, "Vocabulary size for the NullTokenizer/mock data (otherwise taken from the tokenizer).")
+    """NullTokenizer only: its ids are ``0 .. vocab_size - 1``, the eod ``vocab_size`` and the
+    two feedback delimiters the next two ids. Every other type knows its own size."""
+    make_vocab_size_divisible_by: int = arg(128, "Pad the vocabulary to a multiple of this times TP size.")
+    """The model's embedding and output layer have ``padded_vocab_size`` rows, so that each
+    tensor-parallel shard is a multiple of this (aligned GEMMs); the padding rows belong to
+    no token (generation masks them, export cuts them)."""
+
+    def padded_vocab_size(self, vocab_size: int, tensor_model_parallel_size: int) -> int:
+        """Megatron-LM's padding: ``vocab_size`` rounded up to a multiple of
+        ``make_vocab_size_divisible_by x tensor_model_parallel_size``."""
+        multiple = self.make_vocab_size_divisible_by * tensor_model_parallel_size
+        return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
 @dataclass
@@ -167,6 +203,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -178,11 +215,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
+        """The inverse of ``to_dict``, also for a dict saved by an older layout of the tree
+        (a checkpoint's ``config``): leaf names are unique across sections, so each leaf goes
+        to the section that holds it today (the tokenizer fields moved from ``data`` and
+        ``model`` to ``tokenizer``). A leaf no section holds any more is dropped."""
         cfg = cls()
-        for section, leaves in values.items():
-            target = getattr(cfg, section)
+        sections = {f.name: section.name for section in dataclasses.fields(cls)
+                    for f in dataclasses.fields(section.default_factory)}  # type: ignore[arg-type]
+        for leaves in values.values():
             for name, value in leaves.items():
-                setattr(target, name, value)
+                if name in sections:
+                    setattr(getattr(cfg, sections[name]), name, value)
         return cfg
 
 

@@ -87,7 +87,7 @@ def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
         raise ConfigError(f"--ixt-cooldown-fraction must be in [0, 1], got {cfg.ixt.ixt_cooldown_fraction}")
     if not cfg.data.mock_data and not cfg.data.data_path:
         raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
-    if cfg.data.mock_data and cfg.data.tokenizer_type == "NullTokenizer" and m.vocab_size is None:
+    if cfg.data.mock_data and cfg.tokenizer.tokenizer_type == "NullTokenizer" and cfg.tokenizer.vocab_size is None:
         raise ConfigError("--mock-data with --tokenizer-type NullTokenizer needs --vocab-size")
     if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:
         raise ConfigError("--save-interval needs --save DIR")

@@ -35,7 +35,8 @@ def load_full_model(load: str, tokenizer_overrides: dict):
     from megatron_ixt.checkpoint.files import checkpoint_name, read_tracker
     from megatron_ixt.checkpoint.load import read_common_state
     from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference
-    from megatron_ixt.training.loop import tokenizer_from_config
+    from megatron_ixt.config.schema import Config
+    from megatron_ixt.tokenizers.build import tokenizer_from_config
 
     iteration = read_tracker(load)
     if iteration is None:
@@ -45,7 +46,8 @@ def load_full_model(load: str, tokenizer_overrides: dict):
         raise ConversionError(f"--load {load}: not a checkpoint of this project (common.pt has no 'config'); "
                               "a Megatron-LM checkpoint loads with pretrain_ixt.py --finetune, then save and export")
     saved_tp = common.get("layout", {}).get("tensor_model_parallel_size", 1)
-    saved_divisor = common["config"]["model"]["make_vocab_size_divisible_by"]
+    # Through Config.from_dict: a config saved before the tokenizer section had it under model.
+    saved_divisor = Config.from_dict(common["config"]).tokenizer.make_vocab_size_divisible_by
     overrides = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
                  "num_layers_per_virtual_pipeline_stage": None, "hidden_dropout": 0.0, "attention_dropout": 0.0,
                  # TP=1 with the saved padding: the saved multiple was divisor x TP.
@@ -54,7 +56,7 @@ def load_full_model(load: str, tokenizer_overrides: dict):
     cfg = config_from_checkpoint(load, overrides)
     check_exportable(cfg.model)
     layout = init_inference(cfg)
-    tokenizer = tokenizer_from_config(cfg)
+    tokenizer = tokenizer_from_config(cfg.tokenizer)
     model = InferenceModel(cfg, tokenizer.vocab_size, layout)
     if model.chunks[0].vocab_size != common["padded_vocab_size"]:
         raise ConversionError(f"--load {load}: padded vocabulary {common['padded_vocab_size']} in the checkpoint, "

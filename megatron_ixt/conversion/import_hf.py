@@ -98,12 +98,12 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     for name, value in settings.items():
         setattr(cfg.model, name, value)
     cfg.model.seq_length = seq_length or min(settings["max_position_embeddings"] or 4096, 4096)
-    cfg.model.make_vocab_size_divisible_by = divisible_by
+    cfg.tokenizer.make_vocab_size_divisible_by = divisible_by
     cfg.model.bf16 = bf16
     cfg.parallel.tensor_model_parallel_size = tensor_parallel
     cfg.parallel.pipeline_model_parallel_size = pipeline_parallel
-    cfg.data.tokenizer_type = tokenizer_type
-    cfg.data.tokenizer_model = tokenizer_path
+    cfg.tokenizer.tokenizer_type = tokenizer_type
+    cfg.tokenizer.tokenizer_model = tokenizer_path
     # The weights are written in megatron-core's local layer layout (below), and the checkpoint
     # says so: resuming it where Transformer Engine would be chosen is refused by name.
     cfg.model.transformer_impl = "local"
@@ -111,7 +111,7 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
 
     build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
     build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
-    build.model.make_vocab_size_divisible_by = divisible_by * tensor_parallel
+    build.tokenizer.make_vocab_size_divisible_by = divisible_by * tensor_parallel
     layout = initialize_distributed(build)
     model = build_model_chunks(build, layout, tokenizer.vocab_size)[0]
     assert model.vocab_size == padded, (model.vocab_size, padded)
@@ -148,8 +148,9 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     # written atomically.
     files.publish(save, 0, cfg.to_dict())
     user_config = {"model": {k: v for k, v in cfg.to_dict()["model"].items() if k in settings or k in (
-        "seq_length", "make_vocab_size_divisible_by", "bf16")},
-                   "data": {"tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_path},
+        "seq_length", "bf16")},
+                   "tokenizer": {"tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_path,
+                                 "make_vocab_size_divisible_by": divisible_by},
                    "parallel": {"tensor_model_parallel_size": tensor_parallel,
                                 "pipeline_model_parallel_size": pipeline_parallel}}
     with open(os.path.join(save, "model.yaml"), "w") as f:

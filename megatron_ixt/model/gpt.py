@@ -32,8 +32,7 @@ logger = logging.getLogger(__name__)
 def padded_vocab_size(vocab_size: int, cfg: Config) -> int:
     """Megatron-LM pads the vocabulary so that each TP shard of the embedding is a
     multiple of ``make_vocab_size_divisible_by`` (keeps GEMMs aligned)."""
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_model_parallel_size
-    return ((vocab_size + multiple - 1) // multiple) * multiple
+    return cfg.tokenizer.padded_vocab_size(vocab_size, cfg.parallel.tensor_model_parallel_size)
 
 
 def transformer_config(cfg: Config, plan: Optional[KernelPlan] = None) -> TransformerConfig:

@@ -5,38 +5,32 @@ The flags are Megatron-LM's (`--input`, `--output-prefix`, `--json-keys`, `--tok
 `--partitions`, `--log-interval`) plus IXT's (`--feedback-key`, `--prefix-template`,
 `--score-scale`, `--quality-thresholds`, `--skip-invalid`). The flag names are derived from
 the field names by the project's one typed generator (`megatron_ixt.config.flags`); each
-field's `arg(default, help)` is its help text.
+field's `arg(default, help)` is its help text. The tokenizer flags are training's own
+(`TokenizerConfig`, less the vocabulary padding, which is the model's business), so a
+dataset and the run that trains on it name their tokenizer with the same fields.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megatron_ixt.config.flags import add_dataclass_arguments
-from megatron_ixt.config.schema import arg
+from megatron_ixt.config.flags import add_dataclass_arguments, dataclass_values
+from megatron_ixt.config.schema import TOKENIZER_TYPES, TokenizerConfig, arg, required
 from megatron_ixt.format.prefixes import DEFAULT_PREFIX_TEMPLATE
-from megatron_ixt.tokenizers.base import TOKENIZER_TYPES
 
-
-def _required(help: str, choices: Optional[tuple] = None):
-    return field(metadata={"help": help, "choices": choices})
+TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+"""The `TokenizerConfig` fields preprocessing takes (`--tokenizer-type` required)."""
 
 
 @dataclass
 class PreprocessConfig:
-    input: str = _required("Input JSONL: a file, a glob (quote it) or a comma-separated list; "
-                           "`.gz` and `.zst` are decompressed.")
-    output_prefix: str = _required("Output path prefix: writes <prefix>_<key>_document.{bin,idx,ixt.npy,meta.json}.")
-    tokenizer_type: str = _required("Tokenizer kind (Megatron-LM's names).", choices=tuple(TOKENIZER_TYPES))
+    input: str = required("Input JSONL: a file, a glob (quote it) or a comma-separated list; "
+                          "`.gz` and `.zst` are decompressed.")
+    output_prefix: str = required("Output path prefix: writes <prefix>_<key>_document.{bin,idx,ixt.npy,meta.json}.")
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     json_keys: list = arg(["text"], "Keys holding the text; each gets its own complete dataset.")
-    tokenizer_model: Optional[str] = arg(None, "SentencePiece .model, or tokenizer.json (or its folder) "
-                                               "for HuggingFaceTokenizer.")
-    vocab_file: Optional[str] = arg(None, "GPT-2 encoder.json.")
-    merge_file: Optional[str] = arg(None, "GPT-2 vocab.bpe (merges).")
-    vocab_size: Optional[int] = arg(None, "Vocabulary size of the NullTokenizer.")
     append_eod: bool = arg(False, "Append the tokenizer's end-of-document token to every non-empty document.")
     prepend_bos: bool = arg(False, "Put the tokenizer's beginning-of-sequence token before every non-empty "
                                    "document's text (after its feedback prefix, if any): the constant document "
@@ -70,8 +64,9 @@ class PreprocessConfig:
     def validate(self) -> None:
         """Check the values that argparse cannot; raise ValueError naming the flag."""
         self.parsed_score_scale()
-        if self.tokenizer_type not in TOKENIZER_TYPES:
-            raise ValueError(f"--tokenizer-type: expected one of {', '.join(TOKENIZER_TYPES)}, got {self.tokenizer_type!r}")
+        if self.tokenizer.tokenizer_type not in TOKENIZER_TYPES:
+            raise ValueError(f"--tokenizer-type: expected one of {', '.join(TOKENIZER_TYPES)}, "
+                             f"got {self.tokenizer.tokenizer_type!r}")
         if self.quality_thresholds not in ("fixed", "quantile"):
             raise ValueError(f"--quality-thresholds: expected fixed or quantile, got {self.quality_thresholds!r}")
         for name in ("workers", "partitions", "log_interval", "batch_size"):
@@ -95,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenize IXT JSONL documents ([feedback prefix] + text) into megatron-core indexed datasets.",
     )
     add_dataclass_arguments(parser, PreprocessConfig)
+    add_dataclass_arguments(parser.add_argument_group("tokenizer"), TokenizerConfig, fields=TOKENIZER_FLAGS,
+                            required=("tokenizer_type",))
     for name, why in _UNSUPPORTED.items():
         parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"not supported: {why}")
     return parser
@@ -107,8 +104,7 @@ def parse_config(argv: Optional[list[str]] = None) -> PreprocessConfig:
     for name, why in _UNSUPPORTED.items():
         if getattr(args, name):
             parser.error(f"--{name.replace('_', '-')}: {why}")
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PreprocessConfig)}
-    config = PreprocessConfig(**values)
+    config = dataclass_values(args, PreprocessConfig, tokenizer=dataclass_values(args, TokenizerConfig))
     try:
         config.validate()
     except ValueError as error:

@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from megatron_ixt.config.schema import TokenizerConfig
 from megatron_ixt.format.document import Document, DocumentSpec, parse_document_line
 from megatron_ixt.format.errors import DocumentError
 from megatron_ixt.format.indexed_io import Shard, write_shard_bin
@@ -27,7 +28,7 @@ from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
 from megatron_ixt.format.prefixes import load_template
 from megatron_ixt.format.sources import LineBatch
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.tokenizers.build import NullTokenizer, build_tokenizer
+from megatron_ixt.tokenizers.build import NullTokenizer, tokenizer_from_config
 
 MAX_REPORTED_ERRORS = 10
 """How many skipped lines are listed (all are counted)."""
@@ -37,11 +38,7 @@ MAX_REPORTED_ERRORS = 10
 class EncodeSettings:
     """Everything a worker needs; picklable, so that workers can be spawned as well as forked."""
 
-    tokenizer_type: str
-    tokenizer_model: Optional[str]
-    vocab_file: Optional[str]
-    merge_file: Optional[str]
-    vocab_size: Optional[int]
+    tokenizer: TokenizerConfig
     spec: DocumentSpec
     template: str
     thresholds: QualityThresholds
@@ -99,14 +96,7 @@ class BatchEncoder:
     def __init__(self, settings: EncodeSettings):
         self.settings = settings
         self.template = load_template(settings.template)
-        self.tokenizer = build_tokenizer(
-            settings.tokenizer_type,
-            settings.tokenizer_model,
-            settings.vocab_file,
-            settings.merge_file,
-            settings.vocab_size,
-            require_delimiters=self.template.kind != "none",
-        )
+        self.tokenizer = tokenizer_from_config(settings.tokenizer, require_delimiters=self.template.kind != "none")
         self.dtype = np.dtype(settings.dtype)
         self.vocab_size = self.tokenizer.vocab_size
         self.check_id_range = isinstance(self.tokenizer, NullTokenizer)

@@ -52,7 +52,7 @@ from megatron_ixt.preprocess.config import PreprocessConfig, parse_config
 from megatron_ixt.preprocess.publish import StagedDatasets, dataset_prefix, provenance
 from megatron_ixt.runtime.progress import Progress, format_duration
 from megatron_ixt.format.sources import LineBatchReader, expand_inputs
-from megatron_ixt.tokenizers.build import build_tokenizer
+from megatron_ixt.tokenizers.build import tokenizer_from_config
 
 logger = logging.getLogger("megatron_ixt.preprocess.pipeline")
 
@@ -103,20 +103,16 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
         template = load_template(config.prefix_template)
     except ValueError as error:
         raise DataError(f"--prefix-template: {error}") from None
-    tokenizer = build_tokenizer(
-        config.tokenizer_type, config.tokenizer_model, config.vocab_file, config.merge_file,
-        config.vocab_size, require_delimiters=template.kind != "none",
-    )
+    tokenizer = tokenizer_from_config(config.tokenizer, require_delimiters=template.kind != "none")
     _check_prefix_encodable(tokenizer, template)
     if config.append_eod:
         tokenizer.eod  # raises TokenizerError now rather than in every worker
     if config.prepend_bos and (getattr(tokenizer, "bos", None) is None or tokenizer.bos < 0):
-        raise DataError(f"--prepend-bos: the {config.tokenizer_type} tokenizer has no beginning-of-sequence token")
+        raise DataError(f"--prepend-bos: the {config.tokenizer.tokenizer_type} tokenizer has no beginning-of-sequence token")
 
     with StagedDatasets(config.output_prefix) as staged:
         settings = EncodeSettings(
-            tokenizer_type=config.tokenizer_type, tokenizer_model=config.tokenizer_model,
-            vocab_file=config.vocab_file, merge_file=config.merge_file, vocab_size=config.vocab_size,
+            tokenizer=config.tokenizer,
             spec=DocumentSpec(tuple(config.json_keys), config.feedback_key, config.parsed_score_scale()),
             template=config.prefix_template, thresholds=QualityThresholds.fixed(),
             append_eod=config.append_eod, skip_invalid=config.skip_invalid,

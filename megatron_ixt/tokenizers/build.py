@@ -1,7 +1,8 @@
 """Tokenizers with Megatron-LM's type names, plus the two feedback delimiter ids.
 
-`build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
-vocab_size=None)` returns one of:
+`tokenizer_from_config(TokenizerConfig)` (the spec every entry point carries, `config.schema`)
+or, by name, `build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_file=None,
+merge_file=None, vocab_size=None)` returns one of:
 
 | type                     | files                                  | eod                       |
 |--------------------------|----------------------------------------|---------------------------|
@@ -49,6 +50,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from megatron_ixt.config.schema import TokenizerConfig
 from megatron_ixt.format.errors import TokenizerError
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 # megatron-core's legacy tokenizer interface without importing megatron-core (start-up time).
@@ -524,3 +526,10 @@ def build_tokenizer(
     if require_delimiters:
         tokenizer.check_feedback_delimiters()
     return tokenizer
+
+
+def tokenizer_from_config(config: TokenizerConfig, *, require_delimiters: bool = True) -> IXTTokenizer:
+    """The tokenizer a `TokenizerConfig` names (training's `cfg.tokenizer`, preprocessing's
+    `PreprocessConfig.tokenizer`, the one a checkpoint was trained with)."""
+    return build_tokenizer(config.tokenizer_type, config.tokenizer_model, config.vocab_file, config.merge_file,
+                           config.vocab_size, require_delimiters=require_delimiters)

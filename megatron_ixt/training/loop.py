@@ -21,7 +21,7 @@ from megatron_ixt.checkpoint.save import Saver
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.datasets import build_datasets
 from megatron_ixt.data.loader import samples_per_evaluation, training_stream, validation_stream
-from megatron_ixt.tokenizers.build import build_tokenizer
+from megatron_ixt.tokenizers.build import tokenizer_from_config
 from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
 from megatron_ixt.runtime.distributed import ParallelLayout
@@ -49,12 +49,6 @@ class TrainState:
     history: dict = field(default_factory=dict)
 
 
-def tokenizer_from_config(cfg: Config):
-    d = cfg.data
-    return build_tokenizer(d.tokenizer_type, tokenizer_model=d.tokenizer_model, vocab_file=d.vocab_file,
-                           merge_file=d.merge_file, vocab_size=cfg.model.vocab_size)
-
-
 def num_microbatches(cfg: Config, layout: ParallelLayout) -> int:
     return layout.num_microbatches(cfg.training.global_batch_size, cfg.training.micro_batch_size)
 
@@ -63,7 +57,7 @@ def pretrain(cfg: Config, layout: ParallelLayout, datasets_fn=build_datasets) ->
     """Train per ``cfg`` on the initialised process groups (``layout``: this rank's place in
     them, from ``initialize_distributed``); returns the final state.
     ``datasets_fn(cfg, tokenizer) -> (train, valid, test)`` selects the data (IXT or GPT)."""
-    tokenizer = tokenizer_from_config(cfg)
+    tokenizer = tokenizer_from_config(cfg.tokenizer)
     model = build_ddp_model(cfg, layout, tokenizer.vocab_size)
     optimizer, scheduler = build_optimizer(cfg, model)
     logger.info("model: %s parameters on this rank (TP x PP shard), padded vocabulary %d",

@@ -47,11 +47,11 @@ def test_preprocess_flags_are_the_dataclass():
     assert defaults["json_keys"] == ["text"] and defaults["prefix_template"] == DEFAULT_PREFIX_TEMPLATE
     config = parse_config(["--input", "a", "--output-prefix", "b", "--tokenizer-type", "NullTokenizer",
                            "--vocab-size", "100", "--workers", "3"])
-    assert (config.vocab_size, config.workers) == (100, 3)
+    assert (config.tokenizer.vocab_size, config.workers) == (100, 3)
 
 
 def test_train_tokenizer_takes_the_shared_flag_names_and_the_old_ones(tmp_path, monkeypatch):
-    from megatron_ixt.data import tokenizer_training
+    from megatron_ixt.tokenizers import training as tokenizer_training
 
     seen = {}
 

@@ -21,8 +21,8 @@ def main(load: str, out: str, flags: list) -> None:
     })
     parallel = init_inference(cfg)
     # NullTokenizer: + EOD + 2 delimiters
-    model = InferenceModel(cfg, vocab_size=cfg.model.vocab_size + 3, layout=parallel)
-    tokens = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_length), generator=torch.Generator().manual_seed(0))
+    model = InferenceModel(cfg, vocab_size=cfg.tokenizer.vocab_size + 3, layout=parallel)
+    tokens = torch.randint(0, cfg.tokenizer.vocab_size, (2, cfg.model.seq_length), generator=torch.Generator().manual_seed(0))
     logits = model.logits(tokens)
     losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])
     if on_output_rank():
