@@ -23,7 +23,7 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -276,7 +276,23 @@ def prefix_token_ids(
     if template.kind == "none":
         return []
     text = render_prefix(template, feedback_or_level, thresholds)
-    return [tokenizer.feedback_open_id, *template.fit(list(tokenizer.tokenize(text))), tokenizer.feedback_close_id]
+    return prefix_ids_of_texts(tokenizer, template, [text])[0].tolist()
+
+
+def prefix_ids_of_texts(tokenizer, template: PrefixTemplate, texts: Sequence[str]) -> list:
+    """The whole prefix of each rendered prefix text, as an int64 array:
+    `[<|feedback|>] + tokens(text)` cut to the template's budget `+ [<|/feedback|>]`.
+
+    One batched tokenizer call (`tokenize_batch`) for all texts. Preprocessing calls this
+    for every batch, and `prefix_token_ids` for one text: training and inference build
+    their prefixes in this one place.
+    """
+    import numpy as np  # here, not at the top: the data tools' --help does not load numpy
+
+    open_id = np.array([tokenizer.feedback_open_id], dtype=np.int64)
+    close_id = np.array([tokenizer.feedback_close_id], dtype=np.int64)
+    return [np.concatenate([open_id, np.asarray(template.fit(ids), dtype=np.int64), close_id])
+            for ids in tokenizer.tokenize_batch(list(texts))]
 
 
 def feedback_for_level(

@@ -25,7 +25,7 @@ from megatron_ixt.format.document import Document, DocumentSpec, parse_document_
 from megatron_ixt.format.errors import DocumentError
 from megatron_ixt.format.indexed_io import Shard, write_shard_bin
 from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
-from megatron_ixt.format.prefixes import load_template
+from megatron_ixt.format.prefixes import load_template, prefix_ids_of_texts
 from megatron_ixt.format.sources import LineBatch
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 from megatron_ixt.tokenizers.build import NullTokenizer, tokenizer_from_config
@@ -102,9 +102,6 @@ class BatchEncoder:
         self.check_id_range = isinstance(self.tokenizer, NullTokenizer)
         self.eod = np.array([self.tokenizer.eod], dtype=np.int64) if settings.append_eod else None
         self.bos = np.array([self.tokenizer.bos], dtype=np.int64) if settings.prepend_bos else None
-        if self.template.kind != "none":
-            self.open_id = np.array([self.tokenizer.feedback_open_id], dtype=np.int64)
-            self.close_id = np.array([self.tokenizer.feedback_close_id], dtype=np.int64)
         self._level_prefix_cache: dict[str, np.ndarray] = {}
         self._delimiter_lines: set[int] = set()
 
@@ -255,9 +252,9 @@ class BatchEncoder:
                 to_tokenize.append(text)
                 positions.append(i)
         if to_tokenize:
-            for i, text, ids in zip(positions, to_tokenize, self.tokenizer.tokenize_batch(to_tokenize)):
-                ids = self.template.fit(ids)  # the template's token budget
-                prefixes[i] = np.concatenate([self.open_id, np.asarray(ids, dtype=np.int64), self.close_id])
+            tokenized = prefix_ids_of_texts(self.tokenizer, self.template, to_tokenize)  # budget and delimiters
+            for i, text, ids in zip(positions, to_tokenize, tokenized):
+                prefixes[i] = ids
                 if self.template.kind == "quality":
                     # Only five distinct quality prefixes exist: tokenize each once per worker.
                     self._level_prefix_cache[text] = prefixes[i]
