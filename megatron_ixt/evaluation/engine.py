@@ -50,14 +50,12 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
 
 class InferenceModel:
     """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes.
-    ``run``: the context :func:`init_inference` returned (its layout and kernel plan);
-    ``vocab_size``: default, its tokenizer's."""
+    ``run``: the context :func:`init_inference` returned (its layout, kernel plan and tokenizer)."""
 
-    def __init__(self, run: RunContext, vocab_size: Optional[int] = None) -> None:
+    def __init__(self, run: RunContext) -> None:
         self.cfg = run.cfg
         self.layout = run.layout
-        vocab_size = run.tokenizer.vocab_size if vocab_size is None else vocab_size
-        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, vocab_size)
+        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, run.tokenizer.vocab_size)
         for chunk in self.chunks:
             chunk.eval()
         self.iteration = self._load()

@@ -43,6 +43,14 @@ def _is_number(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 
 
+def _check_score(value: Any, field_name: str, low: float, high: float) -> None:
+    """A score or an axis score of the data: a number within the scale `[low, high]`."""
+    if not _is_number(value):
+        raise FieldError(field_name, "a number", value)
+    if not low <= value <= high:
+        raise FieldError(field_name, f"a number within the scale [{low:g}, {high:g}]", value)
+
+
 def validate_scale(value: Any, field_name: str = "feedback.scale") -> tuple[float, float]:
     """Check a `[min, max]` pair of finite numbers with min < max and return it as floats."""
     if (
@@ -104,12 +112,7 @@ class Feedback:
         if "score" in obj or require_score:
             if "score" not in obj:
                 raise FieldError(f"{prefix}.score", "a number (the key 'score' is missing)")
-            if not _is_number(score):
-                raise FieldError(f"{prefix}.score", "a number", score)
-            if not low <= score <= high:
-                raise FieldError(
-                    f"{prefix}.score", f"a number within the scale [{low:g}, {high:g}]", score
-                )
+            _check_score(score, f"{prefix}.score", low, high)
 
         axes = obj.get("axes")
         if axes is None:
@@ -117,12 +120,7 @@ class Feedback:
         if not isinstance(axes, dict):
             raise FieldError(f"{prefix}.axes", "an object mapping axis names to scores", axes)
         for name, value in axes.items():
-            if not _is_number(value):
-                raise FieldError(f"{prefix}.axes.{name}", "a number", value)
-            if not low <= value <= high:
-                raise FieldError(
-                    f"{prefix}.axes.{name}", f"a number within the scale [{low:g}, {high:g}]", value
-                )
+            _check_score(value, f"{prefix}.axes.{name}", low, high)
 
         critique = obj.get("critique")
         if critique is not None and not isinstance(critique, str):
