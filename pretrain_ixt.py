@@ -38,14 +38,19 @@ def main(argv=None) -> int:
         return 0
 
     from megatron_ixt.checkpoint.save import lock_save_folder
+    from megatron_ixt.data.datasets import dataset_record
     from megatron_ixt.runtime.lifecycle import EXIT_CODE_PREEMPTED
+    from megatron_ixt.tokenizers.build import tokenizer_from_config
+    from megatron_ixt.training.context import RunContext
     from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
     logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp32", plan.describe())
-    layout = initialize_distributed(cfg)
+    layout = initialize_distributed(cfg, plan)
     try:
         lock_save_folder(cfg)  # before anything writes to --save
-        state = pretrain(cfg, layout)
+        # Everything below gets the run's one layout, plan, tokenizer and dataset record.
+        run = RunContext(cfg, layout, plan, tokenizer=tokenizer_from_config(cfg.tokenizer), dataset=dataset_record(cfg))
+        state = pretrain(run)
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code

@@ -122,7 +122,8 @@ def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
     from megatron_ixt.runtime import kernels
 
     h100 = kernels.DeviceFacts(cuda=True, device_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
-    monkeypatch.setattr(kernels.DeviceFacts, "detect", staticmethod(lambda: h100))
+    # The plan is the entry point's (validate_for_this_machine): initialize_distributed never recomputes it.
+    monkeypatch.setattr(kernels.DeviceFacts, "detect", staticmethod(lambda: pytest.fail("device facts read again")))
     for k, v in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "x", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "unset")  # recorded, so the test's value is undone after
@@ -130,7 +131,7 @@ def test_initialize_on_cuda_uses_nccl_and_no_compat_layer(monkeypatch):
     from megatron_ixt.config import parse_config
 
     cfg, _ = parse_config(["--config", str(TINY), "--mock-data", "--tensor-model-parallel-size", "2"])
-    assert distributed.initialize_distributed(cfg) is given
+    assert distributed.initialize_distributed(cfg, kernels.plan_kernels(cfg, h100)) is given
     assert calls["pg"]["backend"] == "nccl" and calls["device"] == 3
     assert calls["mp"]["tensor_model_parallel_size"] == 2 and calls["mp"]["distributed_timeout_minutes"] == 10
     assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"  # set before CUDA starts, as Megatron-LM requires

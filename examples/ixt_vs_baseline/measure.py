@@ -40,7 +40,6 @@ from megatron_ixt.format.prefixes import prefix_token_ids  # noqa: E402
 from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference  # noqa: E402
 from megatron_ixt.evaluation.generation import filter_logits  # noqa: E402
 from megatron_ixt.checkpoint.files import TRACKER_FILE, checkpoint_name  # noqa: E402
-from megatron_ixt.tokenizers.build import tokenizer_from_config  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
 # Conditions measured per kind of run. Every condition scores exactly the same text tokens.
@@ -241,8 +240,8 @@ def main() -> int:
                  "hidden_dropout": 0.0, "attention_dropout": 0.0}
     first = Path(next(iter(runs.values())))
     cfg = config_from_checkpoint(str(first), overrides)
-    layout = init_inference(cfg)
-    tokenizer = tokenizer_from_config(cfg.tokenizer)
+    run = init_inference(cfg)
+    tokenizer = run.tokenizer
     sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length,
                                max_text_tokens=args.max_text_tokens, window_template=args.window_template)
     conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]
@@ -258,7 +257,7 @@ def main() -> int:
             for iteration in iterations:
                 started = time.time()
                 cfg.checkpoint.load = checkpoint_view(ckpt, iteration, Path(views))
-                model = InferenceModel(cfg, tokenizer.vocab_size, layout)
+                model = InferenceModel(run)
                 point = {"iteration": iteration, "tokens": iteration * tokens_per_step}
                 final = iteration == iterations[-1]
                 for cond in conditions + (FINAL_CONDITIONS[args.kind] if final else ()):

@@ -34,9 +34,8 @@ def load_full_model(load: str, tokenizer_overrides: dict):
     on an initialised single-process group."""
     from megatron_ixt.checkpoint.files import checkpoint_name, read_tracker
     from megatron_ixt.checkpoint.load import read_common_state
-    from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference
     from megatron_ixt.config.schema import Config
-    from megatron_ixt.tokenizers.build import tokenizer_from_config
+    from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference
 
     iteration = read_tracker(load)
     if iteration is None:
@@ -55,9 +54,9 @@ def load_full_model(load: str, tokenizer_overrides: dict):
                  **{k: v for k, v in tokenizer_overrides.items() if v is not None}}
     cfg = config_from_checkpoint(load, overrides)
     check_exportable(cfg.model)
-    layout = init_inference(cfg)
-    tokenizer = tokenizer_from_config(cfg.tokenizer)
-    model = InferenceModel(cfg, tokenizer.vocab_size, layout)
+    run = init_inference(cfg)
+    tokenizer = run.tokenizer
+    model = InferenceModel(run)
     if model.chunks[0].vocab_size != common["padded_vocab_size"]:
         raise ConversionError(f"--load {load}: padded vocabulary {common['padded_vocab_size']} in the checkpoint, "
                               f"{model.chunks[0].vocab_size} from the tokenizer {tokenizer.tokenizer_type}: "

@@ -79,6 +79,7 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     from megatron_ixt.tokenizers.build import build_tokenizer
     from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
     from megatron_ixt.runtime.distributed import initialize_distributed
+    from megatron_ixt.runtime.kernels import kernel_plan
 
     config_path = os.path.join(input_dir, "config.json")
     if not os.path.isfile(config_path):
@@ -112,8 +113,9 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
     build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
     build.tokenizer.make_vocab_size_divisible_by = divisible_by * tensor_parallel
-    layout = initialize_distributed(build)
-    model = build_model_chunks(build, layout, tokenizer.vocab_size)[0]
+    plan = kernel_plan(build)  # computed once, for the process groups and the model alike
+    layout = initialize_distributed(build, plan)
+    model = build_model_chunks(build, layout, plan, tokenizer.vocab_size)[0]
     assert model.vocab_size == padded, (model.vocab_size, padded)
 
     rows = hf["model.embed_tokens.weight"].shape[0]

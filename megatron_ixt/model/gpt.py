@@ -24,7 +24,7 @@ from megatron_ixt.model.attention import TorchCoreAttention
 from megatron_ixt.model.init import initialize_weights
 from megatron_ixt.model.norms import TorchNorm
 from megatron_ixt.runtime.distributed import ParallelLayout, virtual_pipeline_size
-from megatron_ixt.runtime.kernels import KernelPlan, kernel_plan
+from megatron_ixt.runtime.kernels import KernelPlan
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,10 @@ def padded_vocab_size(vocab_size: int, cfg: Config) -> int:
     return cfg.tokenizer.padded_vocab_size(vocab_size, cfg.parallel.tensor_model_parallel_size)
 
 
-def transformer_config(cfg: Config, plan: Optional[KernelPlan] = None) -> TransformerConfig:
+def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
     """megatron-core's TransformerConfig: the model shape from ``cfg``, every kernel choice
-    (fusions, attention backend) from the kernel plan."""
+    (fusions, attention backend) from the run's kernel plan."""
     m, p = cfg.model, cfg.parallel
-    plan = plan or kernel_plan(cfg)
     dtype = torch.bfloat16 if m.bf16 else torch.float32
     vpp = virtual_pipeline_size(cfg)
     kwargs = dict(
@@ -130,12 +129,11 @@ def _layer_spec(cfg: Config, plan: KernelPlan, config: TransformerConfig, vp_sta
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchNorm)
 
 
-def build_model_chunks(cfg: Config, layout: ParallelLayout, vocab_size: int) -> list:
-    """One ``GPTModel`` per virtual pipeline stage on this rank (``layout``), on the current device, with
-    layout-independent initial weights; under BF16 wrapped in megatron-core's
-    ``Float16Module``, as Megatron-LM's ``get_model`` does (every parameter, norms included,
-    in BF16; the last stage's output back in fp32)."""
-    plan = kernel_plan(cfg)
+def build_model_chunks(cfg: Config, layout: ParallelLayout, plan: KernelPlan, vocab_size: int) -> list:
+    """One ``GPTModel`` per virtual pipeline stage on this rank (``layout``), with the kernels
+    of the run's ``plan``, on the current device, with layout-independent initial weights;
+    under BF16 wrapped in megatron-core's ``Float16Module``, as Megatron-LM's ``get_model``
+    does (every parameter, norms included, in BF16; the last stage's output back in fp32)."""
     config = transformer_config(cfg, plan)
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []

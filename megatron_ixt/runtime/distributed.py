@@ -15,6 +15,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from megatron_ixt.runtime.kernels import KernelPlan, apply_environment
+
 logger = logging.getLogger(__name__)
 
 
@@ -197,18 +199,16 @@ def seed_everything(seed: int, pipeline_rank: int = 0) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
-def initialize_distributed(cfg) -> ParallelLayout:
+def initialize_distributed(cfg, plan: KernelPlan) -> ParallelLayout:
     """Create the default process group and megatron-core's model-parallel groups; returns
     this rank's :class:`ParallelLayout`, the one the rest of the run is given.
 
-    On CUDA: NCCL, one device per local rank, plain megatron-core. On CPU: gloo and the CPU
+    ``plan`` is the run's kernel plan (``runtime.kernels.validate_for_this_machine``): on
+    CUDA, NCCL, one device per local rank, plain megatron-core; on CPU, gloo and the CPU
     compatibility layer (``megatron_ixt.runtime.cpu_compat``)."""
     from megatron.core import parallel_state
 
-    from megatron_ixt.runtime.kernels import apply_environment, kernel_plan
-
     launch = resolve_launch_env()
-    plan = kernel_plan(cfg)
     apply_environment(plan)  # before the first CUDA call
     backend = plan.backend
     if plan.device == "cuda":

@@ -252,9 +252,11 @@ def plan_kernels(cfg, facts: DeviceFacts) -> KernelPlan:
 
 
 def validate_for_this_machine(cfg, world_size: int) -> KernelPlan:
-    """The entry points' check: the configuration on ``world_size`` processes, then its kernel
-    plan on this machine (both raise :class:`ConfigError`). Fills ``transformer_impl``, so the
-    resolved choice is what checkpoints record."""
+    """The entry points' check, run once at the top of a run (``pretrain_ixt.py``,
+    ``evaluation.engine.init_inference``): the configuration on ``world_size`` processes, then
+    its kernel plan on this machine (both raise :class:`ConfigError`). The last edit of
+    ``cfg``: it fills ``transformer_impl``, so the resolved choice is what checkpoints record.
+    The plan is then handed down (``training.context.RunContext``), never recomputed."""
     from megatron_ixt.config.validate import validate
 
     facts = DeviceFacts.detect()
@@ -265,7 +267,8 @@ def validate_for_this_machine(cfg, world_size: int) -> KernelPlan:
 
 
 def kernel_plan(cfg) -> KernelPlan:
-    """The plan of ``cfg`` on this machine."""
+    """The plan of an already validated ``cfg`` on this machine, for a tool that builds its
+    own configuration (``conversion.import_hf``); entry points call :func:`validate_for_this_machine`."""
     return plan_kernels(cfg, DeviceFacts.detect())
 
 

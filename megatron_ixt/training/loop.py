@@ -21,11 +21,11 @@ from megatron_ixt.checkpoint.save import Saver
 from megatron_ixt.config.schema import Config
 from megatron_ixt.data.datasets import build_datasets
 from megatron_ixt.data.loader import samples_per_evaluation, training_stream, validation_stream
-from megatron_ixt.tokenizers.build import tokenizer_from_config
 from megatron_ixt.model.flops import device_peak_tflops, training_flops_per_iteration
 from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
+from megatron_ixt.training.context import RunContext
 from megatron_ixt.training.metrics import MetricsLogger
 from megatron_ixt.training.setup import build_ddp_model, build_optimizer
 from megatron_ixt.training.step import StepContext, evaluate, train_step
@@ -53,12 +53,12 @@ def num_microbatches(cfg: Config, layout: ParallelLayout) -> int:
     return layout.num_microbatches(cfg.training.global_batch_size, cfg.training.micro_batch_size)
 
 
-def pretrain(cfg: Config, layout: ParallelLayout, datasets_fn=build_datasets) -> TrainState:
-    """Train per ``cfg`` on the initialised process groups (``layout``: this rank's place in
-    them, from ``initialize_distributed``); returns the final state.
+def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
+    """Train per ``run.cfg`` on the initialised process groups; ``run`` is what the entry
+    point resolved once (layout, kernel plan, tokenizer, dataset record). Returns the final state.
     ``datasets_fn(cfg, tokenizer) -> (train, valid, test)`` selects the data (IXT or GPT)."""
-    tokenizer = tokenizer_from_config(cfg.tokenizer)
-    model = build_ddp_model(cfg, layout, tokenizer.vocab_size)
+    cfg, layout, tokenizer = run.cfg, run.layout, run.tokenizer
+    model = build_ddp_model(cfg, layout, run.plan, tokenizer.vocab_size)
     optimizer, scheduler = build_optimizer(cfg, model)
     logger.info("model: %s parameters on this rank (TP x PP shard), padded vocabulary %d",
                 f"{count_parameters(model):,}", padded_vocab_size(tokenizer.vocab_size, cfg))
@@ -68,7 +68,7 @@ def pretrain(cfg: Config, layout: ParallelLayout, datasets_fn=build_datasets) ->
     # the restore and the first step, or a resumed run would diverge from an uninterrupted one.
     state = TrainState()
     load(cfg, layout, model, optimizer, scheduler, state)
-    ctx = StepContext.of(cfg, tokenizer.eod, layout)
+    ctx = StepContext.of(run)
     train_data = training_stream(cfg, layout, train_ds, state.consumed_train_samples, ctx.document_masks)
     validation = Validation(cfg, ctx, valid_ds)
     metrics = MetricsLogger(

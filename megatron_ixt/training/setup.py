@@ -11,20 +11,21 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks
 from megatron_ixt.runtime.distributed import ParallelLayout
-from megatron_ixt.runtime.kernels import kernel_plan
+from megatron_ixt.runtime.kernels import KernelPlan
 
 
-def build_ddp_model(cfg: Config, layout: ParallelLayout, vocab_size: int) -> list[DistributedDataParallel]:
+def build_ddp_model(cfg: Config, layout: ParallelLayout, plan: KernelPlan,
+                    vocab_size: int) -> list[DistributedDataParallel]:
     """Model chunks (in ``Float16Module`` under BF16) wrapped in megatron-core DDP
     (contiguous fp32 grad buffers, bucketed all-reduce or reduce-scatter over the
     data-parallel group), as Megatron-LM's ``get_model`` builds them."""
-    chunks = build_model_chunks(cfg, layout, vocab_size)
+    chunks = build_model_chunks(cfg, layout, plan, vocab_size)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=cfg.optimizer.overlap_grad_reduce,
         overlap_param_gather=cfg.optimizer.overlap_param_gather,
         # With interleaving, all chunks' parameter all-gathers start together (Megatron-LM's setting).
-        align_param_gather=kernel_plan(cfg).align_param_gather,
+        align_param_gather=plan.align_param_gather,
         use_distributed_optimizer=cfg.optimizer.use_distributed_optimizer,
         # A non-finite step is skipped on the optimizer's global grad norm (training/step.py)
         # instead of aborting the run, as this check would.

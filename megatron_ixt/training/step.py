@@ -24,8 +24,8 @@ from megatron_ixt.format.levels import NOT_ANNOTATED, NUM_LEVELS
 from megatron_ixt.data.loader import MicroBatchStream
 from megatron_ixt.model.attention import attention_inputs
 from megatron_ixt.runtime.distributed import ParallelLayout
-from megatron_ixt.runtime.kernels import kernel_plan
 from megatron_ixt.runtime import faults
+from megatron_ixt.training.context import RunContext
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
 # (IXT's prefix tokens vs. text tokens, and text trained without its prefix in view).
@@ -59,8 +59,9 @@ class StepContext:
     layout: ParallelLayout
 
     @staticmethod
-    def of(cfg: Config, eod: int, layout: ParallelLayout) -> "StepContext":
-        return StepContext(kernel_plan(cfg).document_masks, eod, layout)
+    def of(run: RunContext) -> "StepContext":
+        """The step's view of the run: the plan's document masks, the tokenizer's EOD, the layout."""
+        return StepContext(run.plan.document_masks, run.tokenizer.eod, run.layout)
 
     @property
     def packed(self) -> bool:

@@ -19,9 +19,8 @@ def main(load: str, out: str, flags: list) -> None:
         "pipeline_model_parallel_size": layout.parallel.pipeline_model_parallel_size,
         "sequence_parallel": False,
     })
-    parallel = init_inference(cfg)
-    # NullTokenizer: + EOD + 2 delimiters
-    model = InferenceModel(cfg, vocab_size=cfg.tokenizer.vocab_size + 3, layout=parallel)
+    run = init_inference(cfg)  # the checkpoint's NullTokenizer: --vocab-size + EOD + 2 delimiters
+    model = InferenceModel(run)
     tokens = torch.randint(0, cfg.tokenizer.vocab_size, (2, cfg.model.seq_length), generator=torch.Generator().manual_seed(0))
     logits = model.logits(tokens)
     losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])
