@@ -14,6 +14,8 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,6 +24,8 @@ from megatron_ixt.runtime.logs import setup_logging  # noqa: E402
 setup_logging()
 
 from megatron_ixt.config.cli import ConfigError  # noqa: E402
+from megatron_ixt.config.flags import add_dataclass_arguments  # noqa: E402
+from megatron_ixt.config.schema import arg, required  # noqa: E402
 from megatron_ixt.format.errors import DataError  # noqa: E402
 from megatron_ixt.evaluation.conditioning import evaluate_conditioning  # noqa: E402
 from megatron_ixt.evaluation.engine import (  # noqa: E402
@@ -47,16 +51,22 @@ def read_documents(path: str, limit: int) -> list:
     return docs
 
 
+@dataclass
+class EvaluationConfig:
+    """The documents to evaluate and how (besides the inference flags)."""
+
+    input: str = required("held-out JSONL documents (with or without feedback)")
+    max_docs: int = arg(200, "documents read from --input at most")
+    seq_length: Optional[int] = arg(None, "longest sequence (leading EOD + prefix + text) evaluated; default and "
+                                          "maximum: the checkpoint's --seq-length")
+    batch_size: int = arg(8, "sequences per forward pass")
+    output: Optional[str] = arg(None, "write the per-document results and the summary here (JSON)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inference_args(parser)
-    parser.add_argument("--input", required=True, help="held-out JSONL documents (with or without feedback)")
-    parser.add_argument("--max-docs", type=int, default=200)
-    parser.add_argument("--seq-length", type=int, default=None,
-                        help="longest sequence (leading EOD + prefix + text) evaluated; default and maximum: the "
-                             "checkpoint's --seq-length")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--output", help="write the per-document results and the summary here (JSON)")
+    add_dataclass_arguments(parser, EvaluationConfig)
     args = parser.parse_args()
     try:
         docs = read_documents(args.input, args.max_docs)

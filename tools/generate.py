@@ -12,6 +12,8 @@ The prefix template defaults to the one the checkpoint was trained with (recorde
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,27 +22,35 @@ from megatron_ixt.runtime.logs import setup_logging  # noqa: E402
 setup_logging()
 
 from megatron_ixt.config.cli import ConfigError  # noqa: E402
+from megatron_ixt.config.flags import add_dataclass_arguments, dataclass_values  # noqa: E402
+from megatron_ixt.config.schema import arg, required  # noqa: E402
 from megatron_ixt.evaluation.engine import (  # noqa: E402
     add_inference_args, load_for_inference, on_output_rank, prefix_template_for)
 from megatron_ixt.evaluation.generation import SamplingConfig, control_prefix, generate  # noqa: E402
 from megatron_ixt.runtime.distributed import destroy_distributed  # noqa: E402
 
 
+@dataclass
+class ControlConfig:
+    """What to continue and under which feedback (at most one of the last three)."""
+
+    prompt: str = required("Text the model continues.")
+    feedback_level: Optional[int] = arg(None, "condition on a quality level", choices=(1, 2, 3, 4, 5))
+    critique: Optional[str] = arg(None, "condition on a written critique (critique template)")
+    no_feedback: bool = arg(False, "unconditional (no prefix)")
+
+
+CONDITIONS = ("feedback_level", "critique", "no_feedback")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inference_args(parser)
-    parser.add_argument("--prompt", required=True)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--feedback-level", type=int, choices=range(1, 6), help="condition on a quality level")
-    which.add_argument("--critique", help="condition on a written critique (critique template)")
-    which.add_argument("--no-feedback", action="store_true", help="unconditional (no prefix)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--greedy", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    add_dataclass_arguments(parser, ControlConfig, fields=("prompt",))
+    add_dataclass_arguments(parser.add_mutually_exclusive_group(), ControlConfig, fields=CONDITIONS)
+    add_dataclass_arguments(parser, SamplingConfig)
     args = parser.parse_args()
+    sampling = dataclass_values(args, SamplingConfig)
     try:
         cfg, model, tokenizer = load_for_inference(args)
         if args.no_feedback:
@@ -52,7 +62,6 @@ def main() -> int:
     except (ConfigError, ValueError, OSError) as e:
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy, args.seed)
     text = generate(model, tokenizer, prefix, args.prompt, sampling, max_length=cfg.model.seq_length)
     if on_output_rank():
         print(f"[prefix] {tokenizer.detokenize(prefix) if prefix else '(none)'}")

@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import Optional
+
+from megatron_ixt.config.flags import add_dataclass_arguments
+from megatron_ixt.config.schema import ModelConfig, ParallelConfig, TokenizerConfig, arg
 
 USAGE = """\
   export:  tools/convert_checkpoint.py --to hf --load CKPT --output HF_DIR [--dtype bfloat16]
@@ -15,29 +19,53 @@ USAGE = """\
 """
 
 
+@dataclass
+class DirectionConfig:
+    """Which way to convert: exactly one of the two (a required, mutually exclusive pair)."""
+
+    to: Optional[str] = arg(None, "export a checkpoint of this project", choices=("hf",))
+    source: Optional[str] = arg(None, "import a Hugging Face model", choices=("hf",), flag="from")
+
+
+@dataclass
+class ExportConfig:
+    """``--to hf``: the checkpoint to export and the folder to write."""
+
+    load: Optional[str] = arg(None, "checkpoint folder (as given to --save when training)")
+    output: Optional[str] = arg(None, "Hugging Face folder to write (replaced if it exists)")
+    dtype: str = arg("float32", "dtype of the exported weights", choices=("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class ImportConfig:
+    """``--from hf``: the folder to import and the checkpoint to create (its layout, sequence
+    length, padding and precision come from the training config classes)."""
+
+    input: Optional[str] = arg(None, "Hugging Face folder: config.json, *.safetensors, tokenizer.json")
+    save: Optional[str] = arg(None, "checkpoint folder to create (must not exist or be empty)")
+
+
+EXPORT_TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/convert_checkpoint.py", usage=USAGE,
         description="Convert checkpoints between this project (megatron-core torch_dist, any TP/PP layout) "
                     "and Hugging Face Llama folders (config.json + safetensors + tokenizer).")
-    direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--to", choices=["hf"], help="export a checkpoint of this project")
-    direction.add_argument("--from", dest="source", choices=["hf"], help="import a Hugging Face model")
+    add_dataclass_arguments(parser.add_mutually_exclusive_group(required=True), DirectionConfig)
     export = parser.add_argument_group("export (--to hf)")
-    export.add_argument("--load", help="checkpoint folder (as given to --save when training)")
-    export.add_argument("--output", help="Hugging Face folder to write (replaced if it exists)")
-    export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="dtype of the exported weights (default: float32)")
-    for flag in ("--tokenizer-type", "--tokenizer-model", "--vocab-file", "--merge-file"):
-        export.add_argument(flag, help="default: the one the checkpoint was trained with")
+    add_dataclass_arguments(export, ExportConfig)
+    add_dataclass_arguments(export, TokenizerConfig, fields=EXPORT_TOKENIZER_FLAGS,
+                            defaults=dict.fromkeys(EXPORT_TOKENIZER_FLAGS),
+                            helps=dict.fromkeys(EXPORT_TOKENIZER_FLAGS, "default: the one the checkpoint was trained with"))
     imp = parser.add_argument_group("import (--from hf)")
-    imp.add_argument("--input", help="Hugging Face folder: config.json, *.safetensors, tokenizer.json")
-    imp.add_argument("--save", help="checkpoint folder to create (must not exist or be empty)")
-    imp.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    imp.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    imp.add_argument("--seq-length", type=int, help="training sequence length (default: max positions, at most 4096)")
-    imp.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    imp.add_argument("--bf16", action="store_true", help="store BF16 weights (for --bf16 training)")
+    add_dataclass_arguments(imp, ImportConfig)
+    add_dataclass_arguments(imp, ParallelConfig, fields=("tensor_model_parallel_size", "pipeline_model_parallel_size"))
+    add_dataclass_arguments(imp, ModelConfig, fields=("seq_length",), defaults={"seq_length": None},
+                            helps={"seq_length": "training sequence length (default: max positions, at most 4096)"})
+    add_dataclass_arguments(imp, TokenizerConfig, fields=("make_vocab_size_divisible_by",))
+    add_dataclass_arguments(imp, ModelConfig, fields=("bf16",), helps={"bf16": "store BF16 weights (for --bf16 training)"})
     return parser
 
 
@@ -59,9 +87,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.to:
             from megatron_ixt.conversion.export import export_to_hf
 
-            summary = export_to_hf(args.load, args.output, args.dtype, {
-                "tokenizer_type": args.tokenizer_type, "tokenizer_model": args.tokenizer_model,
-                "vocab_file": args.vocab_file, "merge_file": args.merge_file})
+            summary = export_to_hf(args.load, args.output, args.dtype,
+                                   {name: getattr(args, name) for name in EXPORT_TOKENIZER_FLAGS})
         else:
             from megatron_ixt.conversion.import_hf import import_from_hf
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -21,7 +22,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_ixt.config.cli import ConfigError, apply_overrides
-from megatron_ixt.config.schema import Config
+from megatron_ixt.config.flags import add_dataclass_arguments
+from megatron_ixt.config.schema import Config, ParallelConfig, TokenizerConfig, arg, required
 from megatron_ixt.model.gpt import build_model_chunks
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training.context import RunContext
@@ -192,19 +194,32 @@ def on_output_rank() -> bool:
     return torch.distributed.get_rank() == 0
 
 
+@dataclass
+class InferenceConfig:
+    """The flags of every inference tool besides the layout to run at (``ParallelConfig``'s)
+    and the tokenizer (``TokenizerConfig``'s, by default the checkpoint's)."""
+
+    load: str = required("checkpoint folder (as given to --save)")
+    prefix_template: Optional[str] = arg(
+        None, "critique, quality, none or a template YAML file (default: the template of the data the "
+              "checkpoint was trained on, which the checkpoint records)")
+
+
+INFERENCE_LAYOUT_FLAGS = ("tensor_model_parallel_size", "pipeline_model_parallel_size")
+INFERENCE_TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")
+"""The ``TokenizerConfig`` fields an inference tool may override; the vocabulary size and its
+padding are the checkpoint's, since they fix the shape of its weights."""
+
+
 def add_inference_args(parser) -> None:
     """Flags every inference tool takes: the checkpoint, the layout to run it at, and
     optional tokenizer overrides (default: the tokenizer the checkpoint was trained with)."""
-    parser.add_argument("--load", required=True, help="checkpoint folder (as given to --save)")
-    parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    parser.add_argument("--tokenizer-type", default=None, help="default: the checkpoint's")
-    parser.add_argument("--tokenizer-model", default=None, help="default: the checkpoint's")
-    parser.add_argument("--vocab-file", default=None)
-    parser.add_argument("--merge-file", default=None)
-    parser.add_argument("--prefix-template", default=None,
-                        help="critique, quality, none or a template YAML file (default: the template of the data the "
-                             "checkpoint was trained on, which the checkpoint records)")
+    add_dataclass_arguments(parser, InferenceConfig, fields=("load",))
+    add_dataclass_arguments(parser, ParallelConfig, fields=INFERENCE_LAYOUT_FLAGS)
+    add_dataclass_arguments(parser, TokenizerConfig, fields=INFERENCE_TOKENIZER_FLAGS,
+                            defaults=dict.fromkeys(INFERENCE_TOKENIZER_FLAGS),
+                            helps=dict.fromkeys(INFERENCE_TOKENIZER_FLAGS, "default: the checkpoint's"))
+    add_dataclass_arguments(parser, InferenceConfig, fields=("prefix_template",))
 
 
 def load_for_inference(args):
@@ -214,7 +229,7 @@ def load_for_inference(args):
                  "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
                  "sequence_parallel": False, "num_layers_per_virtual_pipeline_stage": None,
                  "hidden_dropout": 0.0, "attention_dropout": 0.0}
-    for name in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file"):
+    for name in INFERENCE_TOKENIZER_FLAGS:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = config_from_checkpoint(args.load, overrides)

@@ -16,15 +16,19 @@ from typing import Optional
 
 import torch
 
+from megatron_ixt.config.schema import arg
+
 
 @dataclass
 class SamplingConfig:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    seed: int = 0
+    """How ``generate`` picks each next token; also the sampling flags of tools/generate.py."""
+
+    max_new_tokens: int = arg(64, "Tokens to generate at most.")
+    temperature: float = arg(1.0, "Divide the logits by this before sampling.")
+    top_k: int = arg(0, "Sample among the k most likely tokens only (0: all).")
+    top_p: float = arg(1.0, "Sample among the most likely tokens whose probabilities sum to this (nucleus).")
+    greedy: bool = arg(False, "Always take the most likely token (no sampling).")
+    seed: int = arg(0, "Seed of the sampling.")
 
 
 def control_prefix(tokenizer, template: str, level: Optional[int] = None, critique: Optional[str] = None,

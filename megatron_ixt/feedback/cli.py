@@ -12,8 +12,11 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
+from megatron_ixt.config.flags import add_dataclass_arguments
+from megatron_ixt.config.schema import arg, required
 from megatron_ixt.feedback.annotate import ResumeError, annotate_file
 from megatron_ixt.feedback.base import CRITIC_NAMES, JudgeUnavailable, build_critic
 from megatron_ixt.format.errors import DataError
@@ -21,47 +24,56 @@ from megatron_ixt.format.errors import DataError
 logger = logging.getLogger("annotate_feedback")
 
 
+@dataclass
+class AnnotateConfig:
+    """What to annotate, where to write it and how much of it."""
+
+    input: list = required("input JSONL file(s)", nargs="+")
+    output: str = required("output JSONL (appended to when resuming)")
+    critic: str = arg("auto", "which critic judges (auto: python/math/text by domain)", choices=CRITIC_NAMES)
+    fraction: float = arg(1.0, "share of documents to annotate, chosen by a hash of (seed, id)")
+    seed: int = arg(0, "seed of the --fraction selection")
+    workers: Optional[int] = arg(None, "documents judged at once (default: the critic's own default)")
+    overwrite: bool = arg(False, "re-judge documents that already carry feedback (default: keep it)")
+    audit_file: Optional[str] = arg(None, "also write the judge's reasoning to this JSONL (llm critic)")
+    summary_json: Optional[str] = arg(None, "write the summary as JSON here too")
+    no_progress: bool = arg(False, "no progress line")
+    log_level: str = arg("INFO", "logging threshold", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass
+class LLMCriticConfig:
+    """The LLM judge: an OpenAI-compatible endpoint and the rubric it is asked."""
+
+    endpoint: Optional[str] = arg(None, "OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    model: Optional[str] = arg(None, "judge model name as the endpoint knows it")
+    api_key_env: Optional[str] = arg(None, "environment variable holding the API key "
+                                           "(default: IXT_JUDGE_API_KEY, then OPENAI_API_KEY)")
+    prompt: str = arg("rubric_v1", "rubric prompt: a name under megatron_ixt/feedback/prompts or a YAML path")
+    temperature: float = arg(0.0, "sampling temperature of the judge")
+    max_tokens: Optional[int] = arg(None, "tokens of one verdict at most (default: the endpoint's)")
+    timeout: float = arg(120.0, "seconds per socket operation")
+    max_retries: int = arg(5, "retries of a failed request")
+    backoff: float = arg(1.0, "first retry wait in seconds (doubles)")
+    concurrency: int = arg(8, "requests in flight at most")
+    extra_params: Optional[str] = arg(None, 'JSON object merged into each request, e.g. \'{"top_p": 0.95}\'')
+
+
+@dataclass
+class PythonCriticConfig:
+    """The python critic's sandbox limits (also used by auto)."""
+
+    time_limit: float = arg(5.0, "seconds per test run")
+    memory_limit: int = arg(1024, "MiB per test run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Write critique feedback onto JSONL documents (resumable; rerun the same "
                     "command after a crash or Ctrl-C).")
-    parser.add_argument("--input", nargs="+", required=True, help="input JSONL file(s)")
-    parser.add_argument("--output", required=True, help="output JSONL (appended to when resuming)")
-    parser.add_argument("--critic", choices=CRITIC_NAMES, default="auto",
-                        help="which critic judges (auto: python/math/text by domain)")
-    parser.add_argument("--fraction", type=float, default=1.0,
-                        help="share of documents to annotate, chosen by a hash of (seed, id)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --fraction selection")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="documents judged at once (default: the critic's own default)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="re-judge documents that already carry feedback (default: keep it)")
-    parser.add_argument("--audit-file", default=None,
-                        help="also write the judge's reasoning to this JSONL (llm critic)")
-    parser.add_argument("--summary-json", default=None, help="write the summary as JSON here too")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-
-    llm = parser.add_argument_group("llm critic")
-    llm.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    llm.add_argument("--model", help="judge model name as the endpoint knows it")
-    llm.add_argument("--api-key-env", default=None,
-                     help="environment variable holding the API key "
-                          "(default: IXT_JUDGE_API_KEY, then OPENAI_API_KEY)")
-    llm.add_argument("--prompt", default="rubric_v1",
-                     help="rubric prompt: a name under megatron_ixt/feedback/prompts or a YAML path")
-    llm.add_argument("--temperature", type=float, default=0.0)
-    llm.add_argument("--max-tokens", type=int, default=None)
-    llm.add_argument("--timeout", type=float, default=120.0, help="seconds per socket operation")
-    llm.add_argument("--max-retries", type=int, default=5)
-    llm.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
-    llm.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
-    llm.add_argument("--extra-params", default=None,
-                     help='JSON object merged into each request, e.g. \'{"top_p": 0.95}\'')
-
-    code = parser.add_argument_group("python critic (also used by auto)")
-    code.add_argument("--time-limit", type=float, default=5.0, help="seconds per test run")
-    code.add_argument("--memory-limit", type=int, default=1024, help="MiB per test run")
+    add_dataclass_arguments(parser, AnnotateConfig)
+    add_dataclass_arguments(parser.add_argument_group("llm critic"), LLMCriticConfig)
+    add_dataclass_arguments(parser.add_argument_group("python critic (also used by auto)"), PythonCriticConfig)
     return parser
 
 

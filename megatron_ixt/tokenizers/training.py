@@ -23,8 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+from megatron_ixt.config.flags import add_dataclass_arguments
+from megatron_ixt.config.schema import arg, required
 from megatron_ixt.format.document import DocumentSpec, parse_document_line
 from megatron_ixt.format.errors import DataError
 from megatron_ixt.format.sources import LineBatchReader, expand_inputs
@@ -133,6 +136,22 @@ def train_sentencepiece(
     return model_prefix + ".model"
 
 
+@dataclass
+class TokenizerTrainingConfig:
+    """The flags of tools/train_tokenizer.py."""
+
+    input: str = required("JSONL file, glob or comma-separated list (.gz/.zst ok)")
+    model_prefix: str = required("writes <prefix>.model and <prefix>.vocab")
+    vocab_size: int = required("pieces in the vocabulary (the delimiters and \\n, \\t included)")
+    model_type: str = arg("unigram", "SentencePiece model kind", choices=("unigram", "bpe", "char", "word"))
+    json_keys: list = arg(["text"], "keys holding the text, as in preprocess_data.py")
+    max_docs: Optional[int] = arg(None, "train on the first N documents only")
+    num_threads: Optional[int] = arg(None, "default: all cores")
+    character_coverage: float = arg(0.9995, "share of characters covered by pieces; the rest fall back to bytes")
+    user_defined_symbols: list = arg([], "extra single-piece symbols (\\n, \\t and the delimiters are always added)",
+                                     nargs="*")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of tools/train_tokenizer.py; returns the exit status."""
     import argparse
@@ -142,20 +161,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="tools/train_tokenizer.py",
         description="Train a lossless SentencePiece tokenizer (feedback delimiters built in) on JSONL text.",
     )
-    parser.add_argument("--input", required=True, help="JSONL file, glob or comma-separated list (.gz/.zst ok)")
-    parser.add_argument("--model-prefix", required=True, help="writes <prefix>.model and <prefix>.vocab")
-    parser.add_argument("--vocab-size", type=int, required=True)
-    parser.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
     # --json-keys and --max-docs as in the other tools; the old spellings still work.
-    parser.add_argument("--json-keys", "--json-key", nargs="+", default=["text"],
-                        help="keys holding the text, as in preprocess_data.py (default: text)")
-    parser.add_argument("--max-docs", "--max-documents", dest="max_docs", type=int, default=None,
-                        help="train on the first N documents only")
-    parser.add_argument("--num-threads", type=int, default=None, help="default: all cores")
-    parser.add_argument("--character-coverage", type=float, default=0.9995,
-                        help="share of characters covered by pieces; the rest fall back to bytes")
-    parser.add_argument("--user-defined-symbols", nargs="*", default=[],
-                        help="extra single-piece symbols (\\n, \\t and the delimiters are always added)")
+    add_dataclass_arguments(parser, TokenizerTrainingConfig,
+                            aliases={"json_keys": ("--json-key",), "max_docs": ("--max-documents",)})
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
