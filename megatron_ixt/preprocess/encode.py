@@ -65,22 +65,43 @@ class KeyStats:
 
 
 @dataclass
-class BatchResult:
-    """What a worker sends back for one batch."""
+class DocumentCounts:
+    """What one batch counted; a run's summary (`pipeline.PreprocessSummary`) adds up those
+    of all its batches."""
 
-    index: int
-    lines: int
-    nbytes: int
+    lines: int = 0
+    nbytes: int = 0
     documents: int = 0
     annotated: int = 0
     level_counts: list[int] = field(default_factory=lambda: [0] * (NUM_LEVELS + 1))
     documents_with_delimiter_text: int = 0
     skipped: int = 0
     skipped_examples: list[dict] = field(default_factory=list)
+    """The first `MAX_REPORTED_ERRORS` skipped lines (all are counted in `skipped`)."""
+    stats: dict[str, KeyStats] = field(default_factory=dict)
+
+    def add(self, other: "DocumentCounts") -> None:
+        self.lines += other.lines
+        self.nbytes += other.nbytes
+        self.documents += other.documents
+        self.annotated += other.annotated
+        self.level_counts = [a + b for a, b in zip(self.level_counts, other.level_counts)]
+        self.documents_with_delimiter_text += other.documents_with_delimiter_text
+        self.skipped += other.skipped
+        room = MAX_REPORTED_ERRORS - len(self.skipped_examples)
+        self.skipped_examples.extend(other.skipped_examples[:room])
+        for key, stats in other.stats.items():
+            self.stats.setdefault(key, KeyStats()).add(stats)
+
+
+@dataclass
+class BatchResult(DocumentCounts):
+    """What a worker sends back for one batch."""
+
+    index: int = 0
     error: Optional[str] = None
     """Message of the first bad line when not skipping; the run stops on it."""
     shards: dict[str, Shard] = field(default_factory=dict)
-    stats: dict[str, KeyStats] = field(default_factory=dict)
     normalized_scores: Optional[np.ndarray] = None
     """First pass of --quality-thresholds quantile only."""
 
@@ -138,7 +159,7 @@ class BatchEncoder:
 
     def scores(self, batch: LineBatch) -> BatchResult:
         """Normalized scores of the annotated documents (for quantile thresholds)."""
-        result = BatchResult(batch.index, len(batch.lines), batch.nbytes)
+        result = BatchResult(index=batch.index, lines=len(batch.lines), nbytes=batch.nbytes)
         documents = self._parse(batch, result)
         if documents is None:
             return result
@@ -151,7 +172,7 @@ class BatchEncoder:
 
     def encode(self, batch: LineBatch) -> BatchResult:
         """Parse, tokenize and write the shards of one batch."""
-        result = BatchResult(batch.index, len(batch.lines), batch.nbytes)
+        result = BatchResult(index=batch.index, lines=len(batch.lines), nbytes=batch.nbytes)
         self._delimiter_lines = set()
         documents = self._parse(batch, result)
         if documents is None:

@@ -37,16 +37,16 @@ import numpy as np
 from megatron_ixt.format.document import DocumentSpec
 from megatron_ixt.preprocess.encode import (
     BatchResult,
+    DocumentCounts,
     EncodeSettings,
     KeyStats,
-    MAX_REPORTED_ERRORS,
     encode_in_worker,
     init_worker,
     scores_in_worker,
 )
 from megatron_ixt.format.errors import DataError, InputError, TokenizerError
 from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, token_dtype
-from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
+from megatron_ixt.format.levels import QualityThresholds
 from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
 from megatron_ixt.preprocess.config import PreprocessConfig, parse_config
 from megatron_ixt.preprocess.publish import StagedDatasets, dataset_prefix, provenance
@@ -60,35 +60,13 @@ META_FORMAT = "megatron_ixt.preprocess/1"
 
 
 @dataclass
-class PreprocessSummary:
-    """What a run did; also the source of every `.meta.json`."""
+class PreprocessSummary(DocumentCounts):
+    """What a run did (its batches' counts, added up); also the source of every `.meta.json`."""
 
-    output_prefixes: dict[str, str]
+    output_prefixes: dict[str, str] = field(default_factory=dict)
     """json key -> dataset prefix (pass it to IndexedDataset / --data-path)."""
-    documents: int = 0
-    lines: int = 0
-    nbytes: int = 0
-    annotated: int = 0
-    level_counts: list[int] = field(default_factory=lambda: [0] * (NUM_LEVELS + 1))
-    documents_with_delimiter_text: int = 0
-    skipped: int = 0
-    skipped_examples: list[dict] = field(default_factory=list)
-    stats: dict[str, KeyStats] = field(default_factory=dict)
     elapsed_s: float = 0.0
     processing_s: float = 0.0
-
-    def add(self, result: BatchResult) -> None:
-        self.documents += result.documents
-        self.lines += result.lines
-        self.nbytes += result.nbytes
-        self.annotated += result.annotated
-        self.level_counts = [a + b for a, b in zip(self.level_counts, result.level_counts)]
-        self.documents_with_delimiter_text += result.documents_with_delimiter_text
-        self.skipped += result.skipped
-        room = MAX_REPORTED_ERRORS - len(self.skipped_examples)
-        self.skipped_examples.extend(result.skipped_examples[:room])
-        for key, stats in result.stats.items():
-            self.stats.setdefault(key, KeyStats()).add(stats)
 
     @property
     def tokens(self) -> int:
@@ -159,7 +137,8 @@ def _ordered_results(
     batches: Iterable,
     workers: int,
 ) -> Iterator[BatchResult]:
-    """Results of `task` over `batches`, in input order, with few batches in flight.
+    """Results of `task` over `batches`, in input order, with few batches in flight;
+    `DataError` at the first batch that stopped on a bad line.
 
     With one worker everything runs in this process. With several, a process pool runs the
     tasks; at most `2 * workers + 1` batches are pending at any time, which bounds memory
@@ -174,7 +153,7 @@ def _ordered_results(
     if workers == 1:
         init_worker(settings)
         for batch in batches:
-            yield task(batch)
+            yield _checked(task(batch))
         return
     # fork starts workers in milliseconds with megatron-core already imported; spawn would
     # re-import it (seconds per worker). Workers still build everything from `settings`.
@@ -200,11 +179,17 @@ def _ordered_results(
 
 def _result(future) -> BatchResult:
     try:
-        return future.result()
+        return _checked(future.result())
     except BrokenProcessPool:
         raise DataError(
             "a preprocessing worker died unexpectedly (out of memory? killed?); no output was written"
         ) from None
+
+
+def _checked(result: BatchResult) -> BatchResult:
+    if result.error:
+        raise DataError(result.error)
+    return result
 
 
 def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> EncodeSettings:
@@ -217,8 +202,6 @@ def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> Encode
     results = _ordered_results(settings, scores_in_worker, reader, config.workers)
     with contextlib.closing(results):  # an error stops the workers at once
         for result in results:
-            if result.error:
-                raise DataError(result.error)
             scores.append(result.normalized_scores)
             progress.update(result.documents, nbytes=result.nbytes, disk_bytes_done=reader.disk_bytes_done())
     progress.close()
@@ -245,8 +228,6 @@ def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, stage
     try:
         with contextlib.closing(results):  # an error stops the workers at once
             for result in results:
-                if result.error:
-                    raise DataError(result.error)
                 for key in keys:
                     shard = result.shards[key]
                     writers[key].append(shard)
