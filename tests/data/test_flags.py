@@ -65,3 +65,51 @@ def test_train_tokenizer_takes_the_shared_flag_names_and_the_old_ones(tmp_path, 
     assert seen == {"json_keys": ["code", "text"], "max_docs": 5}
     assert tokenizer_training.main(common + ["--json-key", "code", "--max-documents", "7"]) == 0
     assert seen == {"json_keys": ["code"], "max_docs": 7}
+
+
+def test_generator_narrows_a_shared_class_for_one_tool():
+    from megatron_ixt.config.schema import ParallelConfig, TokenizerConfig
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, ParallelConfig, fields=("tensor_model_parallel_size",))
+    add_dataclass_arguments(parser, TokenizerConfig, fields=("tokenizer_type", "vocab_file"),
+                            defaults={"tokenizer_type": None}, helps={"vocab_file": "theirs"},
+                            required=("vocab_file",))
+    args = parser.parse_args(["--vocab-file", "v.json"])
+    assert vars(args) == {"tensor_model_parallel_size": 1, "tokenizer_type": None, "vocab_file": "v.json"}
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # --vocab-file made required
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--vocab-file", "v", "--tokenizer-type", "Tiktoken"])  # the class's choices stay
+    assert "theirs" in parser.format_help() and "--pipeline-model-parallel-size" not in parser.format_help()
+
+
+def test_preprocess_takes_the_training_tokenizer_fields():
+    config = parse_config(["--input", "a", "--output-prefix", "b", "--tokenizer-type", "GPT2BPETokenizer",
+                           "--vocab-file", "v.json", "--merge-file", "m.bpe"])
+    assert (config.tokenizer.tokenizer_type, config.tokenizer.vocab_file, config.tokenizer.merge_file) == (
+        "GPT2BPETokenizer", "v.json", "m.bpe")
+    with pytest.raises(SystemExit):
+        parse_config(["--input", "a", "--output-prefix", "b"])  # --tokenizer-type is required here
+    assert "--make-vocab-size-divisible-by" not in build_parser().format_help()  # the model's, not the data's
+
+
+def test_tool_parsers_keep_their_flags_groups_and_defaults():
+    from megatron_ixt.conversion.cli import build_parser as convert_parser
+    from megatron_ixt.feedback.cli import AnnotateConfig, LLMCriticConfig, PythonCriticConfig
+    from megatron_ixt.feedback.cli import build_parser as annotate_parser
+
+    parsed = vars(annotate_parser().parse_args(["--input", "a", "b", "--output", "o"]))
+    for cls in (AnnotateConfig, LLMCriticConfig, PythonCriticConfig):
+        for field in dataclasses.fields(cls):
+            if field.default is not dataclasses.MISSING:
+                assert parsed[field.name] == field.default, field.name
+    assert parsed["input"] == ["a", "b"] and parsed["critic"] == "auto"
+
+    convert = convert_parser()
+    args = convert.parse_args(["--from", "hf", "--input", "i", "--save", "s", "--tensor-model-parallel-size", "2"])
+    assert (args.source, args.to, args.tensor_model_parallel_size, args.seq_length) == ("hf", None, 2, None)
+    assert (args.make_vocab_size_divisible_by, args.bf16, args.tokenizer_type) == (128, False, None)
+    for argv in ([], ["--to", "hf", "--from", "hf"]):  # exactly one direction
+        with pytest.raises(SystemExit):
+            convert.parse_args(argv)
