@@ -138,3 +138,61 @@ def test_append_dataset_refuses_damaged_shards(tmp_path):
     with pytest.raises(ValueError, match="tokens are uint16, the merged dataset's int32"):
         other.append_dataset(str(tmp_path / "d"))
     other.close()
+
+
+def test_metadata_has_one_reader_and_one_writer(tmp_path):
+    """read_metadata: the file as written; None for a dataset without one (Megatron-LM's) only
+    when asked; otherwise an InputError naming the file, for a missing or a corrupt one."""
+    from megatron_ixt.format.errors import InputError
+    from megatron_ixt.format.indexed_io import read_metadata, write_metadata
+
+    prefix = str(tmp_path / "d_text_document")
+    meta = {"format": "megatron_ixt.preprocess/1", "counts": {"documents": 3}, "text": "é"}
+    write_metadata(prefix + ".meta.json", meta)
+    assert read_metadata(prefix) == meta and read_metadata(prefix, missing_ok=True) == meta
+    assert read_metadata(str(tmp_path / "none"), missing_ok=True) is None
+    with pytest.raises(InputError, match=r"none\.meta\.json: no such file"):
+        read_metadata(str(tmp_path / "none"))
+    (tmp_path / "bad.meta.json").write_text('{"format": ')
+    with pytest.raises(InputError, match=r"bad\.meta\.json: not valid JSON"):
+        read_metadata(str(tmp_path / "bad"), missing_ok=True)
+    (tmp_path / "list.meta.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"list\.meta\.json: expected a JSON object, got list"):
+        read_metadata(str(tmp_path / "list"))
+
+
+def test_staged_datasets_publish_complete_sets_or_nothing(tmp_path, monkeypatch):
+    """preprocess.publish, the one publishing step of preprocessing and the merge: files are
+    written in a hidden staging folder and renamed into place, .idx last; an error leaves
+    nothing behind."""
+    import os
+
+    from megatron_ixt.preprocess.publish import PUBLISH_ORDER, StagedDatasets, dataset_prefix
+
+    rng = np.random.default_rng(3)
+    output_prefix = str(tmp_path / "out" / "corpus")
+    prefixes = [dataset_prefix(output_prefix, key) for key in ("text", "code")]
+    renamed = []
+    real_replace = os.replace
+    with StagedDatasets(output_prefix) as staged:
+        assert os.path.basename(staged.folder).startswith(".corpus.")
+        for prefix in prefixes:
+            writer = staged.writer(prefix, np.uint16)
+            writer.append(shard_of(random_documents(rng, 10, np.uint16), np.uint16, tmp_path / "s.bin"))
+            writer.finalize()
+            staged.write_metadata(prefix, {"json_key": prefix})
+        assert not list((tmp_path / "out").glob("corpus*"))  # nothing visible before publishing
+        monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(dst), real_replace(src, dst)))
+        staged.publish(prefixes)
+        monkeypatch.undo()
+    assert renamed[-len(prefixes):] == [p + ".idx" for p in prefixes]  # every .idx after all the rest
+    assert len(renamed) == len(prefixes) * sum(map(len, PUBLISH_ORDER))
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(os.path.basename(p) + s for p in prefixes
+                                                          for s in (".bin", ".idx", ".ixt.npy", ".meta.json"))
+    assert len(IndexedDataset(prefixes[0])) > 0
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        with StagedDatasets(str(tmp_path / "failed" / "corpus")) as staged:
+            staged.write_metadata(dataset_prefix(str(tmp_path / "failed" / "corpus"), "text"), {})
+            raise RuntimeError("disk full")
+    assert os.listdir(tmp_path / "failed") == []

@@ -109,3 +109,23 @@ def test_prefix_token_ids_wrap_the_text_in_delimiters(sp_model):
     assert best != worst and len(best) == len(worst)
     critique = prefix_token_ids(tokenizer, "critique", FEEDBACK)
     assert tokenizer.detokenize(critique[1:-1]) == render_prefix("critique", FEEDBACK)
+
+
+def test_preprocessing_and_inference_build_prefix_ids_in_one_place(sp_model, tmp_path):
+    """prefix_ids_of_texts (preprocessing's batched path) gives prefix_token_ids' ids, the
+    template's token budget included."""
+    from megatron_ixt.format.prefixes import prefix_ids_of_texts
+
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    feedbacks = [FEEDBACK, {"score": 2, "critique": "Wrong. " * 40}, {"score": 9.5}]
+    template = load_template("critique")
+    batched = prefix_ids_of_texts(tokenizer, template, [render_prefix(template, f) for f in feedbacks])
+    assert [ids.tolist() for ids in batched] == [prefix_token_ids(tokenizer, template, f) for f in feedbacks]
+    assert all(ids.dtype == "int64" for ids in batched)
+
+    budget = tmp_path / "short.yaml"
+    budget.write_text("name: short\nversion: 1\nkind: critique\nmax_tokens: 5\nlines: ['Critique: {critique}']\n")
+    short = load_template(str(budget))
+    ids = prefix_token_ids(tokenizer, short, feedbacks[1])
+    assert len(ids) == 5 + 2 and ids[0] == tokenizer.feedback_open_id and ids[-1] == tokenizer.feedback_close_id
+    assert prefix_ids_of_texts(tokenizer, short, [render_prefix(short, feedbacks[1])])[0].tolist() == ids
