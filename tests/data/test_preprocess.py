@@ -270,12 +270,11 @@ def test_documents_quoting_a_delimiter_are_counted(tmp_path, sp_model):
     check_layout(prefix, docs, tokenizer, "critique")
 
 
-def test_merged_shards_equal_one_run_and_mismatched_shards_are_refused(tmp_path, sp_model, code_documents):
-    """tools/merge_datasets.py (the SLURM merge step) over per-file runs gives the bytes of
-    one run over all files; shards made with other flags are refused, and nothing is written."""
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_merged_shards_equal_one_run_and_mismatched_shards_are_refused(tmp_path, sp_model, code_documents, capsys):
+    """tools/merge_datasets.py (the SLURM merge step; its main, in-process) over per-file runs
+    gives the bytes of one run over all files; shards made with other flags are refused, and
+    nothing is written."""
+    from megatron_ixt.preprocess.merge import main as merge_main
 
     docs = code_documents[:240]  # a third of them with feedback
     parts = [write_jsonl(tmp_path / f"part{i}.jsonl", docs[i * 80:(i + 1) * 80]) for i in range(3)]
@@ -284,10 +283,8 @@ def test_merged_shards_equal_one_run_and_mismatched_shards_are_refused(tmp_path,
     shards = [tmp_path / "shards" / f"shard_{i:05d}" for i in range(3)]
     for part, shard in zip(parts, shards):
         preprocess(part, shard, *flags, model=sp_model)
-    tool = Path(__file__).resolve().parents[2] / "tools" / "merge_datasets.py"
-    run = subprocess.run([sys.executable, str(tool), "--output-prefix", str(tmp_path / "merged"), *map(str, shards)],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+    assert merge_main(["--output-prefix", str(tmp_path / "merged"), *map(str, shards)]) == 0, capsys.readouterr().err
+    assert "merged 3 shards into" in capsys.readouterr().out
     for suffix in (".bin", ".idx", ".ixt.npy"):
         assert (tmp_path / f"one_text_document{suffix}").read_bytes() == \
             (tmp_path / f"merged_text_document{suffix}").read_bytes(), suffix
@@ -295,8 +292,12 @@ def test_merged_shards_equal_one_run_and_mismatched_shards_are_refused(tmp_path,
     assert merged["counts"] == single["counts"] and len(merged["merged_from"]) == 3
 
     preprocess(parts[0], tmp_path / "other", "--append-eod", "--prefix-template", "quality", model=sp_model)
-    run = subprocess.run([sys.executable, str(tool), "--output-prefix", str(tmp_path / "bad"), str(shards[0]),
-                          str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1
-    assert "other_text_document differs from" in run.stderr and "template" in run.stderr
-    assert not list(tmp_path.glob("bad*"))
+    assert merge_main(["--output-prefix", str(tmp_path / "bad"), str(shards[0]), str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err
+    assert "other_text_document differs from" in err and "template" in err and "No output was written." in err
+    assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".bad*"))
+    assert merge_main(["--output-prefix", str(tmp_path / "bad"), "--expected-shards", "2", str(shards[0])]) == 1
+    assert "1 shards given, 2 expected" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        merge_main(["--output-prefix", str(tmp_path / "bad")])
+    assert usage.value.code == 2 and "the following arguments are required: shards" in capsys.readouterr().err
