@@ -131,3 +131,29 @@ def test_peak_table_matches_exact_device_names():
     assert device_peak_tflops(config, "NVIDIA H200") == 989.0
     assert device_peak_tflops(config, "NVIDIA H100 Something New") is None  # unknown: no MFU, no guess
     assert all(name.startswith("NVIDIA ") for name in PEAK_TFLOPS)
+
+
+# Who may compute a kernel plan: the entry points, once per run; everything below them is
+# handed the plan (training.context.RunContext). Paths relative to the repository.
+PLAN_MAKERS = {"plan_kernels", "kernel_plan", "validate_for_this_machine", "detect"}
+PLAN_COMPUTED_IN = {
+    "pretrain_ixt.py",                        # training's entry point
+    "megatron_ixt/evaluation/engine.py",      # init_inference: every inference tool's
+    "megatron_ixt/conversion/import_hf.py",   # builds its own config and a one-process model
+    "megatron_ixt/runtime/kernels.py",        # where the plan is made
+}
+
+
+def test_the_kernel_plan_is_computed_only_at_the_top():
+    import ast
+
+    from conftest import REPO
+
+    callers = {}
+    for path in [REPO / "pretrain_ixt.py", *sorted((REPO / "megatron_ixt").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                if name in PLAN_MAKERS:
+                    callers.setdefault(str(path.relative_to(REPO)), set()).add(name)
+    assert set(callers) <= PLAN_COMPUTED_IN, {p: n for p, n in callers.items() if p not in PLAN_COMPUTED_IN}

@@ -3,6 +3,7 @@ active on CPU only, invisible outside megatron-core, and never touched on CUDA."
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import subprocess
@@ -156,3 +157,51 @@ except (AssertionError, RuntimeError):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "global torch untouched" in proc.stdout
+
+
+# Below the entry points nothing edits the configuration: it is resolved once (config.validate,
+# then runtime.kernels.validate_for_this_machine fills transformer_impl) and handed down in the
+# run context (training.context.RunContext).
+BELOW_THE_ENTRY_POINT = ("runtime", "data", "model", "checkpoint", "training")
+RESOLVES_THE_CONFIG = {("megatron_ixt/runtime/kernels.py", "validate_for_this_machine")}
+
+
+def _config_edits(tree: ast.AST):
+    """(function, line) of each assignment into a config section: ``cfg.model.x = ...`` or,
+    through a local alias (``m = cfg.model`` / ``m, p = cfg.model, cfg.parallel``), ``m.x = ...``."""
+    def roots_in_cfg(node) -> bool:  # cfg.section or self.cfg.section
+        return (isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute))
+                and ast.unparse(node.value) in ("cfg", "self.cfg"))
+
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        aliases = set()
+        for node in ast.walk(func):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    pairs = (zip(target.elts, node.value.elts) if isinstance(target, ast.Tuple)
+                             and isinstance(node.value, ast.Tuple) else [(target, node.value)])
+                    for name, value in pairs:
+                        if isinstance(name, ast.Name) and roots_in_cfg(value):
+                            aliases.add(name.id)
+        for node in ast.walk(func):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute) and (roots_in_cfg(target.value) or (
+                        isinstance(target.value, ast.Name) and target.value.id in aliases)):
+                    yield func.name, node.lineno
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and node.args and (
+                    roots_in_cfg(node.args[0]) or ast.unparse(node.args[0]) in aliases):
+                yield func.name, node.lineno
+
+
+def test_nothing_below_the_entry_point_edits_the_config():
+    edits = []
+    for package in BELOW_THE_ENTRY_POINT:
+        for path in sorted((REPO / "megatron_ixt" / package).rglob("*.py")):
+            name = str(path.relative_to(REPO))
+            edits += [f"{name}:{line} ({func})" for func, line in _config_edits(ast.parse(path.read_text()))
+                      if (name, func) not in RESOLVES_THE_CONFIG]
+    assert not edits, edits

@@ -78,7 +78,7 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
         peak_tflops=device_peak_tflops(cfg),
     )
     n_micro = num_microbatches(cfg, layout)
-    saver = Saver(cfg, layout)
+    saver = Saver(cfg, layout, prefix=run.dataset)  # the entry point read the datasets' record once
     start_time = time.time()
     exit_reason = None
 
