@@ -33,11 +33,11 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from megatron_ixt.config.flags import add_dataclass_arguments
-from megatron_ixt.config.schema import arg
+from megatron_ixt.config.flags import add_dataclass_arguments, dataclass_values
+from megatron_ixt.config.schema import arg, required
 from megatron_ixt.format.errors import DataError
 from megatron_ixt.runtime.progress import format_duration
 
@@ -57,7 +57,7 @@ MUST_AGREE = ("format", "json_key", "json_keys", "tokenizer", "template", "feedb
 class MergeConfig:
     """The flags of tools/merge_datasets.py (its operands, the shards, follow them)."""
 
-    output_prefix: str = field(metadata={"help": "prefix of the merged dataset"})
+    output_prefix: str = required("prefix of the merged dataset")
     expected_shards: Optional[int] = arg(None, "refuse to merge unless there are this many")
 
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Optional[list[str]] = None) -> tuple[MergeConfig, list[str]]:
     """The flags and the shards of the command line (exits 2 on a usage error)."""
     args = build_parser().parse_args(argv)
-    return MergeConfig(output_prefix=args.output_prefix, expected_shards=args.expected_shards), args.shards
+    return dataclass_values(args, MergeConfig), args.shards
 
 
 def main(argv: Optional[list[str]] = None) -> int:
