@@ -4,7 +4,10 @@ One dataclass per concern; every leaf is named after the Megatron-LM argument it
 so ``--tensor-model-parallel-size`` on the command line, ``tensor_model_parallel_size:``
 in a YAML file and ``cfg.parallel.tensor_model_parallel_size`` in code are the same thing.
 The command line is generated from these classes (``megatron_ixt.config.cli``); each
-field's ``help`` metadata is its documentation there.
+field's ``help`` metadata is its documentation there. The other tools take their shared
+flags from the same classes (the layout from ``ParallelConfig``, the tokenizer from
+``TokenizerConfig``) and their own from dataclasses declared with ``arg`` / ``required``,
+all through ``megatron_ixt.config.flags``. This module imports only the standard library.
 """
 
 from __future__ import annotations
@@ -111,7 +114,8 @@ class TokenizerConfig:
     """GPT2BPETokenizer only."""
     merge_file: Optional[str] = arg(None, "GPT-2 BPE merges (vocab.bpe).")
     """GPT2BPETokenizer only."""
-    vocab_size: Optional[int] = arg(None, "Vocabulary size for the NullTokenizer/mock data (otherwise taken from the tokenizer).")
+    vocab_size: Optional[int] = arg(None, "Vocabulary size of the NullTokenizer (also mock data's); every other "
+                                          "type knows its own.")
     """NullTokenizer only: its ids are ``0 .. vocab_size - 1``, the eod ``vocab_size`` and the
     two feedback delimiters the next two ids. Every other type knows its own size."""
     make_vocab_size_divisible_by: int = arg(128, "Pad the vocabulary to a multiple of this times TP size.")
