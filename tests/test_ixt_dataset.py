@@ -12,10 +12,63 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_ixt.format.indexed_io import read_side_file
-from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig, pack_samples, uniform_hash
+from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig
 from megatron_ixt.tokenizers.build import build_tokenizer
 
 SEQ = 64
+
+
+# -- readable references of the compiled kernels (data/packing.py), checked against them -----
+
+
+def uniform_hash(seed: int, documents: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """The readable reference of ``packing.dropout_flags``' draw: deterministic uniforms in
+    [0, 1) per (seed, document, epoch), splitmix64 finaliser over the packed key.
+    Independent of split, order and parallel layout."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(documents, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ (np.asarray(epochs, dtype=np.uint64) + np.uint64(1)) * np.uint64(0xBF58476D1CE4E5B9)
+             ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x94D049BB133111EB))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def pack_samples(sizes: np.ndarray, prefix_insert: "np.ndarray | None", seq_length: int,
+                 add_extra_token: int = 1) -> np.ndarray:
+    """The readable reference of the compiled ``packing.pack`` (which the dataset uses): Megatron's greedy packing
+    (``helpers.build_sample_idx``) in Python, over occurrences
+    ``0..len(sizes)-1``, optionally paying for re-inserted prefixes.
+
+    ``prefix_insert[i]`` is the prefix length of occurrence ``i`` (0: nothing to insert). A
+    sample that starts at offset ``e > 0`` inside occurrence ``i`` begins with
+    ``min(e, prefix_insert[i])`` re-inserted prefix tokens, which take room in the sample.
+    Returns ``[num_samples + 1, 2]`` (occurrence, offset) boundaries; only complete samples.
+    """
+    boundaries = [(0, 0)]
+    doc, offset, n = 0, 0, len(sizes)
+    while True:
+        remaining = seq_length + add_extra_token
+        if prefix_insert is not None and offset > 0:
+            remaining -= min(offset, int(prefix_insert[doc]))
+            if remaining <= add_extra_token:  # the prefix alone fills the sample: no progress possible
+                raise ValueError(f"--ixt-repeat-prefix: a {int(prefix_insert[doc])}-token prefix does not fit in a "
+                                 f"{seq_length}-token sample with room for text")
+        while remaining > 0:
+            doc_length = int(sizes[doc]) - offset
+            remaining -= doc_length
+            if remaining <= 0:
+                offset += remaining + doc_length - add_extra_token
+                remaining = 0
+            else:
+                doc += 1
+                offset = 0
+                if doc == n:
+                    return np.array(boundaries, dtype=np.int64)
+        boundaries.append((doc, offset))
 
 
 def build(corpus, tmp_path, num_samples=400, split="100,0,0", blend=None, **ixt):

@@ -8,11 +8,13 @@ kernels do both in one pass over the occurrences, reading the per-sequence array
 the document index, so no per-occurrence `sizes` / `insert` / hash temporaries are made
 (at 10^8 occurrences each such array is 0.4-0.8 GB).
 
-* `dropout_flags` - the same splitmix64 draw as `ixt_dataset.uniform_hash`, per
-  occurrence, without its five uint64 temporaries.
+* `dropout_flags` - a splitmix64 draw per (seed, document, epoch), per occurrence, without
+  uint64 temporaries.
 * `pack` - Megatron's greedy packing over occurrences, paying for re-inserted prefixes;
-  with nothing re-inserted its output equals `helpers.build_sample_idx`'s (tests check
-  both, and the pure-Python `ixt_dataset.pack_samples` stays as the readable reference).
+  with nothing re-inserted its output equals `helpers.build_sample_idx`'s.
+
+tests/test_ixt_dataset.py checks both against readable numpy/Python references
+(`uniform_hash`, `pack_samples`), which live there: the package has one implementation.
 
 Compiled on first use and cached next to this file (`cache=True`), so a run pays the
 compilation (about a second) once per installation, not once per job.
@@ -48,8 +50,8 @@ def _dropout_kernel(document_index, prefix_lengths, seed, rate, per_epoch, out):
 
 def dropout_flags(document_index: np.ndarray, prefix_lengths: np.ndarray, seed: int, rate: float,
                   per_epoch: int) -> np.ndarray:
-    """bool per occurrence: its document has a prefix and the (seed, document, epoch) draw of
-    `uniform_hash` is below `rate`; occurrence `i` belongs to epoch `i // per_epoch`."""
+    """bool per occurrence: its document has a prefix and the splitmix64 draw of (seed,
+    document, epoch) is below `rate`; occurrence `i` belongs to epoch `i // per_epoch`."""
     out = np.empty(len(document_index), dtype=bool)
     if rate <= 0 or len(document_index) == 0:
         out[:] = False
