@@ -167,6 +167,11 @@ class IXTTokenizer(_MegatronBase):
         except (TokenizerError, NotImplementedError):
             return None
 
+    @property
+    def eos(self) -> int:
+        """Megatron-LM's `eos`: the same token as `eod` in every tokenizer here."""
+        return self.eod
+
 
 def _sentencepiece_text_only(model_file: str, piece_ids: Sequence[int]):
     """A copy of a SentencePiece model in which `piece_ids` are control symbols: same ids,
@@ -247,10 +252,6 @@ class SentencePieceTokenizer(IXTTokenizer):
         if eos < 0:
             raise TokenizerError(f"the SentencePiece model {self._files['tokenizer_model']} has no eos piece to use as eod")
         return eos
-
-    @property
-    def eos(self) -> int:
-        return self.eod
 
     @property
     def bos(self) -> int:
@@ -382,10 +383,6 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
             )
         return self._eod
 
-    @property
-    def eos(self) -> int:
-        return self.eod
-
 
 class GPT2BPETokenizer(_TokenizersLibrary, IXTTokenizer):
     """OpenAI's GPT-2 byte-level BPE from encoder.json + vocab.bpe (Rust `tokenizers` BPE).
@@ -427,10 +424,6 @@ class GPT2BPETokenizer(_TokenizersLibrary, IXTTokenizer):
 
     @property
     def eod(self) -> int:
-        return self._eod
-
-    @property
-    def eos(self) -> int:
         return self._eod
 
 
@@ -476,10 +469,6 @@ class NullTokenizer(IXTTokenizer):
 
     @property
     def eod(self) -> int:
-        return self._size
-
-    @property
-    def eos(self) -> int:
         return self._size
 
     def identity(self) -> dict:
