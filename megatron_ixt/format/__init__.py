@@ -8,7 +8,8 @@ imports nothing heavier than numpy and PyYAML, so the tools' ``--help`` stays fa
 * `prefixes` - feedback -> prefix text and ids, from the YAML templates in `templates/`;
 * `sources` - reading JSONL inputs (plain, .gz, .zst, globs) in line batches;
 * `errors` - the errors that name file, line and field;
-* `indexed_io` - the `.bin`/`.idx` files and their `.meta.json` / side files.
+* `indexed_io` - the `.bin`/`.idx` files and their `.meta.json` / side files (the one writer
+  and reader of each).
 
 See docs/data.md.
 """

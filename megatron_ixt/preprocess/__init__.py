@@ -3,7 +3,9 @@
 * `config` - `PreprocessConfig`, the flags of tools/preprocess_data.py;
 * `encode` - one line batch -> token ids and prefix records (runs in the worker processes);
 * `pipeline` - the ordered, parallel pipeline behind tools/preprocess_data.py;
-* `merge` - merging finished datasets (SLURM shards) in constant memory.
+* `merge` - merging finished datasets (SLURM shards) in constant memory;
+* `publish` - the output staged next to its target and renamed into place when complete,
+  for the pipeline and the merge alike.
 
 See docs/data.md.
 """
