@@ -36,7 +36,7 @@ setup: $(STAMP)
 test: setup
 	@# The SLURM tests need a one-node cluster: installed (Debian packages) and started as root.
 	@if [ "$$(id -u)" = 0 ]; then bash examples/slurm/local_cluster/setup.sh; fi
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

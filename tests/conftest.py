@@ -1,25 +1,22 @@
-"""Shared test helpers: GPU marker handling and multi-process launches.
+"""The suite's fixtures: GPU marker handling, the text corpora, trained checkpoints shared by many tests.
 
-Multi-process tests run the real entry points under ``torchrun --standalone`` (gloo on
-CPU), as users do, and read the per-iteration metrics each run writes with --log-file.
+Multi-process tests run the real entry points as ``torchrun --standalone`` runs them (gloo
+on CPU), from a fork server that imported torch and megatron-core once (tests/launch.py),
+and read the per-iteration metrics each run writes with --log-file. Session fixtures hold
+the runs that many tests read: a corpus and its tokenizer, trained checkpoints.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "examples" / "configs" / "tiny.yaml"
+from tests.launch import REPO, TINY, read_metrics, run_python, run_torchrun
+from tests.text_fixtures import *  # noqa: F401,F403 - the text corpora and tokenizers, for every folder
 # The demo's code (corpus builder, report, pipeline) lives in examples/demo, outside the
 # package; its tests import it as the demo's scripts do, from that folder.
 sys.path.insert(0, str(REPO / "examples" / "demo"))
@@ -32,91 +29,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    return env
-
-
-def run_torchrun(nproc: int, script: str, args: list, *, timeout: int = 300, check: bool = True,
-                 env: dict | None = None) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N script args``; fails the test with the
-    output when the run fails and ``check`` is set.
-
-    Every process of the run is tracked while it runs and killed when torchrun returns: a
-    test that kills a rank on purpose must not leave its peers (or their helper processes,
-    which torchrun starts in sessions of their own) behind."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(REPO / script), *map(str, args)]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(cmd, cwd=REPO, env={**_env(), **(env or {})}, stdout=out, stderr=err,
-                                 text=True, start_new_session=True)
-        tree = ProcessTree(child)
-        returncode = tree.wait(timeout)
-        tree.kill()
-        out.seek(0)
-        err.seek(0)
-        proc = subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read())
-    if returncode is None:
-        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s\n--- stdout\n{proc.stdout[-6000:]}\n"
-                    f"--- stderr\n{proc.stderr[-6000:]}")
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
-                    f"--- stderr\n{proc.stderr[-6000:]}")
-    return proc
-
-
-class ProcessTree:
-    """A launched process and every descendant seen while it ran (descendants outlive their
-    parent as orphans, so they are recorded while the parent is alive)."""
-
-    def __init__(self, popen: subprocess.Popen) -> None:
-        self.popen = popen
-        self.seen: dict[int, psutil.Process] = {}
-
-    def snapshot(self) -> None:
-        try:
-            for p in psutil.Process(self.popen.pid).children(recursive=True):
-                self.seen.setdefault(p.pid, p)
-        except psutil.NoSuchProcess:
-            pass
-
-    def wait(self, timeout: float) -> int | None:
-        """The launcher's exit status, or None on timeout."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.snapshot()
-            if self.popen.poll() is not None:
-                return self.popen.returncode
-            time.sleep(0.2)
-        return None
-
-    def kill(self) -> None:
-        self.snapshot()
-        for p in [psutil.Process(self.popen.pid) if self.popen.poll() is None else None, *self.seen.values()]:
-            try:
-                if p is not None and p.is_running():
-                    p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.popen.wait()
-
-
-def run_python(script: str, args: list, *, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                          env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
-
-
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """(training records, validation records) from a --log-file."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [r for r in rows if "split" not in r], [r for r in rows if "split" in r]
 
 
 @pytest.fixture(scope="session")
@@ -157,3 +69,69 @@ def ixt_corpus(tmp_path_factory):
         assert proc.returncode == 0, proc.stderr
     return {"jsonl": jsonl, "tokenizer": f"{sp}.model", "prefix": str(root / "ds_text_document"),
             "num_docs": len(docs)}
+
+
+# -- checkpoints shared by the suite --------------------------------------------------------
+
+class SharedCheckpoint:
+    """A checkpoint trained once per session and read by many tests. A test that changes it
+    (resumes into it, rewrites a file, deletes an iteration) works on ``copy()``; a change
+    to the shared folder itself fails the session at its end."""
+
+    def __init__(self, path: Path, flags: list, nproc: int, metrics: Path) -> None:
+        self.path, self.flags, self.nproc, self.metrics = path, flags, nproc, metrics
+        self._fingerprint = self.fingerprint()
+
+    def fingerprint(self) -> list:
+        return sorted((str(p.relative_to(self.path)), p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in self.path.rglob("*") if p.is_file() and p.name != ".megatron_ixt.lock")
+
+    def copy(self, dest: Path) -> Path:
+        import shutil
+
+        shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns(".megatron_ixt.lock"))
+        return dest
+
+    def losses(self) -> dict[int, float]:
+        rows, _ = read_metrics(self.metrics)
+        return {r["iteration"]: r["lm loss"] for r in rows}
+
+    def check_unchanged(self) -> None:
+        assert self.fingerprint() == self._fingerprint, f"a test changed the shared checkpoint {self.path}"
+
+
+def _shared(tmp_path_factory, name: str, nproc: int, flags: list, save_flags: list, timeout: int = 300):
+    root = tmp_path_factory.mktemp(name)
+    ckpt, log = root / "ckpt", root / "metrics.jsonl"
+    run_torchrun(nproc, "pretrain_ixt.py", [*flags, *save_flags, "--save", ckpt, "--log-file", log], timeout=timeout)
+    return SharedCheckpoint(ckpt, flags, nproc, log)
+
+
+# The mock-data model of the checkpoint tests: dropout makes the RNG state part of what a
+# resume must restore exactly.
+MOCK_FLAGS = ["--config", TINY, "--mock-data", "--eval-interval", 0, "--log-interval", 1,
+              "--hidden-dropout", 0.1, "--attention-dropout", 0.1, "--tensor-model-parallel-size", 2]
+MOCK_ITERS = 6
+
+
+@pytest.fixture(scope="session")
+def mock_checkpoint(tmp_path_factory):
+    """The tiny model (tiny.yaml) trained on mock data for 6 iterations at TP=2 (2 processes),
+    with dropout, saved at iterations 3 and 6; ``flags`` resume it."""
+    shared = _shared(tmp_path_factory, "mock_checkpoint", 2, [*MOCK_FLAGS, "--train-iters", MOCK_ITERS],
+                     ["--save-interval", 3])
+    yield shared
+    shared.check_unchanged()
+
+
+@pytest.fixture(scope="session")
+def ixt_checkpoint(tmp_path_factory, ixt_corpus):
+    """The tiny Llama-style model (tiny.yaml) trained 30 iterations at TP=2 on the session's
+    IXT corpus (critique prefixes, SentencePiece tokenizer)."""
+    flags = ["--config", TINY, "--data-path", ixt_corpus["prefix"], "--tokenizer-type", "SentencePieceTokenizer",
+             "--tokenizer-model", ixt_corpus["tokenizer"], "--train-iters", 30, "--lr-warmup-iters", 2,
+             "--eval-interval", 0, "--split", "100,0,0", "--tensor-model-parallel-size", 2,
+             "--data-cache-path", tmp_path_factory.mktemp("ixt_cache")]
+    shared = _shared(tmp_path_factory, "ixt_checkpoint", 2, flags, [], timeout=600)
+    yield shared
+    shared.check_unchanged()

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, _env
+from tests.launch import REPO, child_env
 
 
 
@@ -29,7 +29,7 @@ def quick_demo(tmp_path_factory):
     # --no-python-docs: no apt-get download from a test (the stages are the same).
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "demo" / "run_demo.py"), "--quick",
                            "--no-python-docs", "--output-dir", str(out)],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}"
     return out, proc.stdout
 
@@ -301,7 +301,7 @@ def test_ixt_vs_baseline_adds_quality_prefixes_to_the_demo(quick_demo, tmp_path)
     out, _ = quick_demo
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "ixt_vs_baseline" / "run.py"), "--demo-dir",
                            str(out), "--output-dir", str(tmp_path / "ivb")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     measured = sorted(p.stem for p in (tmp_path / "ivb" / "measurements").glob("*.json"))
     assert measured == sorted([f"{k}_s{s}" for k in ("plain", "bos", "ixt", "same", "ixtq") for s in (1234, 1235)])

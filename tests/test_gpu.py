@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, read_metrics, run_torchrun
+from tests.launch import TINY, read_metrics, run_torchrun
 
 pytestmark = pytest.mark.gpu
 

@@ -18,7 +18,7 @@ from megatron_ixt.preprocess.pipeline import run_preprocess
 from megatron_ixt.preprocess.config import parse_config
 from megatron_ixt.tokenizers.build import build_tokenizer
 
-from .conftest import annotated_documents, write_jsonl
+from tests.text_fixtures import annotated_documents, write_jsonl
 
 
 def preprocess(input_path, output_prefix, *flags, tokenizer=("SentencePieceTokenizer",), model=None):

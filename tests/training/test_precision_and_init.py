@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, read_metrics, run_torchrun
+from tests.launch import TINY, read_metrics, run_torchrun
 
 COMMON = ["--config", TINY, "--mock-data", "--lr-warmup-iters", 0, "--eval-interval", 0, "--log-interval", 5]
 LAYOUTS = {"tp2": ["--tensor-model-parallel-size", 2], "pp2": ["--pipeline-model-parallel-size", 2], "dp2": []}

@@ -1,9 +1,9 @@
 """Hugging Face export and import (tools/convert_checkpoint.py), Megatron-LM checkpoints.
 
-Export: a tiny Llama-style model trained at TP=2 and at PP=2 on a real IXT corpus, exported,
+Export: the session's tiny Llama-style model trained at TP=2 on a real IXT corpus, exported,
 loaded with `transformers.AutoModelForCausalLM.from_pretrained` (offline): its logits equal
-this project's inference engine at the training layout, and greedy generation under the best
-feedback is identical token for token.
+this project's inference engine at TP=2 and at PP=2 (a resharded load), and greedy generation
+under the best feedback is identical token for token.
 
 Tolerance of the logit comparison: both sides compute the same float32 math; only the order of
 the reductions differs (TP splits the hidden-size sums of linear_proj / linear_fc2 in two and
@@ -26,7 +26,7 @@ import os
 import pytest
 import torch
 
-from conftest import TINY, read_metrics, run_python, run_torchrun
+from tests.launch import TINY, read_metrics, run_python, run_torchrun
 
 transformers = pytest.importorskip("transformers", reason="pip install '.[dev]' (transformers, safetensors)")
 
@@ -34,24 +34,15 @@ LOGIT_ATOL = 2e-5
 LAYOUTS = {"tp2": ["--tensor-model-parallel-size", 2], "pp2": ["--pipeline-model-parallel-size", 2]}
 
 
-def _train(corpus, ckpt, layout_flags, iters=30):
-    run_torchrun(2, "pretrain_ixt.py", [
-        "--config", TINY, "--data-path", corpus["prefix"], "--tokenizer-type", "SentencePieceTokenizer",
-        "--tokenizer-model", corpus["tokenizer"], "--train-iters", iters, "--lr-warmup-iters", 2,
-        "--eval-interval", 0, "--split", "100,0,0", *layout_flags, "--save", ckpt,
-        "--data-cache-path", ckpt.parent / "cache"], timeout=600)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_export_matches_the_engine(layout, ixt_corpus, tmp_path):
+def test_export_matches_the_engine(layout, ixt_corpus, ixt_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from megatron_ixt.format.prefixes import prefix_token_ids
     from megatron_ixt.tokenizers.build import build_tokenizer
 
-    ckpt = tmp_path / "ckpt"
-    _train(ixt_corpus, ckpt, LAYOUTS[layout])
+    ckpt = ixt_checkpoint.path  # trained at TP=2: the engine runs it at TP=2 and, resharded, at PP=2
     out = tmp_path / "hf"
     proc = run_python("tools/convert_checkpoint.py", ["--to", "hf", "--load", ckpt, "--output", out])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -220,34 +211,34 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
 # -- Megatron-LM checkpoints ---------------------------------------------------------------
 
 
-def _as_megatron_lm(ckpt):
+def _as_megatron_lm(ckpt, iteration):
     """Rewrite common.pt the way Megatron-LM writes it: its argparse `args` (with an enum and
     a dtype inside, as Megatron-LM's have), `iteration`, `checkpoint_version`; no `config`."""
     from megatron.core.transformer.enums import AttnBackend
 
-    path = ckpt / "iter_0000002" / "common.pt"
+    path = ckpt / f"iter_{iteration:07d}" / "common.pt"
     ours = torch.load(path, weights_only=False)
-    m = ours["config"]["model"]
+    m, p = ours["config"]["model"], ours["config"]["parallel"]
     args = argparse.Namespace(
         num_layers=m["num_layers"], hidden_size=m["hidden_size"], ffn_hidden_size=m["ffn_hidden_size"],
         num_attention_heads=m["num_attention_heads"], group_query_attention=True, num_query_groups=m["num_query_groups"],
         kv_channels=m["hidden_size"] // m["num_attention_heads"], swiglu=True, normalization="RMSNorm",
         position_embedding_type="rope", rotary_base=10000, rotary_percent=1.0, norm_epsilon=1e-5,
         untie_embeddings_and_output_weights=True, add_bias_linear=False, padded_vocab_size=ours["padded_vocab_size"],
-        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, params_dtype=torch.float32,
+        tensor_model_parallel_size=p["tensor_model_parallel_size"],
+        pipeline_model_parallel_size=p["pipeline_model_parallel_size"], params_dtype=torch.float32,
         attention_backend=AttnBackend.auto, ckpt_format="torch_dist", tokenizer_type="NullTokenizer", vocab_size=509)
-    torch.save({"args": args, "iteration": 2, "checkpoint_version": 3.0,
+    torch.save({"args": args, "iteration": iteration, "checkpoint_version": 3.0,
                 "opt_param_scheduler": ours["opt_param_scheduler"], "num_floating_point_operations_so_far": 0}, path)
 
 
 @pytest.mark.slow
-def test_megatron_lm_checkpoint(tmp_path):
+def test_megatron_lm_checkpoint(tmp_path, mock_checkpoint):
     base = ["--config", TINY, "--mock-data", "--eval-interval", 0, "--lr-warmup-iters", 0, "--log-interval", 1]
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(1, "pretrain_ixt.py", [*base, "--train-iters", 2, "--save", ckpt])
+    ckpt = mock_checkpoint.copy(tmp_path / "ckpt")  # saved at TP=2; read here in one process
     reference = tmp_path / "ref.jsonl"
     run_torchrun(1, "pretrain_ixt.py", [*base, "--train-iters", 1, "--load", ckpt, "--finetune", "--log-file", reference])
-    _as_megatron_lm(ckpt)
+    _as_megatron_lm(ckpt, 6)
 
     # Same shapes: the weights load under --finetune, and train exactly as before.
     log = tmp_path / "mlm.jsonl"

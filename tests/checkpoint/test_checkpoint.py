@@ -1,9 +1,13 @@
 """Checkpoints: exact resume (bitwise on CPU), kills during saves, preemption signals,
-resharding across layouts, shape-mismatch errors, non-finite steps, checkpoint_info."""
+resharding across layouts, shape-mismatch errors, non-finite steps, checkpoint_info.
+
+Most tests read the session's trained mock checkpoint (``mock_checkpoint`` in conftest.py:
+TP=2, dropout, saved at iterations 3 and 6); a test that changes it works on a copy."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, ProcessTree, _env, read_metrics, run_python, run_torchrun
+from tests.launch import REPO, TINY, ProcessTree, child_env, read_metrics, run_python, run_torchrun
 
 # Multi-process trainings of a minute or more: `make test-fast` skips them.
 pytestmark = pytest.mark.slow
@@ -32,17 +36,31 @@ def tracker(ckpt) -> int:
     return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
 
 
+def rewind(ckpt, iteration: int):
+    """The folder as a crash after iteration ``iteration``'s save left it: the tracker at
+    that iteration, no later checkpoint."""
+    for later in ckpt.glob("iter_*"):
+        if int(later.name.split("_")[1]) > iteration:
+            shutil.rmtree(later)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+    return ckpt
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_resume_is_bitwise_exact(layout, tmp_path):
-    n = 4
-    args = [*BASE, *LAYOUTS[layout], "--train-iters", 2 * n]
-    run_torchrun(2, "pretrain_ixt.py", [*args, "--log-file", tmp_path / "full.jsonl"])
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(2, "pretrain_ixt.py", [*args, "--exit-interval", n, "--save", ckpt, "--log-file", tmp_path / "a.jsonl"])
-    assert tracker(ckpt) == n
-    run_torchrun(2, "pretrain_ixt.py", [*args, "--load", ckpt, "--save", ckpt, "--log-file", tmp_path / "b.jsonl"])
-    full, resumed = losses(tmp_path / "full.jsonl"), losses(tmp_path / "b.jsonl")
-    assert sorted(resumed) == list(range(n + 1, 2 * n + 1))
+def test_resume_is_bitwise_exact(layout, tmp_path, mock_checkpoint):
+    # The uninterrupted run saved at iterations 3 and 6; resumed from 3, iterations 4-6 repeat.
+    if layout == "tp2":
+        full, flags = mock_checkpoint.losses(), mock_checkpoint.flags
+        ckpt = rewind(mock_checkpoint.copy(tmp_path / "ckpt"), 3)
+    else:
+        ckpt, flags = tmp_path / "ckpt", [*BASE, *LAYOUTS[layout], "--train-iters", 6]
+        run_torchrun(2, "pretrain_ixt.py", [*flags, "--save", ckpt, "--save-interval", 3,
+                                            "--log-file", tmp_path / "full.jsonl"])
+        full = losses(tmp_path / "full.jsonl")
+        rewind(ckpt, 3)
+    run_torchrun(2, "pretrain_ixt.py", [*flags, "--load", ckpt, "--save", ckpt, "--log-file", tmp_path / "b.jsonl"])
+    resumed = losses(tmp_path / "b.jsonl")
+    assert sorted(resumed) == [4, 5, 6] and tracker(ckpt) == 6
     assert [resumed[i] for i in resumed] == [full[i] for i in resumed]  # bitwise: same floats
 
 
@@ -68,7 +86,7 @@ def test_kill_during_save_keeps_previous_checkpoint(point, tmp_path):
 def _start(args, log, output) -> ProcessTree:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            str(REPO / "pretrain_ixt.py"), *map(str, args), "--log-file", str(log)]
-    return ProcessTree(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=output, stderr=subprocess.STDOUT,
+    return ProcessTree(subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True))
 
 
@@ -123,24 +141,20 @@ def test_sigterm_saves_and_run_resumes(tmp_path):
     assert sorted(losses(tmp_path / "r.jsonl"))[:2] == [stopped + 1, stopped + 2]
 
 
-def test_reshard_tp2_to_pp2_gives_same_logits(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(2, "pretrain_ixt.py", [*BASE, "--train-iters", 6, "--tensor-model-parallel-size", 2, "--save", ckpt])
+def test_reshard_tp2_to_pp2_gives_same_logits(tmp_path, mock_checkpoint):
     outs = {}
     for name, flags in {"tp2": ["--tensor-model-parallel-size", 2], "pp2": ["--pipeline-model-parallel-size", 2],
                         "single": []}.items():
         out = tmp_path / f"{name}.pt"
-        run_torchrun(2 if flags else 1, "tests/scripts/dump_logits.py", [ckpt, out, *flags])
+        run_torchrun(2 if flags else 1, "tests/scripts/dump_logits.py", [mock_checkpoint.path, out, *flags])
         outs[name] = torch.load(out)
     for name in ("pp2", "single"):
         for key in ("logits", "losses"):
             torch.testing.assert_close(outs[name][key], outs["tp2"][key], rtol=1e-5, atol=1e-5)
 
 
-def test_model_shape_mismatch_names_the_fields(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(1, "pretrain_ixt.py", [*BASE, "--train-iters", 2, "--lr-warmup-iters", 0, "--save", ckpt])
-    proc = run_torchrun(1, "pretrain_ixt.py", [*BASE, "--train-iters", 4, "--lr-warmup-iters", 0, "--load", ckpt,
+def test_model_shape_mismatch_names_the_fields(mock_checkpoint):
+    proc = run_torchrun(1, "pretrain_ixt.py", [*BASE, "--train-iters", 8, "--load", mock_checkpoint.path,
                                                "--hidden-size", 128, "--num-layers", 2], check=False)
     assert proc.returncode != 0
     assert "does not match the model configuration" in proc.stderr
@@ -162,11 +176,8 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):
     assert "3 consecutive iterations had a NaN/Inf loss or gradient" in proc.stderr
 
 
-def test_checkpoint_info(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(2, "pretrain_ixt.py", [*BASE, "--train-iters", 6, "--tensor-model-parallel-size", 2,
-                                        "--save", ckpt, "--save-interval", 3])
-    proc = run_python("tools/checkpoint_info.py", [ckpt])
+def test_checkpoint_info(mock_checkpoint):
+    proc = run_python("tools/checkpoint_info.py", [mock_checkpoint.path])
     assert proc.returncode == 0, proc.stderr
     for text in ("iteration: 6", "consumed samples: 48", "TP 2 x PP 1 x DP 1", "num_layers: 4", "iter_0000003"):
         assert text in proc.stdout, proc.stdout

@@ -17,7 +17,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_ixt.format.indexed_io import read_metadata
 
-from .conftest import PREPROCESS_TOOL, _run_forked, run_subprocess
+from tests.text_fixtures import PREPROCESS_TOOL, _run_forked, run_subprocess
 
 GOOD = [json.dumps({"text": f"def f{i}(x):\n    return x + {i}\n", "feedback": {"score": i}}).encode() for i in range(6)]
 
@@ -160,9 +160,26 @@ def test_file_level_errors(tmp_path, sp_model, run_preprocess_tool, case, skip_i
 
 
 # Root writes through permission bits, and CI runs as root: there the tool runs as the
-# unprivileged user "nobody", in a forked child that drops root's privileges (a fresh
-# interpreter could not: it lives under /root, which only root may enter).
+# unprivileged user "nobody", in a launched child that drops root's privileges. The checkout
+# may sit under a folder that only root may enter (/root, a fresh `mktemp -d`), so the child
+# reads the tool and imports what it uses while still root, then becomes nobody and runs it.
 UNPRIVILEGED = 65534  # nobody / nogroup
+AS_NOBODY = """
+import os, sys
+tool = {tool!r}
+with open(tool, encoding="utf-8") as f:
+    code = compile(f.read(), tool, "exec")
+import megatron_ixt.preprocess.config, megatron_ixt.preprocess.pipeline, megatron_ixt.tokenizers.build
+import sentencepiece, sentencepiece.sentencepiece_model_pb2, numpy, json, gzip, zlib
+from megatron_ixt.format.prefixes import DEFAULT_PREFIX_TEMPLATE, load_template
+load_template(DEFAULT_PREFIX_TEMPLATE)  # the package's data files are read (and cached) here
+os.setgroups([])
+os.setgid({uid})
+os.setuid({uid})
+os.chdir("/")
+sys.argv[0] = tool
+exec(code, {{"__name__": "__main__", "__file__": tool}})
+"""
 
 
 def test_read_only_output_folder(tmp_path, sp_model, run_preprocess_tool):
@@ -184,8 +201,7 @@ def test_read_only_output_folder(tmp_path, sp_model, run_preprocess_tool):
                 path.chmod(0o644)
             os.chown(out, UNPRIVILEGED, UNPRIVILEGED)  # its owner, who may not write there
             wrapper = work / "as_nobody.py"
-            wrapper.write_text(f"import os, runpy\nos.setgroups([])\nos.setgid({UNPRIVILEGED})\n"
-                               f"os.setuid({UNPRIVILEGED})\nrunpy.run_path({str(PREPROCESS_TOOL)!r}, run_name='__main__')\n")
+            wrapper.write_text(AS_NOBODY.format(tool=str(PREPROCESS_TOOL), uid=UNPRIVILEGED))
             tool = lambda *a: _run_forked(wrapper, [str(x) for x in a])  # noqa: E731
         else:
             tool = run_preprocess_tool

@@ -14,7 +14,7 @@ from megatron_ixt.config.cli import parse_config
 from megatron_ixt.model.flops import PEAK_TFLOPS, device_peak_tflops
 from megatron_ixt.runtime.kernels import DeviceFacts, plan_kernels
 
-from conftest import TINY
+from tests.launch import TINY
 
 CPU = DeviceFacts(cuda=False, flex_attention=True)
 H100_TE = DeviceFacts(cuda=True, device_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0),

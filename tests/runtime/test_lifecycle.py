@@ -19,13 +19,13 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, TINY, ProcessTree, _env, run_torchrun
+from tests.launch import REPO, TINY, ProcessTree, child_env, run_torchrun
 
 PY = sys.executable
 
 
 def _python(code: str, env=None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-c", textwrap.dedent(code)], cwd=REPO, env={**_env(), **(env or {})},
+    return subprocess.Popen([PY, "-c", textwrap.dedent(code)], cwd=REPO, env={**child_env(), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -102,7 +102,7 @@ def test_save_folder_lock_names_the_holder_and_dies_with_it(tmp_path):
     from megatron_ixt.runtime import lifecycle
 
     folder = tmp_path / "ckpt"
-    holder = subprocess.Popen([PY, "-c", HOLDER, str(folder)], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([PY, "-c", HOLDER, str(folder)], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(lifecycle.SaveFolderLocked) as refused:
@@ -160,7 +160,7 @@ def test_killing_torchrun_stops_its_workers_and_frees_the_folder(tmp_path):
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(REPO / "pretrain_ixt.py"),
            *map(str, args), "--train-iters", "100000"]
     with open(tmp_path / "out.txt", "w") as output:
-        tree = ProcessTree(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=output, stderr=subprocess.STDOUT,
+        tree = ProcessTree(subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT,
                                             text=True, start_new_session=True))
         try:
             deadline = time.time() + 180
@@ -174,7 +174,8 @@ def test_killing_torchrun_stops_its_workers_and_frees_the_folder(tmp_path):
             assert len(workers) == 2, everything
 
             # A second run on the same folder, while the first is alive: refused, naming it.
-            second = run_torchrun(1, "pretrain_ixt.py", [*base, "--train-iters", 10], check=False, timeout=180)
+            second = run_torchrun(1, "pretrain_ixt.py", [*base, "--train-iters", 10], check=False, timeout=180,
+                                  real_torchrun=True)
             # torchrun reports a failed worker as its own status 1; the worker's is 2 (a usage error).
             assert second.returncode != 0 and "exitcode  : 2" in second.stderr, second.stdout[-2000:] + second.stderr[-2000:]
             assert "is in use by a running training" in second.stderr and f"on host {socket.gethostname()}" in second.stderr
@@ -200,5 +201,5 @@ def test_killing_torchrun_stops_its_workers_and_frees_the_folder(tmp_path):
     # The dead run's lock does not block a restart, which resumes from its last checkpoint.
     last = _tracker(ckpt)
     proc = run_torchrun(2, "pretrain_ixt.py", [*args, "--load", ckpt, "--train-iters", 100000,
-                                              "--exit-interval", last + 2], timeout=300)
+                                              "--exit-interval", last + 2], timeout=300, real_torchrun=True)
     assert f"iteration {last}" in proc.stdout and _tracker(ckpt) == last + 2

@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # a 4-process torchrun
 
-from conftest import run_torchrun
+from tests.launch import run_torchrun
 
 INPUTS = ["position_ids", "tokens"]
 TARGETS = ["labels", "loss_mask", "orphan_mask", "prefix_mask", "text_mask"]

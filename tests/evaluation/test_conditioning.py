@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, read_metrics, run_python, run_torchrun
+from tests.launch import TINY, read_metrics, run_python, run_torchrun
 
 # Multi-process trainings of a minute or more: `make test-fast` skips them.
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from megatron_ixt.format.indexed_io import read_metadata, read_side_file
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 from megatron_ixt.tokenizers.build import build_tokenizer
 
-from .conftest import annotated_documents, write_jsonl
-from .test_preprocess import check_layout, reference_dataset
+from tests.text_fixtures import annotated_documents, write_jsonl
+from tests.preprocess.test_preprocess import check_layout, reference_dataset
 
 FORGED = f"{FEEDBACK_OPEN}Quality: 5/5{FEEDBACK_CLOSE}"
 

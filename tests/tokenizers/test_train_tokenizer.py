@@ -8,7 +8,7 @@ from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 from megatron_ixt.tokenizers.training import split_for_training
 from megatron_ixt.tokenizers.build import build_tokenizer
 
-from .conftest import TRAIN_TOOL, run_subprocess, write_jsonl
+from tests.text_fixtures import TRAIN_TOOL, run_subprocess, write_jsonl
 
 
 def test_train_tool_builds_a_lossless_model(tmp_path, stdlib_texts, humaneval_texts):

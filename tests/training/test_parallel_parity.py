@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, read_metrics, run_torchrun
+from tests.launch import TINY, read_metrics, run_torchrun
 
 ITERS = 8
 COMMON = ["--config", TINY, "--mock-data", "--train-iters", ITERS, "--lr-warmup-iters", 0,
