@@ -22,6 +22,9 @@ class ByteTokenizer:
     def tokenize(self, text: str) -> list[int]:
         return list(text.encode())
 
+    def tokenize_batch(self, texts: list[str]) -> list[list[int]]:  # the project's tokenizers have both
+        return [self.tokenize(text) for text in texts]
+
     def detokenize(self, ids) -> str:
         return bytes(i for i in ids if i < 256).decode(errors="replace")
 

@@ -147,7 +147,7 @@ PLAN_COMPUTED_IN = {
 def test_the_kernel_plan_is_computed_only_at_the_top():
     import ast
 
-    from conftest import REPO
+    from tests.launch import REPO
 
     callers = {}
     for path in [REPO / "pretrain_ixt.py", *sorted((REPO / "megatron_ixt").rglob("*.py"))]:
