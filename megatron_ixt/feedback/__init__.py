@@ -28,7 +28,7 @@ from megatron_ixt.feedback.base import (CRITIC_NAMES, Critic, JudgeUnavailable, 
                                         VerdictError, build_critic, critic_class)
 from megatron_ixt.format.errors import DataError, DocumentError
 from megatron_ixt.feedback.documents import iter_documents
-from megatron_ixt.feedback.progress import Summary
+from megatron_ixt.feedback.summary import Summary
 from megatron_ixt.feedback.record import AXES, SCALE, Feedback, quality_level
 
 __all__ = [

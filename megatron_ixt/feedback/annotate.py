@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Sequence
 from megatron_ixt.feedback.base import Critic, NotApplicable, VerdictError
 from megatron_ixt.feedback.documents import check_inputs, id_key, iter_documents, judged_text
 from megatron_ixt.runtime.progress import Progress
-from megatron_ixt.feedback.progress import Summary
+from megatron_ixt.feedback.summary import Summary
 from megatron_ixt.feedback.record import Feedback
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The end-of-run summary of an annotation run (the progress display is `data.progress.Progress`)."""
+"""The end-of-run summary of an annotation run (the progress display is `runtime.progress.Progress`)."""
 
 from __future__ import annotations
 
