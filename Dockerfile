@@ -40,14 +40,15 @@ RUN useradd --create-home --uid 10001 --shell /bin/bash ixt
 USER ixt
 
 # Build-time tests, on the CPU (gloo), against the container's own torch and megatron-core:
-# - the configuration and data tests (tests/test_config.py, tests/data; ~40 s), not those
+# - the configuration, format, tokenizer, preprocessing and data tests (tests/config,
+#   tests/format, tests/tokenizers, tests/preprocess, tests/data), not those
 #   marked slow or gpu;
 # - a 6-iteration training run with TP=2 on two CPU processes (the CPU compatibility layer
 #   and the checkpoint save against this torch).
 # A failure stops the build: an image that cannot train on the CPU will not train on GPUs.
 # --build-arg RUN_TESTS=0 skips them (then run the same commands in the container).
 ARG RUN_TESTS=1
-RUN [ "$RUN_TESTS" = 0 ] || { python -m pytest -q -p no:cacheprovider -m "not slow and not gpu" tests/test_config.py tests/data \
+RUN [ "$RUN_TESTS" = 0 ] || { python -m pytest -q -p no:cacheprovider -m "not slow and not gpu" tests/config tests/format tests/tokenizers tests/preprocess tests/data \
     && cd /tmp \
     && OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 /opt/megatron_ixt/pretrain_ixt.py \
         --config /opt/megatron_ixt/examples/configs/tiny.yaml --mock-data --tensor-model-parallel-size 2 \

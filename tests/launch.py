@@ -23,10 +23,11 @@ groups). Each child then is what torchrun's worker is:
 
 ``nproc=None`` runs a script as a plain ``python script.py`` would (no rank variables; the
 exit status is the script's own). What only a real launcher shows stays with real
-launchers: the torchrun agent's signal forwarding and death (tests/test_lifecycle.py,
-tests/test_checkpoint.py's SIGTERM and SIGKILL tests), ``srun`` (tests/slurm), the
-interpreter's own start-up time (tests/data/test_startup.py), and one ``torchrun`` smoke
-run per layout family (``real_torchrun=True`` in ``conftest.run_torchrun``).
+launchers: the torchrun agent's signal forwarding and death (tests/runtime/test_lifecycle.py,
+tests/checkpoint/test_checkpoint.py's SIGTERM and SIGKILL tests), ``srun`` (tests/slurm), the
+interpreter's own start-up time (tests/tools/test_startup.py), and the demo, whose stages
+start their own processes (tests/test_demo.py). ``run_torchrun(..., real_torchrun=True)``
+runs torchrun itself where its own output is what a test reads.
 """
 
 from __future__ import annotations
