@@ -9,13 +9,15 @@ the runs that many tests read: a corpus and its tokenizer, trained checkpoints.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.launch import REPO, TINY, read_metrics, run_python, run_torchrun
+from megatron_ixt.runtime.lifecycle import LOCK_FILE
+from tests.launch import REPO, TINY, run_python, run_torchrun
 from tests.text_fixtures import *  # noqa: F401,F403 - the text corpora and tokenizers, for every folder
 # The demo's code (corpus builder, report, pipeline) lives in examples/demo, outside the
 # package; its tests import it as the demo's scripts do, from that folder.
@@ -78,23 +80,18 @@ class SharedCheckpoint:
     (resumes into it, rewrites a file, deletes an iteration) works on ``copy()``; a change
     to the shared folder itself fails the session at its end."""
 
-    def __init__(self, path: Path, flags: list, nproc: int, metrics: Path) -> None:
-        self.path, self.flags, self.nproc, self.metrics = path, flags, nproc, metrics
+    def __init__(self, path: Path, flags: list, metrics: Path) -> None:
+        self.path, self.flags, self.metrics = path, flags, metrics
         self._fingerprint = self.fingerprint()
 
     def fingerprint(self) -> list:
+        # The --save lock is the training's, not part of the checkpoint (runtime.lifecycle).
         return sorted((str(p.relative_to(self.path)), p.stat().st_size, p.stat().st_mtime_ns)
-                      for p in self.path.rglob("*") if p.is_file() and p.name != ".megatron_ixt.lock")
+                      for p in self.path.rglob("*") if p.is_file() and p.name != LOCK_FILE)
 
     def copy(self, dest: Path) -> Path:
-        import shutil
-
-        shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns(".megatron_ixt.lock"))
+        shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns(LOCK_FILE))
         return dest
-
-    def losses(self) -> dict[int, float]:
-        rows, _ = read_metrics(self.metrics)
-        return {r["iteration"]: r["lm loss"] for r in rows}
 
     def check_unchanged(self) -> None:
         assert self.fingerprint() == self._fingerprint, f"a test changed the shared checkpoint {self.path}"
@@ -104,7 +101,7 @@ def _shared(tmp_path_factory, name: str, nproc: int, flags: list, save_flags: li
     root = tmp_path_factory.mktemp(name)
     ckpt, log = root / "ckpt", root / "metrics.jsonl"
     run_torchrun(nproc, "pretrain_ixt.py", [*flags, *save_flags, "--save", ckpt, "--log-file", log], timeout=timeout)
-    return SharedCheckpoint(ckpt, flags, nproc, log)
+    return SharedCheckpoint(ckpt, flags, log)
 
 
 # The mock-data model of the checkpoint tests: dropout makes the RNG state part of what a

@@ -161,6 +161,25 @@ def _run_script(script: str, argv: list[str], env: dict, out_path: str, err_path
             os._exit(status)
 
 
+def record_descendants(pids: list[int], seen: dict[int, psutil.Process]) -> None:
+    """Add every live descendant of ``pids`` to ``seen`` (descendants outlive their parent as
+    orphans, so they are recorded while it is alive)."""
+    for pid in pids:
+        try:
+            for child in psutil.Process(pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def kill_all(processes) -> None:
+    """SIGKILL to each of ``processes`` still running."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running():
+                process.kill()
+
+
 class Launch:
     """A running launch: its rank processes and everything they started."""
 
@@ -191,12 +210,7 @@ class Launch:
         self.seen: dict[int, psutil.Process] = {}
 
     def _snapshot(self) -> None:
-        for process in self.processes:
-            try:
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    self.seen.setdefault(child.pid, child)
-            except psutil.NoSuchProcess:
-                pass
+        record_descendants([p.pid for p in self.processes], self.seen)
 
     def wait(self, timeout: float) -> Optional[int]:
         """The launch's exit status (torchrun's rule when distributed), or None on timeout."""
@@ -233,10 +247,7 @@ class Launch:
             if process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
-        for child in self.seen.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.is_running():
-                    child.kill()
+        kill_all(self.seen.values())
         for process in self.processes:
             process.join()
 
@@ -271,7 +282,7 @@ def run_torchrun(nproc: int, script: str, args: list, *, timeout: int = 300, che
     """``torchrun --standalone --nproc-per-node N script args``; fails the test with the
     output when the run fails and ``check`` is set.
 
-    The ranks start from the session's fork server (tests/launch.py: torchrun's worker
+    The ranks start from the session's fork server (see the module docstring: torchrun's worker
     environment, its output streams and exit status, without an interpreter start per
     rank); ``real_torchrun=True`` runs torchrun itself. Either way every process of the run
     is tracked while it runs and killed when it returns: a test that kills a rank on purpose
@@ -312,11 +323,7 @@ class ProcessTree:
         self.seen: dict[int, psutil.Process] = {}
 
     def snapshot(self) -> None:
-        try:
-            for p in psutil.Process(self.popen.pid).children(recursive=True):
-                self.seen.setdefault(p.pid, p)
-        except psutil.NoSuchProcess:
-            pass
+        record_descendants([self.popen.pid], self.seen)
 
     def wait(self, timeout: float) -> int | None:
         """The launcher's exit status, or None on timeout."""
@@ -330,17 +337,13 @@ class ProcessTree:
 
     def kill(self) -> None:
         self.snapshot()
-        for p in [psutil.Process(self.popen.pid) if self.popen.poll() is None else None, *self.seen.values()]:
-            try:
-                if p is not None and p.is_running():
-                    p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        alive = [psutil.Process(self.popen.pid)] if self.popen.poll() is None else []
+        kill_all([*alive, *self.seen.values()])
         self.popen.wait()
 
 
 def run_python(script: str, args: list, *, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python script args`` (from the session's fork server, see tests/launch.py); raises
+    """``python script args`` (from the session's fork server); raises
     ``subprocess.TimeoutExpired`` past ``timeout``, as ``subprocess.run`` does."""
     status, stdout, stderr, cmd = launch(script, args, timeout=timeout, env=env)
     if status is None:

@@ -50,7 +50,7 @@ def rewind(ckpt, iteration: int):
 def test_resume_is_bitwise_exact(layout, tmp_path, mock_checkpoint):
     # The uninterrupted run saved at iterations 3 and 6; resumed from 3, iterations 4-6 repeat.
     if layout == "tp2":
-        full, flags = mock_checkpoint.losses(), mock_checkpoint.flags
+        full, flags = losses(mock_checkpoint.metrics), mock_checkpoint.flags
         ckpt = rewind(mock_checkpoint.copy(tmp_path / "ckpt"), 3)
     else:
         ckpt, flags = tmp_path / "ckpt", [*BASE, *LAYOUTS[layout], "--train-iters", 6]
