@@ -28,7 +28,6 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron_ixt.checkpoint import files
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
-from megatron_ixt.data.datasets import dataset_record
 from megatron_ixt.runtime import faults, lifecycle
 from megatron_ixt.runtime.distributed import ParallelLayout
 
@@ -87,20 +86,18 @@ def padded_vocab(model) -> int:
     return unwrap(model[0]).vocab_size
 
 
-_FROM_DATA = object()  # Saver(prefix=...) not given: read the datasets' record
-
-
 class Saver:
     """Saves checkpoints into ``--save``; while it saves there, a preemption signal asks the
     training loop to save and exit (``runtime.lifecycle``). ``prefix`` is the record of the
-    training data (``data.datasets.dataset_record``) when the caller has it already."""
+    training data (``data.datasets.dataset_record``, read once by the entry point; None for
+    mock data and plain GPT datasets)."""
 
-    def __init__(self, cfg: Config, layout: ParallelLayout, prefix: Optional[dict] | object = _FROM_DATA) -> None:
+    def __init__(self, cfg: Config, layout: ParallelLayout, prefix: Optional[dict]) -> None:
         self.cfg = cfg
         self.layout = layout
         self.root = cfg.checkpoint.save
         self._async_queue = None
-        self.prefix = dataset_record(cfg) if prefix is _FROM_DATA else prefix
+        self.prefix = prefix
         if self.root:
             if torch.distributed.get_rank() == 0:
                 os.makedirs(self.root, exist_ok=True)
