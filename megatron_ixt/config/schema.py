@@ -31,7 +31,7 @@ def required(help: str, *, choices: Optional[tuple] = None, nargs: Optional[str]
              flag: Optional[str] = None) -> Any:
     """A field without a default: its flag is required (``config.flags``). Declare such
     fields first, or the class ``kw_only``, as dataclasses ask."""
-    return field(metadata={"help": help, "choices": choices, "nargs": nargs, "flag": flag})
+    return arg(dataclasses.MISSING, help, choices=choices, nargs=nargs, flag=flag)
 
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")

@@ -18,9 +18,6 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-# The `--tokenizer-type` names, declared beside the TokenizerConfig that takes them.
-from megatron_ixt.config.schema import TOKENIZER_TYPES  # noqa: F401
-
 if TYPE_CHECKING:  # annotations only: this module stays light (tools' --help imports it)
     import numpy as np
 

@@ -12,7 +12,7 @@ merge_file=None, vocab_size=None)` returns one of:
 | `NullTokenizer`          | none; `vocab_size`                     | `vocab_size`              |
 
 Each subclasses megatron-core's legacy tokenizer interface (`MegatronLegacyTokenizer`, the
-one megatron-core 0.16's `GPTDataset` expects; reproduced in `tokenizer_base` so that
+one megatron-core 0.16's `GPTDataset` expects; reproduced in `tokenizers.base` so that
 preprocessing never imports megatron-core) and adds `feedback_open_id` / `feedback_close_id` and a batched
 `tokenize_batch` used by preprocessing.
 
@@ -50,11 +50,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megatron_ixt.config.schema import TokenizerConfig
+from megatron_ixt.config.schema import TOKENIZER_TYPES, TokenizerConfig
 from megatron_ixt.format.errors import TokenizerError
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 # megatron-core's legacy tokenizer interface without importing megatron-core (start-up time).
-from megatron_ixt.tokenizers.base import TOKENIZER_TYPES
 from megatron_ixt.tokenizers.base import LegacyTokenizerBase as _MegatronBase
 
 

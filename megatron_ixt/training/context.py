@@ -35,9 +35,8 @@ class RunContext:
     cfg: Config
     layout: ParallelLayout
     plan: KernelPlan
-    # megatron-core's MegatronTokenizer subclass (tokenizers/base.py); None only where a run
-    # has no tokenizer of its own (an inference helper that feeds token ids directly).
-    tokenizer: Optional[Any]
+    # megatron-core's legacy tokenizer interface (tokenizers/base.py), built once from cfg.tokenizer.
+    tokenizer: Any
     # The training data's prefix template and quality thresholds; None for mock data, plain
     # GPT datasets, datasets that disagree, and inference.
     dataset: Optional[dict] = None
