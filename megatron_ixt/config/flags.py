@@ -16,6 +16,8 @@ import dataclasses
 import typing
 from typing import Any, Optional, Sequence
 
+from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, TokenizerConfig
+
 
 def leaf_type(tp: Any) -> Any:
     """``Optional[int]`` -> ``int``; ``list[str]`` -> ``list``; other types unchanged."""
@@ -92,3 +94,10 @@ def dataclass_values(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:
     ``fixed`` sets the others (e.g. a nested config built from its own flags)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **fixed})
+
+
+def add_tokenizer_overrides(parser: Any, help: str) -> None:
+    """``--tokenizer-type``/``--tokenizer-model``/``--vocab-file``/``--merge-file`` as optional
+    overrides of a checkpoint's tokenizer (default None: the checkpoint's own)."""
+    add_dataclass_arguments(parser, TokenizerConfig, fields=TOKENIZER_FILE_FIELDS,
+                            defaults=dict.fromkeys(TOKENIZER_FILE_FIELDS), helps=dict.fromkeys(TOKENIZER_FILE_FIELDS, help))

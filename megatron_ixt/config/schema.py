@@ -36,6 +36,9 @@ def required(help: str, *, choices: Optional[tuple] = None, nargs: Optional[str]
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
 """The ``--tokenizer-type`` names (Megatron-LM's) that ``tokenizers.build`` accepts."""
+TOKENIZER_FILE_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")
+"""The ``TokenizerConfig`` fields a tool reading a checkpoint may override (inference, export);
+the vocabulary size and its padding are the checkpoint's, since they fix its weights' shape."""
 
 
 @dataclass

@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron_ixt.config.flags import add_dataclass_arguments
-from megatron_ixt.config.schema import ModelConfig, ParallelConfig, TokenizerConfig, arg
+from megatron_ixt.config.flags import add_dataclass_arguments, add_tokenizer_overrides
+from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, ModelConfig, ParallelConfig, TokenizerConfig, arg
 
 USAGE = """\
   export:  tools/convert_checkpoint.py --to hf --load CKPT --output HF_DIR [--dtype bfloat16]
@@ -45,9 +45,6 @@ class ImportConfig:
     save: Optional[str] = arg(None, "checkpoint folder to create (must not exist or be empty)")
 
 
-EXPORT_TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/convert_checkpoint.py", usage=USAGE,
@@ -56,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(parser.add_mutually_exclusive_group(required=True), DirectionConfig)
     export = parser.add_argument_group("export (--to hf)")
     add_dataclass_arguments(export, ExportConfig)
-    add_dataclass_arguments(export, TokenizerConfig, fields=EXPORT_TOKENIZER_FLAGS,
-                            defaults=dict.fromkeys(EXPORT_TOKENIZER_FLAGS),
-                            helps=dict.fromkeys(EXPORT_TOKENIZER_FLAGS, "default: the one the checkpoint was trained with"))
+    add_tokenizer_overrides(export, "default: the one the checkpoint was trained with")
     imp = parser.add_argument_group("import (--from hf)")
     add_dataclass_arguments(imp, ImportConfig)
     add_dataclass_arguments(imp, ParallelConfig, fields=("tensor_model_parallel_size", "pipeline_model_parallel_size"))
@@ -88,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             from megatron_ixt.conversion.export import export_to_hf
 
             summary = export_to_hf(args.load, args.output, args.dtype,
-                                   {name: getattr(args, name) for name in EXPORT_TOKENIZER_FLAGS})
+                                   {name: getattr(args, name) for name in TOKENIZER_FILE_FIELDS})
         else:
             from megatron_ixt.conversion.import_hf import import_from_hf
 

@@ -22,8 +22,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from megatron_ixt.config.cli import ConfigError, apply_overrides
-from megatron_ixt.config.flags import add_dataclass_arguments
-from megatron_ixt.config.schema import Config, ParallelConfig, TokenizerConfig, arg, required
+from megatron_ixt.config.flags import add_dataclass_arguments, add_tokenizer_overrides
+from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, Config, ParallelConfig, arg, required
 from megatron_ixt.model.gpt import build_model_chunks
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training.context import RunContext
@@ -206,19 +206,12 @@ class InferenceConfig:
 
 
 INFERENCE_LAYOUT_FLAGS = ("tensor_model_parallel_size", "pipeline_model_parallel_size")
-INFERENCE_TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")
-"""The ``TokenizerConfig`` fields an inference tool may override; the vocabulary size and its
-padding are the checkpoint's, since they fix the shape of its weights."""
-
-
 def add_inference_args(parser) -> None:
     """Flags every inference tool takes: the checkpoint, the layout to run it at, and
     optional tokenizer overrides (default: the tokenizer the checkpoint was trained with)."""
     add_dataclass_arguments(parser, InferenceConfig, fields=("load",))
     add_dataclass_arguments(parser, ParallelConfig, fields=INFERENCE_LAYOUT_FLAGS)
-    add_dataclass_arguments(parser, TokenizerConfig, fields=INFERENCE_TOKENIZER_FLAGS,
-                            defaults=dict.fromkeys(INFERENCE_TOKENIZER_FLAGS),
-                            helps=dict.fromkeys(INFERENCE_TOKENIZER_FLAGS, "default: the checkpoint's"))
+    add_tokenizer_overrides(parser, "default: the checkpoint's")
     add_dataclass_arguments(parser, InferenceConfig, fields=("prefix_template",))
 
 
@@ -229,7 +222,7 @@ def load_for_inference(args):
                  "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
                  "sequence_parallel": False, "num_layers_per_virtual_pipeline_stage": None,
                  "hidden_dropout": 0.0, "attention_dropout": 0.0}
-    for name in INFERENCE_TOKENIZER_FLAGS:
+    for name in TOKENIZER_FILE_FIELDS:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = config_from_checkpoint(args.load, overrides)
