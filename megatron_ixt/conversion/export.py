@@ -2,9 +2,8 @@
 
 The checkpoint is loaded on one process at TP=1, PP=1 through the same path as
 inference (`evaluation/engine.py`): megatron-core's dist_checkpointing reshards it, so the
-layout it was saved at does not matter. The vocabulary padding is kept exactly as saved (the
-padding multiple is scaled by the saved TP size) and cut on export: `vocab_size` in
-`config.json` is the tokenizer's, delimiters included.
+layout it was saved at does not matter, nor its vocabulary padding, which is cut on export:
+`vocab_size` in `config.json` is the tokenizer's, delimiters included.
 
 Writes `config.json`, `model.safetensors`, `generation_config.json` and the tokenizer files
 (`hf_tokenizer.py`), each under a temporary name, renamed when all are complete.
@@ -34,7 +33,6 @@ def load_full_model(load: str, tokenizer_overrides: dict):
     on an initialised single-process group."""
     from megatron_ixt.checkpoint.files import checkpoint_name, read_tracker
     from megatron_ixt.checkpoint.load import read_common_state
-    from megatron_ixt.config.schema import Config
     from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference
 
     iteration = read_tracker(load)
@@ -44,23 +42,14 @@ def load_full_model(load: str, tokenizer_overrides: dict):
     if "config" not in common:
         raise ConversionError(f"--load {load}: not a checkpoint of this project (common.pt has no 'config'); "
                               "a Megatron-LM checkpoint loads with pretrain_ixt.py --finetune, then save and export")
-    saved_tp = common.get("layout", {}).get("tensor_model_parallel_size", 1)
-    # Through Config.from_dict: a config saved before the tokenizer section had it under model.
-    saved_divisor = Config.from_dict(common["config"]).tokenizer.make_vocab_size_divisible_by
     overrides = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
                  "num_layers_per_virtual_pipeline_stage": None, "hidden_dropout": 0.0, "attention_dropout": 0.0,
-                 # TP=1 with the saved padding: the saved multiple was divisor x TP.
-                 "make_vocab_size_divisible_by": saved_divisor * saved_tp, "transformer_impl": "local",
-                 **{k: v for k, v in tokenizer_overrides.items() if v is not None}}
+                 "transformer_impl": "local", **{k: v for k, v in tokenizer_overrides.items() if v is not None}}
     cfg = config_from_checkpoint(load, overrides)
     check_exportable(cfg.model)
     run = init_inference(cfg)
     tokenizer = run.tokenizer
-    model = InferenceModel(run)
-    if model.chunks[0].vocab_size != common["padded_vocab_size"]:
-        raise ConversionError(f"--load {load}: padded vocabulary {common['padded_vocab_size']} in the checkpoint, "
-                              f"{model.chunks[0].vocab_size} from the tokenizer {tokenizer.tokenizer_type}: "
-                              "is it the tokenizer the model was trained with?")
+    model = InferenceModel(run)  # refuses a tokenizer other than the checkpoint's
     state = {k: v.detach().cpu() for k, v in model.chunks[0].state_dict().items() if not k.endswith("_extra_state")}
     return cfg, state, tokenizer, model
 

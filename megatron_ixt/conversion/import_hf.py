@@ -10,13 +10,20 @@ Output (`--save DIR`), ready for `pretrain_ixt.py --config DIR/model.yaml --load
     DIR/model.yaml                 model shape, tokenizer and layout settings for training
 
 The tokenizer gets the feedback delimiters as this project's tokenizers give them (its
-own tokens if it has them, else two ids after its vocabulary), and the embedding (and
-output) matrices get rows for every id the model lacks, delimiters and the vocabulary
-padding of the chosen TP size included, initialised to the mean of the existing rows.
+own tokens if it has them, else two ids after its vocabulary). The embedding (and output)
+matrices get a row for each appended delimiter, initialised to the mean of the model's rows
+(Hugging Face's `resize_token_embeddings` convention: a new token starts as an "average"
+token), and zero rows for the vocabulary padding of the chosen TP size, which belongs to no
+token and never ties the checkpoint to a layout (`checkpoint.load.check_vocabulary`).
+
+The checkpoint records the model's document start (`--document-start`): `bos` when its
+tokenizer puts a BOS before a text, else `none`; generation and evaluation follow it, so
+greedy output equals transformers' for the same prompt.
 
 The weights are written from one process at TP=1 with the padding of the chosen TP size;
 the checkpoint records the chosen layout, and megatron-core reshards it when a run at
-that (or any other) layout loads it. It holds weights only: loading it restores no
+that (or any other) layout loads it. A layout the model's shapes cannot take is refused
+before anything is written. The checkpoint holds weights only: loading it restores no
 optimizer, RNG or iteration counters, with or without `--finetune`.
 """
 
@@ -69,31 +76,22 @@ def copy_tokenizer(folder: str, destination: str) -> tuple[str, str]:
     raise ConversionError(f"{folder}: no tokenizer.json or tokenizer.model")
 
 
-def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                   seq_length: int | None = None, divisible_by: int = 128, bf16: bool = False) -> dict:
-    """Convert (module docstring); returns a summary."""
-    from megatron.core import dist_checkpointing
+def document_start_of(tokenizer, folder: str) -> str:
+    """The model's document start (``--document-start``) as its own tokenizer encodes a text:
+    ``bos`` when it puts a BOS first (Llama 2/3), else ``none`` (SmolLM2, GPT-2 style)."""
+    if hasattr(tokenizer, "added_bos"):  # tokenizer.json: what its post-processor adds
+        return "bos" if tokenizer.added_bos is not None else "none"
+    config = os.path.join(folder, "tokenizer_config.json")
+    settings = json.load(open(config)) if os.path.isfile(config) else {}
+    return "bos" if settings.get("add_bos_token") else "none"  # SentencePiece: its slow tokenizer's flag
 
-    from megatron_ixt.checkpoint import files
+
+def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, seq_length: int | None,
+                  divisible_by: int, bf16: bool):
+    """The training configuration of the imported model, its layout checked against its
+    shapes (``config.validate.check_layout``: raises ConfigError, exit 2)."""
     from megatron_ixt.config.schema import Config
-    from megatron_ixt.tokenizers.build import build_tokenizer
-    from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
-    from megatron_ixt.runtime.distributed import initialize_distributed
-    from megatron_ixt.runtime.kernels import kernel_plan
-
-    config_path = os.path.join(input_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ConversionError(f"{input_dir}: no config.json")
-    with open(config_path) as f:
-        hf_config = json.load(f)
-    settings = model_settings_from_hf(hf_config, config_path)
-    if os.path.exists(save) and os.listdir(save):
-        raise ConversionError(f"--save {save}: exists and is not empty")
-    hf = read_hf_weights(input_dir)
-
-    os.makedirs(save, exist_ok=True)
-    tokenizer_type, tokenizer_path = copy_tokenizer(input_dir, os.path.join(os.path.abspath(save), "tokenizer"))
-    tokenizer = build_tokenizer(tokenizer_type, tokenizer_path)
+    from megatron_ixt.config.validate import check_layout
 
     cfg = Config()
     for name, value in settings.items():
@@ -103,16 +101,58 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     cfg.model.bf16 = bf16
     cfg.parallel.tensor_model_parallel_size = tensor_parallel
     cfg.parallel.pipeline_model_parallel_size = pipeline_parallel
-    cfg.tokenizer.tokenizer_type = tokenizer_type
-    cfg.tokenizer.tokenizer_model = tokenizer_path
     # The weights are written in megatron-core's local layer layout (below), and the checkpoint
     # says so: resuming it where Transformer Engine would be chosen is refused by name.
     cfg.model.transformer_impl = "local"
+    check_layout(cfg)
+    return cfg
+
+
+def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                   seq_length: int | None = None, divisible_by: int = 128, bf16: bool = False) -> dict:
+    """Convert (module docstring); returns a summary. Every refusal (a layout the model's
+    shapes cannot take, an unsupported model, a non-empty ``save``) comes before anything is
+    written; a failure later removes what this call created."""
+    config_path = os.path.join(input_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ConversionError(f"{input_dir}: no config.json")
+    with open(config_path) as f:
+        hf_config = json.load(f)
+    settings = model_settings_from_hf(hf_config, config_path)
+    cfg = import_config(settings, tensor_parallel, pipeline_parallel, seq_length, divisible_by, bf16)
+    if os.path.exists(save) and os.listdir(save):
+        raise ConversionError(f"--save {save}: exists and is not empty")
+    created = not os.path.exists(save)
+    try:
+        return _write_import(input_dir, save, cfg, settings, hf_config)
+    except BaseException:
+        if created:
+            shutil.rmtree(save, ignore_errors=True)
+        raise
+
+
+def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dict) -> dict:
+    from megatron.core import dist_checkpointing
+
+    from megatron_ixt.checkpoint import files
+    from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
+    from megatron_ixt.runtime.distributed import initialize_distributed
+    from megatron_ixt.runtime.kernels import kernel_plan
+    from megatron_ixt.tokenizers.build import build_tokenizer
+
+    hf = read_hf_weights(input_dir)
+    os.makedirs(save, exist_ok=True)
+    tokenizer_type, tokenizer_path = copy_tokenizer(input_dir, os.path.join(os.path.abspath(save), "tokenizer"))
+    tokenizer = build_tokenizer(tokenizer_type, tokenizer_path)
+    cfg.tokenizer.tokenizer_type = tokenizer_type
+    cfg.tokenizer.tokenizer_model = tokenizer_path
+    cfg.model.document_start = document_start_of(tokenizer, input_dir)
+    tensor_parallel = cfg.parallel.tensor_model_parallel_size
     padded = padded_vocab_size(tokenizer.vocab_size, cfg)
 
     build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
     build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
-    build.tokenizer.make_vocab_size_divisible_by = divisible_by * tensor_parallel
+    build.tokenizer.make_vocab_size_divisible_by = cfg.tokenizer.make_vocab_size_divisible_by * tensor_parallel
     plan = kernel_plan(build)  # computed once, for the process groups and the model alike
     layout = initialize_distributed(build, plan)
     model = build_model_chunks(build, layout, plan, tokenizer.vocab_size)[0]
@@ -124,12 +164,12 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     if tokenizer.base_vocab_size > rows:
         raise ConversionError(f"{input_dir}: the tokenizer has {tokenizer.base_vocab_size} tokens, the embedding "
                               f"only {rows} rows")
-    state = from_hf(hf, cfg.model, padded, new_rows=[i for i in appended if i < rows])
+    state = from_hf(hf, cfg.model, tokenizer.vocab_size, padded, new_rows=[i for i in appended if i < rows])
     expected = {k for k in model.state_dict() if not k.endswith("_extra_state")}
     if set(state) != expected:
         raise ConversionError(f"weight names differ: missing {sorted(expected - set(state))}, "
                               f"unexpected {sorted(set(state) - expected)}")
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
 
     partial = files.partial_folder(save, 0)
@@ -138,9 +178,10 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
         "model": model.sharded_state_dict(),
         "iteration": 0,
         "config": cfg.to_dict(),
-        "layout": {"tensor_model_parallel_size": tensor_parallel, "pipeline_model_parallel_size": pipeline_parallel,
-                   "data_parallel_size": 1},
+        "layout": {"tensor_model_parallel_size": tensor_parallel,
+                   "pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size, "data_parallel_size": 1},
         "padded_vocab_size": padded,
+        "vocab_size": tokenizer.vocab_size,
         "checkpoint_version": 1,
         "weights_only": True,
         "converted_from": {"format": "huggingface", "path": os.path.abspath(input_dir),
@@ -150,17 +191,18 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     # written atomically.
     files.publish(save, 0, cfg.to_dict())
     user_config = {"model": {k: v for k, v in cfg.to_dict()["model"].items() if k in settings or k in (
-        "seq_length", "bf16")},
+        "seq_length", "bf16", "document_start")},
                    "tokenizer": {"tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_path,
-                                 "make_vocab_size_divisible_by": divisible_by},
+                                 "make_vocab_size_divisible_by": cfg.tokenizer.make_vocab_size_divisible_by},
                    "parallel": {"tensor_model_parallel_size": tensor_parallel,
-                                "pipeline_model_parallel_size": pipeline_parallel}}
+                                "pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size}}
     with open(os.path.join(save, "model.yaml"), "w") as f:
         f.write(f"# Imported from {os.path.abspath(input_dir)} by tools/convert_checkpoint.py --from hf\n")
         yaml.safe_dump(user_config, f, sort_keys=False)
     summary = {"save": save, "vocab_size": tokenizer.vocab_size, "hf_rows": rows, "padded_vocab_size": padded,
                "delimiters": tokenizer.delimiter_source,
                "feedback_ids": [tokenizer.feedback_open_id, tokenizer.feedback_close_id],
+               "document_start": cfg.model.document_start,
                "parameters": sum(v.numel() for v in state.values())}
     logger.info("imported %s into %s: %s", input_dir, save, summary)
     return summary

@@ -182,22 +182,23 @@ def model_settings_from_hf(config: dict, where: str) -> dict:
     }
 
 
-def from_hf(hf: dict, m, padded_vocab: int, new_rows: Optional[list[int]] = None) -> dict:
+def from_hf(hf: dict, m, vocab_size: int, padded_vocab: int, new_rows: Optional[list[int]] = None) -> dict:
     """Llama state dict -> megatron-core state dict (TP=1) with `padded_vocab` embedding rows.
 
-    Rows the Hugging Face model does not have (appended delimiters, padding) and the rows
-    listed in `new_rows` start as the mean of the existing rows (Hugging Face's
-    `resize_token_embeddings` convention): a new token starts as an "average" token."""
+    Token ids the Hugging Face model has no row for (appended delimiters, below `vocab_size`)
+    and the rows listed in `new_rows` start as the mean of the existing rows (Hugging Face's
+    `resize_token_embeddings` convention: a new token starts as an "average" token); the
+    padding rows from `vocab_size` on, which belong to no token, are zero."""
     dims = resolved_dims(m)
     per_group = dims["heads"] // dims["groups"]
     d, h = dims["head_dim"], m.hidden_size
 
     def rows(matrix: torch.Tensor) -> torch.Tensor:
-        out = matrix.new_empty(padded_vocab, matrix.shape[1])
-        keep = min(matrix.shape[0], padded_vocab)
+        out = matrix.new_zeros(padded_vocab, matrix.shape[1])
+        keep = min(matrix.shape[0], vocab_size)
         mean = matrix.mean(dim=0)
         out[:keep] = matrix[:keep]
-        out[keep:] = mean
+        out[keep:vocab_size] = mean
         for i in new_rows or []:
             out[i] = mean
         return out

@@ -2,13 +2,16 @@
 
 For every held-out document, the loss of its text tokens is measured under four contexts:
 
-    none   [eod] text                      (unconditional)
-    own    [eod] <|feedback|> its own feedback <|/feedback|> text
-    best   [eod] <|feedback|> best feedback (level 5) <|/feedback|> text
-    worst  [eod] <|feedback|> worst feedback (level 1) <|/feedback|> text
+    none   [start] text                      (unconditional)
+    own    [start] <|feedback|> its own feedback <|/feedback|> text
+    best   [start] <|feedback|> best feedback (level 5) <|/feedback|> text
+    worst  [start] <|feedback|> worst feedback (level 1) <|/feedback|> text
 
-The leading EOD mirrors training, where every document follows the previous one's EOD, so
-the first text token is predicted in all four conditions from comparable context. The text
+``[start]`` is the model's document start (``model.document_start_ids``): the EOD for models
+pretrained here, which mirrors training, where every document follows the previous one's EOD,
+so the first text token is predicted in all four conditions from comparable context. A
+model whose documents start with nothing (an imported one) has no context for the first text
+token without a prefix: there, the first text token is left out of all four. The text
 window is the same in all four (truncated so that the longest prefix still fits in
 ``seq_length``), so the four numbers are losses of exactly the same tokens; a document whose
 longest prefix leaves no room for two text tokens is skipped, and counted. Levels come from
@@ -111,18 +114,21 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
         feedback = doc.get("feedback")
         targets = (doc["best_feedback"], doc["worst_feedback"]) if "best_feedback" in doc else None
         prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, targets)
-        room = seq_length - 1 - max(len(p) for p in prefixes.values())  # 1: the leading EOD
+        start = list(model.document_start_ids)
+        skip = 0 if start else 1  # with no start token, the first text token has no context in "none"
+        room = seq_length - len(start) - max(len(p) for p in prefixes.values())
         if room < 2:
             result.skipped_no_room += 1
             continue
         text = list(tokenizer.tokenize(doc["text"]))[:room]
-        if len(text) < 2:
+        if len(text) < 2 + skip:
             continue
         level = thresholds.level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
-        row = {"id": doc.get("id", i), "domain": doc.get("domain"), "level": level, "tokens": len(text), "loss": {}}
+        row = {"id": doc.get("id", i), "domain": doc.get("domain"), "level": level, "tokens": len(text) - skip,
+               "loss": {}}
         result.per_document.append(row)
         for cond, prefix in prefixes.items():
-            jobs.append((row, cond, [tokenizer.eod, *prefix, *text], 1 + len(prefix)))
+            jobs.append((row, cond, [*start, *prefix, *text], len(start) + len(prefix) + skip))
 
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]

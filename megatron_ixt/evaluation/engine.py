@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from megatron.core import tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
@@ -26,6 +27,7 @@ from megatron_ixt.config.flags import add_dataclass_arguments, add_tokenizer_ove
 from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, Config, ParallelConfig, arg, required
 from megatron_ixt.model.gpt import build_model_chunks
 from megatron_ixt.runtime.kernels import current_device
+from megatron_ixt.tokenizers.base import document_start_ids
 from megatron_ixt.training.context import RunContext
 from megatron_ixt.checkpoint.compat import checkpoint_source
 from megatron_ixt.checkpoint.files import TEMPLATE_FILE, checkpoint_path, read_tracker
@@ -50,6 +52,18 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
     return cfg
 
 
+def vocabulary_losses(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, tp_rank: int) -> torch.Tensor:
+    """Per-token cross entropy [b, s] of vocab-parallel ``logits`` [b, s, V/tp] over the
+    tokenizer's ``vocab_size`` ids. The padding rows are left out of the softmax: they belong
+    to no token and their number depends on the layout (``--make-vocab-size-divisible-by`` x
+    TP), so that an evaluation gives the same losses at every layout. (Training's loss, as
+    Megatron-LM's, runs over the padded vocabulary.)"""
+    shard = logits.shape[-1]
+    ids = torch.arange(tp_rank * shard, (tp_rank + 1) * shard, device=logits.device)
+    logits = logits.float().masked_fill(ids >= vocab_size, float("-inf"))
+    return tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
+
+
 class InferenceModel:
     """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes.
     ``run``: the context :func:`init_inference` returned (its layout, kernel plan and tokenizer)."""
@@ -57,14 +71,19 @@ class InferenceModel:
     def __init__(self, run: RunContext) -> None:
         self.cfg = run.cfg
         self.layout = run.layout
-        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, run.tokenizer.vocab_size)
+        self.vocab_size = run.tokenizer.vocab_size
+        # What precedes a document in this model's context (``--document-start``, recorded in
+        # the checkpoint; one saved before it was recorded was trained on EOD-separated data).
+        self.document_start = self.cfg.model.document_start or "eod"
+        self.document_start_ids = document_start_ids(run.tokenizer, self.document_start)
+        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, self.vocab_size)
         for chunk in self.chunks:
             chunk.eval()
         self.iteration = self._load()
 
     def _load(self) -> int:
         load = self.cfg.checkpoint.load
-        opened = open_checkpoint(load, self.cfg, self.chunks)
+        opened = open_checkpoint(load, self.cfg, self.chunks, self.vocab_size)
         if opened is None:
             raise ConfigError(f"--load {load}: no checkpoint (missing latest_checkpointed_iteration.txt)")
         load_sharded(opened, self.chunks)
@@ -105,12 +124,12 @@ class InferenceModel:
 
         def forward_step(data_iterator, model):
             next(data_iterator)
-            output = model(tokens, position_ids, None, labels=lab)
+            output = model(tokens, position_ids, None)  # last stage: vocab-parallel logits [b, s, V/tp]
 
             def collect(output_tensor, non_loss_data=True):
-                if lab is None:  # vocab-parallel logits [b, s, V/tp] -> full vocabulary
-                    output_tensor = gather_from_tensor_model_parallel_region(output_tensor)
-                return output_tensor.float()
+                if lab is None:  # -> full (padded) vocabulary
+                    return gather_from_tensor_model_parallel_region(output_tensor).float()
+                return vocabulary_losses(output_tensor, lab, self.vocab_size, self.layout.tp_rank)
 
             return output, collect
 

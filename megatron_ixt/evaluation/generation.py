@@ -1,7 +1,9 @@
 """Sampling under a chosen feedback prefix (test-time control).
 
-The context is ``[eod] <|feedback|> prefix <|/feedback|> prompt``, as documents appear in
-training. The delimiter tokens (and the vocabulary padding) are blocked, so the model can
+The context is ``[start] <|feedback|> prefix <|/feedback|> prompt``, as documents appear in
+training; ``[start]`` is the model's document start (``--document-start``, recorded in its
+checkpoint): the EOD for models pretrained here, the BOS or nothing for an imported model, as
+its own tokenizer encodes a text (so greedy output equals transformers' ``generate``). The delimiter tokens (and the vocabulary padding) are blocked, so the model can
 neither close nor open a prefix of its own. Every rank computes the same logits (broadcast
 from the last pipeline stage) and samples with the same seeded generator, so all ranks agree
 on each token without further communication. No KV cache: each step re-runs the context,
@@ -69,7 +71,7 @@ def generate(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: Sampling
 def generate_ids(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: SamplingConfig,
                  blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> list[int]:
     """As `generate`, but returns the generated token ids (without the final eod)."""
-    context = [tokenizer.eod, *prefix_ids, *tokenizer.tokenize(prompt)]
+    context = [*model.document_start_ids, *prefix_ids, *tokenizer.tokenize(prompt)]
     blocked = set(blocked or []) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id}
     generator = torch.Generator().manual_seed(cfg.seed)
     out: list[int] = []

@@ -70,3 +70,17 @@ class LegacyTokenizerBase(ABC):
     bos = property(lambda self: self._missing("bos"))
     eos = property(lambda self: self._missing("eos"))
     mask = property(lambda self: self._missing("mask"))
+
+
+def document_start_ids(tokenizer, convention: str) -> list[int]:
+    """The ids before a document's first token (its feedback prefix, or its text) in the
+    model's context, by the model's ``--document-start`` convention: ``eod`` (this project's
+    packed pretraining data: the previous document's EOD), ``bos`` (the tokenizer's BOS) or
+    ``none`` (an imported model whose tokenizer adds nothing before a text)."""
+    if convention == "eod":
+        return [tokenizer.eod]
+    if convention == "bos":
+        return [tokenizer.bos]
+    if convention == "none":
+        return []
+    raise ValueError(f"document start {convention!r}: expected eod, bos or none")

@@ -374,6 +374,29 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
         return {**self._tok.get_vocab(with_added_tokens=True), **{t: i for i, t in self._extra.items()}}
 
     @property
+    def added_bos(self) -> Optional[int]:
+        """The token the tokenizer's own encoding puts before a text (its post-processor's
+        BOS, as Llama 2/3 tokenizers add; the ``add_bos_token`` of its tokenizer_config.json),
+        or None when it adds nothing before (SmolLM2, GPT-2 style)."""
+        plain = self._tok.encode("a", add_special_tokens=False).ids
+        full = self._tok.encode("a", add_special_tokens=True).ids
+        if len(full) > len(plain) and full[len(full) - len(plain):] == plain:
+            return full[0]
+        config = Path(self._files["tokenizer_model"]).parent / "tokenizer_config.json"
+        settings = json.loads(config.read_text()) if config.is_file() else {}
+        bos = settings.get("bos_token")
+        bos = bos.get("content") if isinstance(bos, dict) else bos
+        if settings.get("add_bos_token") and isinstance(bos, str):
+            return self._tok.token_to_id(bos)
+        return None
+
+    @property
+    def bos(self) -> int:
+        if self.added_bos is None:
+            raise TokenizerError(f"the tokenizer {self._files['tokenizer_model']} adds no BOS token")
+        return self.added_bos
+
+    @property
     def eod(self) -> int:
         if self._eod is None:
             raise TokenizerError(

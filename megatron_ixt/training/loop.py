@@ -67,7 +67,7 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
     # Load last: it restores the RNG states, and nothing may draw random numbers between
     # the restore and the first step, or a resumed run would diverge from an uninterrupted one.
     state = TrainState()
-    load(cfg, layout, model, optimizer, scheduler, state)
+    load(cfg, layout, model, optimizer, scheduler, state, tokenizer.vocab_size)
     ctx = StepContext.of(run)
     train_data = training_stream(cfg, layout, train_ds, state.consumed_train_samples, ctx.document_masks)
     validation = Validation(cfg, ctx, valid_ds)
@@ -78,7 +78,8 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
         peak_tflops=device_peak_tflops(cfg),
     )
     n_micro = num_microbatches(cfg, layout)
-    saver = Saver(cfg, layout, prefix=run.dataset)  # the entry point read the datasets' record once
+    # The entry point read the datasets' record once.
+    saver = Saver(cfg, layout, prefix=run.dataset, vocab_size=tokenizer.vocab_size)
     start_time = time.time()
     exit_reason = None
 

@@ -48,8 +48,13 @@ def _cfg(*flags) -> Config:
 
 
 @pytest.mark.parametrize("flags, world, cuda, te, message", [
+    (["--tensor-model-parallel-size", 2], 3, False, False,
+     r"world size 3 is not divisible by --tensor-model-parallel-size \(2\) x --pipeline-model-parallel-size \(1\)"),
+    # The model's shapes against the layout come first, whatever the world size.
     (["--tensor-model-parallel-size", 3], 4, False, False,
-     r"world size 4 is not divisible by --tensor-model-parallel-size \(3\) x --pipeline-model-parallel-size \(1\)"),
+     r"--num-attention-heads \(4\) is not divisible by --tensor-model-parallel-size \(3\)"),
+    (["--tensor-model-parallel-size", 2, "--ffn-hidden-size", 33], 2, False, False,
+     r"--ffn-hidden-size \(33\) is not divisible by --tensor-model-parallel-size \(2\)"),
     (["--pipeline-model-parallel-size", 3], 3, False, False, r"--num-layers \(4\) is not divisible by --pipeline-model-parallel-size \(3\)"),
     (["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 3], 2, False, False,
      r"is not divisible by --num-layers-per-virtual-pipeline-stage \(3\)"),

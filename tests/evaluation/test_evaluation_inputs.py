@@ -30,6 +30,8 @@ class ByteTokenizer:
 
 
 class RecordingModel:
+    document_start_ids = [ByteTokenizer().eod]
+
     def __init__(self) -> None:
         self.inputs: list[torch.Tensor] = []
 

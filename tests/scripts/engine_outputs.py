@@ -21,12 +21,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--prompt", default="def fibonacci(n):\n")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--no-feedback", action="store_true", help="generate without a prefix")
+    parser.add_argument("--random-length", type=int, help="length of the random token rows (default: seq length)")
     args = parser.parse_args()
     cfg, model, tokenizer = load_for_inference(args)
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, tokenizer.vocab_size, (2, cfg.model.seq_length), generator=generator)
-    prefix = prefix_token_ids(tokenizer, "quality", 5)
-    context = [tokenizer.eod, *prefix, *tokenizer.tokenize(args.prompt)]
+    tokens = torch.randint(0, tokenizer.vocab_size, (2, args.random_length or cfg.model.seq_length),
+                           generator=generator)
+    prefix = [] if args.no_feedback else prefix_token_ids(tokenizer, "quality", 5)
+    context = [*model.document_start_ids, *prefix, *tokenizer.tokenize(args.prompt)]
     logits = model.logits(tokens)
     context_logits = model.logits(torch.tensor([context]))
     generated = generate_ids(model, tokenizer, prefix, args.prompt,
