@@ -27,6 +27,11 @@ What it does, and nothing more:
    ``type()`` names a CUDA tensor. While it wraps the parameters, each CPU parameter answers
    with the CUDA name of its dtype (an attribute on that parameter, removed right after);
    the optimizer's math (fp32 main params, copies back to BF16) is device-agnostic.
+5. Tied embeddings with pipeline parallelism (SmolLM2, Llama 3.2): to give the last stage's
+   copy of the word embedding the first stage's values, megatron-core moves it with
+   ``Tensor.cuda()`` and all-reduces it over the embedding group. While the model sets up
+   those layers, ``Tensor.cuda()`` leaves a tensor where it is (restored right after); the
+   all-reduce runs over gloo.
 """
 
 from __future__ import annotations
@@ -230,6 +235,19 @@ def _accepting_cpu_params(init):
     return wrapped
 
 
+def _keeping_tensors_on_cpu(method):
+    """``method`` with ``Tensor.cuda()`` returning the tensor itself while it runs (item 5)."""
+    def wrapped(*args, **kwargs):
+        original = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda tensor, *_, **__: tensor
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.Tensor.cuda = original
+
+    return wrapped
+
+
 def activate() -> None:
     """Make megatron-core runnable on CPU. Idempotent. Refuses to run when CUDA is in use,
     so that no CPU workaround can ever leak into a GPU run."""
@@ -258,6 +276,10 @@ def activate() -> None:
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     float16 = optimizer.Float16OptimizerWithFloat16Params
     float16.__init__ = _accepting_cpu_params(float16.__init__)
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    LanguageModule.setup_embeddings_and_output_layer = _keeping_tensors_on_cpu(
+        LanguageModule.setup_embeddings_and_output_layer)
 
     # Install the CPU tracker as *the* tracker; initialize_rng_tracker() then returns early.
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()

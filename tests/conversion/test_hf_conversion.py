@@ -196,9 +196,11 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
     rows_before = hf_model.get_input_embeddings().weight.shape[0]
     means = [hf_model.get_input_embeddings().weight.mean(0), hf_model.lm_head.weight.mean(0)]
     hf_model.resize_token_embeddings(1024, mean_resizing=False)
-    with torch.no_grad():
-        hf_model.get_input_embeddings().weight[rows_before:] = means[0]
-        hf_model.lm_head.weight[rows_before:] = means[1]
+    with torch.no_grad():  # the delimiters start as the mean row; the padding rows are zero
+        hf_model.get_input_embeddings().weight[rows_before:1002] = means[0]
+        hf_model.lm_head.weight[rows_before:1002] = means[1]
+        hf_model.get_input_embeddings().weight[1002:] = 0
+        hf_model.lm_head.weight[1002:] = 0
         logits = hf_model(tokens).logits
     losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
     hf_loss = float((losses * mask.reshape(-1)).sum() / mask.sum())

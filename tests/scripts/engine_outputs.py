@@ -23,10 +23,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--no-feedback", action="store_true", help="generate without a prefix")
     parser.add_argument("--random-length", type=int, help="length of the random token rows (default: seq length)")
+    parser.add_argument("--random-high", type=int, help="random ids below this (default: the vocabulary size)")
     args = parser.parse_args()
     cfg, model, tokenizer = load_for_inference(args)
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, tokenizer.vocab_size, (2, args.random_length or cfg.model.seq_length),
+    tokens = torch.randint(0, args.random_high or tokenizer.vocab_size, (2, args.random_length or cfg.model.seq_length),
                            generator=generator)
     prefix = [] if args.no_feedback else prefix_token_ids(tokenizer, "quality", 5)
     context = [*model.document_start_ids, *prefix, *tokenizer.tokenize(args.prompt)]
@@ -37,7 +38,8 @@ def main() -> None:
     if on_output_rank():
         torch.save({"tokens": tokens, "logits": logits.cpu(), "context": context,
                     "context_logits": context_logits.cpu(), "generated_ids": generated,
-                    "vocab_size": tokenizer.vocab_size, "eod": tokenizer.eod}, args.out)
+                    "vocab_size": tokenizer.vocab_size, "eod": tokenizer.eod,
+                    "document_start": model.document_start}, args.out)
     destroy_distributed()
 
 
