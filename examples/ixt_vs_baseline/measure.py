@@ -104,23 +104,28 @@ def context_ids(tokenizer, template: str, doc: dict, condition: str) -> list[int
 
 def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int,
                    conditions=("none", "bos", "best", "worst"), max_text_tokens: int = 0,
-                   window_template: Optional[str] = None) -> dict[str, list]:
+                   window_template: Optional[str] = None, start: Optional[list[int]] = None) -> dict[str, list]:
     """Per condition, ``[eod] context text`` for every document. The text window is the same
     in every condition and every run (cut so that the longest context still fits), so all
     conditions and all models score exactly the same tokens, as
     tools/evaluate_conditioning.py does. ``window_template``: another run's template whose
-    longer prefixes must fit too (a run measured later beside the demo's scores its tokens)."""
+    longer prefixes must fit too (a run measured later beside the demo's scores its tokens).
+    ``start``: the model's document start (default ``[eod]``, the models trained here; an
+    imported model's may be empty, and then the first text token, which has no context
+    without a prefix, is left out of every condition)."""
+    start = [tokenizer.eod] if start is None else list(start)
+    skip = 0 if start else 1
     out: dict[str, list] = {cond: [] for cond in conditions}
     for doc in docs:
         contexts = {cond: context_ids(tokenizer, template, doc, cond) for cond in conditions}
         longest = max(len(c) for c in contexts.values())
         if window_template:
             longest = max([longest] + [len(context_ids(tokenizer, window_template, doc, cond)) for cond in conditions])
-        room = seq_length - longest - 1
-        room = min(room, max_text_tokens) if max_text_tokens else room
+        room = seq_length - longest - len(start)
+        room = min(room, max_text_tokens + skip) if max_text_tokens else room
         text = list(tokenizer.tokenize(doc["text"]))[:room]
         for cond, context in contexts.items():
-            out[cond].append(([tokenizer.eod, *context, *text], 1 + len(context)))
+            out[cond].append(([*start, *context, *text], len(start) + len(context) + skip))
     return out
 
 
@@ -186,7 +191,7 @@ def task_metric(model, tokenizer, prompts: list[dict], condition: str, template:
     contexts, meta = [], []
     for p in prompts:
         for _ in range(args.samples_per_prompt):
-            contexts.append([tokenizer.eod, *context_ids(tokenizer, template, p, condition),
+            contexts.append([*model.document_start_ids, *context_ids(tokenizer, template, p, condition),
                              *tokenizer.tokenize(p["prompt"])])
             meta.append(p)
     samples = sample_batch(model, tokenizer, contexts, args.gen_tokens, args.temperature, args.top_k, args.seed,
@@ -242,8 +247,16 @@ def main() -> int:
     cfg = config_from_checkpoint(str(first), overrides)
     run = init_inference(cfg)
     tokenizer = run.tokenizer
-    sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length,
-                               max_text_tokens=args.max_text_tokens, window_template=args.window_template)
+    from megatron_ixt.tokenizers.base import document_start_ids
+
+    try:  # the text window fits the BOS control's context too, where the tokenizer has a BOS
+        tokenizer.bos
+        windowed = ("none", "bos", "best", "worst")
+    except Exception:  # an imported tokenizer without one (SmolLM2)
+        windowed = ("none", "best", "worst")
+    sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length, conditions=windowed,
+                               max_text_tokens=args.max_text_tokens, window_template=args.window_template,
+                               start=document_start_ids(tokenizer, cfg.model.document_start or "eod"))
     conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]
     tokens_per_step = cfg.training.global_batch_size * cfg.model.seq_length
     result = {"documents": len(docs), "text_tokens": sum(len(s) - c for s, c in sequences["none"]),
