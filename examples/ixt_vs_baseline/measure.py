@@ -247,16 +247,17 @@ def main() -> int:
     cfg = config_from_checkpoint(str(first), overrides)
     run = init_inference(cfg)
     tokenizer = run.tokenizer
+    from megatron_ixt.format.errors import TokenizerError
     from megatron_ixt.tokenizers.base import document_start_ids
 
     try:  # the text window fits the BOS control's context too, where the tokenizer has a BOS
         tokenizer.bos
         windowed = ("none", "bos", "best", "worst")
-    except Exception:  # an imported tokenizer without one (SmolLM2)
+    except (NotImplementedError, TokenizerError):  # an imported tokenizer without one (SmolLM2)
         windowed = ("none", "best", "worst")
     sequences = loss_sequences(tokenizer, docs, args.template, args.seq_length, conditions=windowed,
                                max_text_tokens=args.max_text_tokens, window_template=args.window_template,
-                               start=document_start_ids(tokenizer, cfg.model.document_start or "eod"))
+                               start=document_start_ids(tokenizer, cfg.model.document_start))
     conditions, task_conditions = CONDITIONS[args.kind], TASK_CONDITIONS[args.kind]
     tokens_per_step = cfg.training.global_batch_size * cfg.model.seq_length
     result = {"documents": len(docs), "text_tokens": sum(len(s) - c for s, c in sequences["none"]),

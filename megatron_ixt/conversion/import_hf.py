@@ -81,8 +81,11 @@ def document_start_of(tokenizer, folder: str) -> str:
     ``bos`` when it puts a BOS first (Llama 2/3), else ``none`` (SmolLM2, GPT-2 style)."""
     if hasattr(tokenizer, "added_bos"):  # tokenizer.json: what its post-processor adds
         return "bos" if tokenizer.added_bos is not None else "none"
+    settings = {}
     config = os.path.join(folder, "tokenizer_config.json")
-    settings = json.load(open(config)) if os.path.isfile(config) else {}
+    if os.path.isfile(config):
+        with open(config) as f:
+            settings = json.load(f)
     return "bos" if settings.get("add_bos_token") else "none"  # SentencePiece: its slow tokenizer's flag
 
 

@@ -110,13 +110,13 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
     thresholds = thresholds or QualityThresholds.fixed()
     result = ConditioningResult()
     jobs = []  # (document row, condition, tokens, number of context tokens)
+    doc_start = list(model.document_start_ids)
+    skip = 0 if doc_start else 1  # with no start token, the first text token has no context in "none"
     for i, doc in enumerate(documents):
         feedback = doc.get("feedback")
         targets = (doc["best_feedback"], doc["worst_feedback"]) if "best_feedback" in doc else None
         prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, targets)
-        start = list(model.document_start_ids)
-        skip = 0 if start else 1  # with no start token, the first text token has no context in "none"
-        room = seq_length - len(start) - max(len(p) for p in prefixes.values())
+        room = seq_length - len(doc_start) - max(len(p) for p in prefixes.values())
         if room < 2:
             result.skipped_no_room += 1
             continue
@@ -128,7 +128,7 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
                "loss": {}}
         result.per_document.append(row)
         for cond, prefix in prefixes.items():
-            jobs.append((row, cond, [*start, *prefix, *text], len(start) + len(prefix) + skip))
+            jobs.append((row, cond, [*doc_start, *prefix, *text], len(doc_start) + len(prefix) + skip))
 
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]

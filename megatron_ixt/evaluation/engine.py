@@ -73,9 +73,8 @@ class InferenceModel:
         self.layout = run.layout
         self.vocab_size = run.tokenizer.vocab_size
         # What precedes a document in this model's context (``--document-start``, recorded in
-        # the checkpoint; one saved before it was recorded was trained on EOD-separated data).
-        self.document_start = self.cfg.model.document_start or "eod"
-        self.document_start_ids = document_start_ids(run.tokenizer, self.document_start)
+        # the checkpoint).
+        self.document_start_ids = document_start_ids(run.tokenizer, self.cfg.model.document_start)
         self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, self.vocab_size)
         for chunk in self.chunks:
             chunk.eval()

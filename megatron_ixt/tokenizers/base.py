@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # annotations only: this module stays light (tools' --help imports it)
     import numpy as np
@@ -72,12 +72,13 @@ class LegacyTokenizerBase(ABC):
     mask = property(lambda self: self._missing("mask"))
 
 
-def document_start_ids(tokenizer, convention: str) -> list[int]:
+def document_start_ids(tokenizer, convention: Optional[str]) -> list[int]:
     """The ids before a document's first token (its feedback prefix, or its text) in the
     model's context, by the model's ``--document-start`` convention: ``eod`` (this project's
     packed pretraining data: the previous document's EOD), ``bos`` (the tokenizer's BOS) or
-    ``none`` (an imported model whose tokenizer adds nothing before a text)."""
-    if convention == "eod":
+    ``none`` (an imported model whose tokenizer adds nothing before a text). None: a
+    checkpoint saved before the convention was recorded, all trained on EOD-separated data."""
+    if convention in ("eod", None):
         return [tokenizer.eod]
     if convention == "bos":
         return [tokenizer.bos]

@@ -339,6 +339,7 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
             raise TokenizerError(f"cannot load Hugging Face tokenizer {json_path}: {error}") from None
         self._tok_text = self._tok
         self._eod = self._find_eod(Path(json_path).parent)
+        self.added_bos = self._find_added_bos(Path(json_path).parent)
         ids = {token: self._tok.token_to_id(token) for token in (FEEDBACK_OPEN, FEEDBACK_CLOSE)}
         # Ids can have gaps (added tokens placed anywhere): append after the highest one.
         self._base_size = max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
@@ -373,8 +374,7 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
     def vocab(self) -> dict:
         return {**self._tok.get_vocab(with_added_tokens=True), **{t: i for i, t in self._extra.items()}}
 
-    @property
-    def added_bos(self) -> Optional[int]:
+    def _find_added_bos(self, folder: Path) -> Optional[int]:
         """The token the tokenizer's own encoding puts before a text (its post-processor's
         BOS, as Llama 2/3 tokenizers add; the ``add_bos_token`` of its tokenizer_config.json),
         or None when it adds nothing before (SmolLM2, GPT-2 style)."""
@@ -382,7 +382,7 @@ class HuggingFaceTokenizer(_TokenizersLibrary, IXTTokenizer):
         full = self._tok.encode("a", add_special_tokens=True).ids
         if len(full) > len(plain) and full[len(full) - len(plain):] == plain:
             return full[0]
-        config = Path(self._files["tokenizer_model"]).parent / "tokenizer_config.json"
+        config = folder / "tokenizer_config.json"
         settings = json.loads(config.read_text()) if config.is_file() else {}
         bos = settings.get("bos_token")
         bos = bos.get("content") if isinstance(bos, dict) else bos

@@ -39,7 +39,7 @@ def main() -> None:
         torch.save({"tokens": tokens, "logits": logits.cpu(), "context": context,
                     "context_logits": context_logits.cpu(), "generated_ids": generated,
                     "vocab_size": tokenizer.vocab_size, "eod": tokenizer.eod,
-                    "document_start": model.document_start}, args.out)
+                    "document_start": cfg.model.document_start}, args.out)
     destroy_distributed()
 
 
