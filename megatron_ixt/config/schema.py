@@ -105,6 +105,9 @@ class DataConfig:
     reset_position_ids: bool = arg(False, "Restart position ids at each document boundary.")
     reset_attention_mask: bool = arg(False, "No attention across document boundaries inside a sample.")
     eod_mask_loss: bool = arg(False, "No loss on end-of-document tokens.")
+    sft: bool = arg(False, "Supervised fine-tuning on conversations preprocessed with tools/preprocess_data.py "
+                           "--sft (Megatron-LM's flag): loss on the assistant tokens only, feedback in the system "
+                           "message, conversations packed whole with no attention between them.")
     num_workers: int = arg(2, "DataLoader worker processes per loading rank (TP rank 0 of a stage that reads "
                                  "data); persistent, each prefetching 2 micro-batches. 0 reads in the training process.")
 

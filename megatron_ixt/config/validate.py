@@ -97,6 +97,13 @@ def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
         raise ConfigError(f"--ixt-feedback-dropout must be in [0, 1], got {cfg.ixt.ixt_feedback_dropout}")
     if not (0.0 <= cfg.ixt.ixt_cooldown_fraction <= 1.0):
         raise ConfigError(f"--ixt-cooldown-fraction must be in [0, 1], got {cfg.ixt.ixt_cooldown_fraction}")
+    if cfg.data.sft:
+        if cfg.data.mock_data:
+            raise ConfigError("--sft trains on conversations: pass --data-path PREFIX (tools/preprocess_data.py "
+                              "--sft), not --mock-data")
+        if cfg.ixt.ixt_repeat_prefix or cfg.ixt.ixt_cooldown_fraction:
+            raise ConfigError("--ixt-repeat-prefix and --ixt-cooldown-fraction are pretraining options: an SFT "
+                              "conversation is never split, and its feedback is in the system message")
     if not cfg.data.mock_data and not cfg.data.data_path:
         raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
     if cfg.data.mock_data and cfg.tokenizer.tokenizer_type == "NullTokenizer" and cfg.tokenizer.vocab_size is None:

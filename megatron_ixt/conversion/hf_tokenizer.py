@@ -27,6 +27,7 @@ import os
 from megatron_ixt.conversion import ConversionError
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
 from megatron_ixt.tokenizers.build import GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer
+from megatron_ixt.tokenizers.chat import chat_template_for
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ def export_tokenizer(tokenizer, out_dir: str, model_max_length: int) -> dict:
         "clean_up_tokenization_spaces": False,
         "add_bos_token": False,
         "add_eos_token": False,
+        # The template SFT rendered conversations with (tokenizers/chat.py): the tokenizer's own,
+        # else the default, so that apply_chat_template gives the ids the model was trained on.
+        "chat_template": chat_template_for(tokenizer).source,
     }
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2)

@@ -84,7 +84,7 @@ def choose_dataset(cfg: Config, tokenizer):
     """Mock data, IXT datasets (every prefix has an ``.ixt.npy`` side file), or plain GPT
     datasets (none has: data preprocessed by Megatron-LM's tool)."""
     from megatron_ixt.config.cli import ConfigError
-    from megatron_ixt.format.indexed_io import SIDE_FILE_SUFFIX
+    from megatron_ixt.format.indexed_io import ROLES_FILE_SUFFIX, SIDE_FILE_SUFFIX
     from megatron_ixt.data.ixt_dataset import IXTDataset, IXTDatasetConfig
 
     if cfg.data.mock_data:
@@ -94,6 +94,20 @@ def choose_dataset(cfg: Config, tokenizer):
     if missing:
         raise ConfigError(f"--data-path: no indexed dataset at {', '.join(missing)} (expected PREFIX.bin and PREFIX.idx)")
     check_tokenizer_matches(prefixes, tokenizer)
+    with_roles = [os.path.isfile(p + ROLES_FILE_SUFFIX) for p in prefixes]
+    if cfg.data.sft:
+        if not all(with_roles):
+            plain = [p for p, has in zip(prefixes, with_roles) if not has]
+            raise ConfigError(f"--sft: {', '.join(plain)} has no {ROLES_FILE_SUFFIX}: SFT data are conversations "
+                              "preprocessed with tools/preprocess_data.py --sft")
+        from megatron_ixt.data.sft_dataset import SFTDataset, SFTDatasetConfig
+
+        return SFTDataset, gpt_dataset_config(cfg, tokenizer, SFTDatasetConfig,
+                                              ixt_feedback_dropout=cfg.ixt.ixt_feedback_dropout)
+    if any(with_roles):
+        sft = [p for p, has in zip(prefixes, with_roles) if has]
+        raise ConfigError(f"--data-path: {', '.join(sft)} holds conversations (tools/preprocess_data.py --sft): "
+                          "train on it with --sft")
     with_side = [os.path.isfile(p + SIDE_FILE_SUFFIX) for p in prefixes]
     if all(with_side):
         ixt = cfg.ixt

@@ -86,23 +86,27 @@ def samples_per_evaluation(cfg: Config, split_size: int) -> int:
     return min(cfg.training.eval_iters * gbs, split_size - split_size % gbs)
 
 
-def stage_fields(available: Sequence[str], first_stage: bool, last_stage: bool, document_masks: str) -> tuple[str, ...]:
-    """The batch fields one pipeline stage (one model chunk) uses."""
+def stage_fields(available: Sequence[str], first_stage: bool, last_stage: bool, document_masks: str,
+                 boundary_field: str = "tokens") -> tuple[str, ...]:
+    """The batch fields one pipeline stage (one model chunk) uses; ``boundary_field`` is where
+    the document boundaries come from (the EOD ``tokens``; SFT: the ``position_ids``)."""
     needed = set()
     if first_stage:
         needed.update(INPUT_FIELDS)
     if last_stage:
         needed.update(f for f in available if f not in INPUT_FIELDS)
     if document_masks != "none":
-        needed.add("tokens")  # document boundaries come from the EOD tokens, on every stage
+        needed.add(boundary_field)  # every stage's attention needs the document boundaries
     return tuple(f for f in available if f in needed)
 
 
-def chunk_fields(available: Sequence[str], layout: ParallelLayout, document_masks: str) -> list[tuple[str, ...]]:
+def chunk_fields(available: Sequence[str], layout: ParallelLayout, document_masks: str,
+                 boundary_field: str = "tokens") -> list[tuple[str, ...]]:
     """:func:`stage_fields` of each model chunk on this rank (one chunk without the
     interleaved schedule)."""
     stages = [k if layout.vpp else None for k in range(layout.num_chunks)]
-    return [stage_fields(available, layout.is_first_stage(k), layout.is_last_stage(k), document_masks) for k in stages]
+    return [stage_fields(available, layout.is_first_stage(k), layout.is_last_stage(k), document_masks, boundary_field)
+            for k in stages]
 
 
 _open_streams: "weakref.WeakSet[MicroBatchStream]" = weakref.WeakSet()
@@ -231,7 +235,7 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 def _stream(cfg: Config, layout: ParallelLayout, dataset, batch_sampler, document_masks: str,
             exclude: tuple = ()) -> MicroBatchStream:
     available = tuple(f for f in dataset_fields(dataset) if f not in exclude)
-    per_chunk = chunk_fields(available, layout, document_masks)
+    per_chunk = chunk_fields(available, layout, document_masks, "position_ids" if cfg.data.sft else "tokens")
     stream = MicroBatchStream(None, per_chunk, (cfg.training.micro_batch_size, cfg.model.seq_length), layout)
     if stream.loads:
         workers = cfg.data.num_workers

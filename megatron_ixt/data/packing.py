@@ -162,3 +162,50 @@ def pack(document_index: np.ndarray, sequence_lengths: np.ndarray, prefix_length
             grown[:row] = out[:row]
             out = grown
     return out[:row].copy() if row < len(out) // 2 else out[:row]
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_role_kernel(roles, lengths, bit, out):
+    start = 0
+    for i in range(lengths.shape[0]):
+        n = 0
+        for j in range(start, start + lengths[i]):
+            if roles[j] & bit:
+                n += 1
+        out[i] = n
+        start += lengths[i]
+
+
+def count_role(roles: np.ndarray, lengths: np.ndarray, bit: int) -> np.ndarray:
+    """int32 per sequence: its tokens whose role has ``bit`` (SFT roles file, in one pass
+    over the memory map)."""
+    out = np.zeros(len(lengths), dtype=np.int32)
+    if len(lengths):
+        _count_role_kernel(roles, lengths.astype(np.int64), np.uint8(bit), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_whole_kernel(sizes, capacity, out):
+    rows = 1
+    used = 0
+    for i in range(sizes.shape[0]):
+        size = min(sizes[i], capacity)
+        if used > 0 and used + size > capacity:
+            out[rows] = i
+            rows += 1
+            used = 0
+        used += size
+    out[rows] = sizes.shape[0]
+    return rows + 1
+
+
+def pack_whole(sizes: np.ndarray, capacity: int) -> np.ndarray:
+    """SFT packing: sample boundaries ``[num_samples + 1]`` over occurrences of ``sizes``
+    tokens, greedy in order, never splitting an occurrence: sample ``k`` holds occurrences
+    ``[out[k], out[k + 1])``; one longer than ``capacity`` fills a sample alone (cut there)."""
+    out = np.zeros(len(sizes) + 2, dtype=np.int64)
+    if len(sizes) == 0:
+        return out[:1]
+    rows = _pack_whole_kernel(sizes.astype(np.int64), int(capacity), out)
+    return out[:rows]

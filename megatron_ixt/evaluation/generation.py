@@ -72,6 +72,26 @@ def generate_ids(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: Samp
                  blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> list[int]:
     """As `generate`, but returns the generated token ids (without the final eod)."""
     context = [*model.document_start_ids, *prefix_ids, *tokenizer.tokenize(prompt)]
+    return continue_ids(model, tokenizer, context, cfg, blocked, max_length)
+
+
+def chat_context(tokenizer, user: str, feedback_ids: list[int], system: Optional[str] = None) -> list[int]:
+    """The ids an SFT model continues to answer ``user``: the conversation rendered by the
+    tokenizer's chat template with ``feedback_ids`` in the system message (as SFT trained it,
+    ``tokenizers/chat.py``) and the template's generation prompt."""
+    from megatron_ixt.tokenizers.chat import chat_template_for, render_ids
+
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": user}]
+    ids, _ = render_ids(tokenizer, chat_template_for(tokenizer), messages, feedback_ids or None,
+                        add_generation_prompt=True)
+    return ids.tolist()
+
+
+def continue_ids(model, tokenizer, context: list[int], cfg: SamplingConfig, blocked: Optional[list[int]] = None,
+                 max_length: Optional[int] = None) -> list[int]:
+    """Sample after the token ids ``context`` until the eod or ``cfg.max_new_tokens``."""
+    context = list(context)
     blocked = set(blocked or []) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id}
     generator = torch.Generator().manual_seed(cfg.seed)
     out: list[int] = []

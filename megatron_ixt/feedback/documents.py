@@ -30,6 +30,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+from megatron_ixt.format.conversation import parse_conversation_line
 from megatron_ixt.format.document import DocumentSpec, parse_document_line
 from megatron_ixt.format.errors import DocumentError
 from megatron_ixt.format.sources import iter_lines
@@ -60,8 +61,20 @@ def id_key(doc_id: Any) -> str:
     return json.dumps(doc_id, ensure_ascii=False)
 
 
+CONVERSATION_KEY = "_conversation"
+"""Where a conversation's whole transcript travels to the critics (the LLM judge reads it)."""
+
+
 def judged_text(doc: dict[str, Any]) -> dict[str, Any]:
-    """The document as critics see it: a list-of-strings ``text`` joined by blank lines."""
+    """The document as critics see it: a list-of-strings ``text`` joined by blank lines; for
+    a conversation (SFT, ``format/conversation.py``) its assistant turns as ``text`` (what
+    the python, math and text critics check) and the whole transcript under
+    :data:`CONVERSATION_KEY` (what the LLM judge reads)."""
+    if "messages" in doc and "text" not in doc:
+        from megatron_ixt.format.conversation import assistant_text, transcript, validate_conversation
+
+        conversation = validate_conversation(doc)
+        return {**doc, "text": assistant_text(conversation), CONVERSATION_KEY: transcript(conversation)}
     if isinstance(doc["text"], list):
         return {**doc, "text": "\n\n".join(doc["text"])}
     return doc
@@ -86,7 +99,10 @@ def iter_documents(paths: Iterable[str | os.PathLike]) -> Iterator[SourceDocumen
     for path in paths:
         path = os.fspath(path)
         for line_number, raw in iter_lines(path):
-            doc = parse_document_line(raw, _SPEC, path, line_number).obj
+            if b'"messages"' in raw and b'"text"' not in raw:  # a conversation (SFT data)
+                doc = parse_conversation_line(raw, path, line_number).obj
+            else:
+                doc = parse_document_line(raw, _SPEC, path, line_number).obj
             if doc.get("id") is None:  # id first, as in documents that have one
                 doc = {"id": default_id(path, line_number), **{k: v for k, v in doc.items() if k != "id"}}
             yield SourceDocument(doc, path, line_number)

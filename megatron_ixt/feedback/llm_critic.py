@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import yaml
 
 from megatron_ixt.feedback.base import Critic, VerdictError
+from megatron_ixt.feedback.documents import CONVERSATION_KEY
 from megatron_ixt.feedback.http_client import ChatClient, RetryPolicy
 from megatron_ixt.feedback.record import AXES, Feedback
 
@@ -82,7 +83,8 @@ class RubricPrompt:
         axes = "\n".join(f"- {name}: {description}" for name, description in self.axes.items())
         user = string.Template(self.user).substitute(
             axes=axes, domain=doc.get("domain") or "unspecified", extra=_extra_context(doc),
-            text=_shorten(doc["text"], self.max_document_chars))
+            # A conversation: the judge reads the whole exchange, not only the answers.
+            text=_shorten(doc.get(CONVERSATION_KEY) or doc["text"], self.max_document_chars))
         return [{"role": "system", "content": self.system.strip()},
                 {"role": "user", "content": user.strip()}]
 

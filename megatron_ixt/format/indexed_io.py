@@ -41,6 +41,9 @@ DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5,
 
 SIDE_FILE_SUFFIX = ".ixt.npy"
 META_FILE_SUFFIX = ".meta.json"
+ROLES_FILE_SUFFIX = ".roles.bin"
+"""SFT datasets only: one uint8 per token of the `.bin`, in the same order: the role bits of
+`tokenizers.chat` (1 = in the loss, 2 = feedback, 4 = only without feedback)."""
 PREFIX_LENGTH_COLUMN = 0
 """Side-file column: prefix length in tokens, both delimiters included (0: no prefix)."""
 QUALITY_LEVEL_COLUMN = 1
@@ -77,6 +80,8 @@ class Shard:
     """int32 [D]: sequences per document (0 for an empty document)."""
     side: np.ndarray
     """int32 [S, 2]: prefix length and quality level per sequence."""
+    roles_path: Optional[str] = None
+    """SFT only: the roles of the shard's tokens (one uint8 each)."""
 
 
 def write_shard_bin(path: str, tokens: np.ndarray) -> None:
@@ -166,10 +171,12 @@ def _pieces(array: np.ndarray):
 class DatasetWriter:
     """Appends shards in order to one `.bin`; writes `.idx` and `.ixt.npy` at `finalize`."""
 
-    def __init__(self, bin_path: str, idx_path: str, side_path: str, dtype: type):
+    def __init__(self, bin_path: str, idx_path: str, side_path: str, dtype: type, roles_path: Optional[str] = None):
         self.bin_path, self.idx_path, self.side_path = bin_path, idx_path, side_path
         self.dtype = np.dtype(dtype)
         self._bin_fd = os.open(bin_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # SFT datasets: the roles file grows with the .bin, one byte per token.
+        self._roles_fd = os.open(roles_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if roles_path else -1
         self._lengths: list[np.ndarray] = []
         self._docs: list[np.ndarray] = []
         self._side: list[np.ndarray] = []
@@ -180,6 +187,8 @@ class DatasetWriter:
     def append(self, shard: Shard) -> None:
         if shard.num_tokens:
             _append_file(self._bin_fd, shard.bin_path, shard.num_tokens * self.dtype.itemsize)
+            if self._roles_fd >= 0:
+                _append_file(self._roles_fd, shard.roles_path, shard.num_tokens)
         self._lengths.append(shard.sequence_lengths.astype(np.int32, copy=False))
         self._docs.append(shard.sequences_per_document.astype(np.int32, copy=False))
         self._side.append(shard.side.astype(np.int32, copy=False))
@@ -202,8 +211,12 @@ class DatasetWriter:
         if int(index.document_indices[0]) != 0 or int(index.document_indices[-1]) != len(index.sequence_lengths):
             raise ValueError(f"{index.path}: document indices do not span its {len(index.sequence_lengths)} sequences")
         tokens = sum(int(piece.sum(dtype=np.int64)) for piece in _pieces(index.sequence_lengths))
+        if self._roles_fd >= 0 and os.path.getsize(dataset_prefix + ROLES_FILE_SUFFIX) != tokens:
+            raise ValueError(f"{dataset_prefix}{ROLES_FILE_SUFFIX}: not one byte per token of {index.path} ({tokens})")
         if tokens:
             _append_file(self._bin_fd, dataset_prefix + ".bin", tokens * self.dtype.itemsize)
+            if self._roles_fd >= 0:
+                _append_file(self._roles_fd, dataset_prefix + ROLES_FILE_SUFFIX, tokens)
         self._lengths.append(index.sequence_lengths)
         self._docs.append(_DocumentEnds(index.document_indices))
         self._side.append(side)
@@ -212,16 +225,16 @@ class DatasetWriter:
         self.num_documents += len(index.document_indices) - 1
 
     def finalize(self) -> None:
-        os.close(self._bin_fd)
-        self._bin_fd = -1
+        self.close()
         write_index(self.idx_path, self.dtype, self._lengths, self._docs)
         write_side_file(self.side_path, self._side, self.num_sequences)
 
     def close(self) -> None:
         """Release the file handle without finishing (on errors)."""
-        if self._bin_fd >= 0:
-            os.close(self._bin_fd)
-            self._bin_fd = -1
+        for name in ("_bin_fd", "_roles_fd"):
+            if getattr(self, name) >= 0:
+                os.close(getattr(self, name))
+                setattr(self, name, -1)
 
 
 def write_index(
@@ -330,3 +343,9 @@ def write_metadata(path: str, meta: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
+
+
+def read_roles(dataset_prefix: str) -> np.ndarray:
+    """The roles file of an SFT dataset, memory-mapped: uint8, one per token of its `.bin`."""
+    path = dataset_prefix + ROLES_FILE_SUFFIX
+    return np.memmap(path, dtype=np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)

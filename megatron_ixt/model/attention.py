@@ -61,14 +61,22 @@ def packed_sequence_params(ids: torch.Tensor) -> PackedSeqParams:
                            max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
 
 
-def attention_inputs(tokens: torch.Tensor, eod: int, document_masks: str):
-    """``(attention_mask, packed_seq_params)`` for the model, per the plan's ``document_masks``:
+def document_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """``[b, s]`` document index of each token where documents start at position 0 (SFT
+    samples: each conversation, and the padding, restart their position ids)."""
+    return torch.cumsum((position_ids == 0).to(torch.int32), dim=1, dtype=torch.int32) - 1
+
+
+def attention_inputs(tokens: torch.Tensor, eod: int, document_masks: str,
+                     position_ids: Optional[torch.Tensor] = None):
+    """``(attention_mask, packed_seq_params)`` for the model, per the plan's ``document_masks``,
+    with the document boundaries at the EOD tokens, or where ``position_ids`` restart when given:
     ``none`` -> (None, None); ``ids`` -> (document ids, None) for :class:`TorchCoreAttention`;
     ``dense`` -> (megatron-core's ``[b, 1, s, s]`` mask, True = masked, None);
     ``packed`` -> (None, THD params; the caller flattens the micro-batch to ``[1, b * s]``)."""
     if document_masks == "none":
         return None, None
-    ids = document_ids(tokens, eod)
+    ids = document_ids(tokens, eod) if position_ids is None else document_ids_from_positions(position_ids)
     if document_masks == "ids":
         return ids, None
     if document_masks == "dense":

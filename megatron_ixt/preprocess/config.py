@@ -48,6 +48,14 @@ class PreprocessConfig:
                                     "at the first.")
     batch_size: int = arg(1024, "Lines per work unit (shard). Larger batches amortize overhead; smaller ones "
                                 "balance better.")
+    sft: bool = arg(False, "Supervised fine-tuning data: lines are conversations (Megatron-LM's 'messages' list, "
+                           "plus an optional feedback object), rendered by the tokenizer's chat template (or the "
+                           "default one) with the feedback in the system message; a roles file beside the dataset "
+                           "marks the assistant tokens that train. The output is <prefix>_messages_document.")
+    seq_length: Optional[int] = arg(None, "SFT: the training --seq-length; a longer conversation is handled by "
+                                          "--overlong (default: no limit).")
+    overlong: str = arg("truncate", "SFT: a conversation longer than --seq-length + 1 tokens is cut there (and "
+                                    "counted) or refused with its file and line.", choices=("truncate", "refuse"))
     keep_sequential_samples: bool = arg(False, "Accepted for Megatron-LM compatibility; output order always "
                                                "follows the input.")
 
@@ -74,6 +82,20 @@ class PreprocessConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
         if len(set(self.json_keys)) != len(self.json_keys):
             raise ValueError(f"--json-keys: keys must be distinct, got {self.json_keys}")
+        if self.sft:
+            if self.json_keys == ["text"]:
+                self.json_keys = ["messages"]  # the flag's default: Megatron-LM's SFT key
+            if self.json_keys != ["messages"]:
+                raise ValueError(f"--json-keys: --sft reads the 'messages' list of each line, got {self.json_keys}")
+            if self.tokenizer.tokenizer_type == "NullTokenizer":
+                raise ValueError("--sft: the NullTokenizer has no text to render conversations with")
+            if self.seq_length is not None and self.seq_length < 1:
+                raise ValueError(f"--seq-length: expected a positive integer, got {self.seq_length}")
+            if self.append_eod or self.prepend_bos:
+                raise ValueError("--sft ends every conversation with the tokenizer's eod itself: drop "
+                                 "--append-eod / --prepend-bos")
+        elif self.seq_length is not None:
+            raise ValueError("--seq-length is an --sft option (pretraining documents are packed at training time)")
         if self.feedback_key in self.json_keys:
             raise ValueError(f"--feedback-key {self.feedback_key!r} is also one of --json-keys")
 

@@ -47,6 +47,12 @@ class EncodeSettings:
     shard_dir: str
     dtype: str
     prepend_bos: bool = False
+    sft: bool = False
+    """Conversations (``encode_sft.ConversationEncoder``) instead of documents."""
+    seq_length: Optional[int] = None
+    """SFT: the longest conversation is ``seq_length + 1`` tokens (None: no limit)."""
+    overlong: str = "truncate"
+    """SFT: what a longer conversation gets: 'truncate' (counted) or 'refuse' (an error naming its line)."""
 
 
 @dataclass
@@ -58,6 +64,10 @@ class KeyStats:
     prefix_tokens: int = 0
     prefixed_documents: int = 0
     empty_documents: int = 0
+    loss_tokens: int = 0
+    """SFT: tokens in the loss (assistant turns, in the conditioned variant)."""
+    truncated: int = 0
+    """SFT: conversations cut to the longest allowed length."""
 
     def add(self, other: "KeyStats") -> None:
         for name in vars(self):
@@ -353,7 +363,12 @@ _WORKER: Optional[BatchEncoder] = None
 def init_worker(settings: EncodeSettings) -> None:
     """Pool initializer: build this process's encoder (tokenizer loaded once per worker)."""
     global _WORKER
-    _WORKER = BatchEncoder(settings)
+    if settings.sft:
+        from megatron_ixt.preprocess.encode_sft import ConversationEncoder
+
+        _WORKER = ConversationEncoder(settings)
+    else:
+        _WORKER = BatchEncoder(settings)
 
 
 def encode_in_worker(batch: LineBatch) -> BatchResult:

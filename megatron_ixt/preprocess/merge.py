@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MUST_AGREE = ("format", "json_key", "json_keys", "tokenizer", "template", "feedback_key", "score_scale",
-              "quality_thresholds", "append_eod")
+              "quality_thresholds", "append_eod", "sft")
 """Metadata fields that must be equal in every shard: they decide token ids and side-file values."""
 
 
@@ -102,7 +102,8 @@ def _merge_key(shards: list[str], out: str, staged: StagedDatasets, command: Opt
         if differ:
             raise DataError(f"{p} differs from {shards[0]} in {', '.join(differ)}; shards must be preprocessed "
                             "with the same tokenizer and flags (and --quality-thresholds fixed)")
-    writer = staged.writer(out, metas[0]["tokenizer"]["dtype"])
+    # SFT shards carry a roles file (and record "sft" in their metadata, which must agree).
+    writer = staged.writer(out, metas[0]["tokenizer"]["dtype"], roles=bool(metas[0].get("sft")))
     try:
         for i, p in enumerate(shards, 1):
             try:

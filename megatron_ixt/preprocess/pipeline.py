@@ -45,7 +45,7 @@ from megatron_ixt.preprocess.encode import (
     scores_in_worker,
 )
 from megatron_ixt.format.errors import DataError, InputError, TokenizerError
-from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, SIDE_FILE_SUFFIX, token_dtype
+from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, ROLES_FILE_SUFFIX, SIDE_FILE_SUFFIX, token_dtype
 from megatron_ixt.format.levels import QualityThresholds
 from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
 from megatron_ixt.preprocess.config import PreprocessConfig, parse_config
@@ -87,6 +87,7 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
         tokenizer.eod  # raises TokenizerError now rather than in every worker
     if config.prepend_bos and (getattr(tokenizer, "bos", None) is None or tokenizer.bos < 0):
         raise DataError(f"--prepend-bos: the {config.tokenizer.tokenizer_type} tokenizer has no beginning-of-sequence token")
+    chat = _chat_template(tokenizer) if config.sft else None
 
     with StagedDatasets(config.output_prefix) as staged:
         settings = EncodeSettings(
@@ -95,15 +96,28 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
             template=config.prefix_template, thresholds=QualityThresholds.fixed(),
             append_eod=config.append_eod, skip_invalid=config.skip_invalid,
             shard_dir=staged.folder, dtype=np.dtype(dataset_dtype(tokenizer)).name,
-            prepend_bos=config.prepend_bos,
+            prepend_bos=config.prepend_bos, sft=config.sft, seq_length=config.seq_length,
+            overlong=config.overlong,
         )
         if config.quality_thresholds == "quantile":
             settings = _with_quantile_thresholds(settings, paths, config)
         summary = _encode_all(settings, paths, config, staged)
         summary.elapsed_s = time.perf_counter() - started
-        _write_metadata(summary, config, settings, tokenizer, template, paths, staged)
+        _write_metadata(summary, config, settings, tokenizer, template, paths, staged, chat)
         staged.publish(summary.output_prefixes.values())
     return summary
+
+
+def _chat_template(tokenizer):
+    """The chat template of ``--sft`` (the tokenizer's own, else the default), refused
+    before any work if its assistant turns cannot be found."""
+    from megatron_ixt.tokenizers.chat import chat_template_for, check_template
+
+    template = chat_template_for(tokenizer)
+    tokenizer.eod  # every conversation ends with it: TokenizerError now, not in every worker
+    check_template(tokenizer, template)
+    logger.info(f"SFT: the {template.origin} chat template (sha256 {template.sha256[:12]})")
+    return template
 
 
 def dataset_dtype(tokenizer) -> type:
@@ -217,7 +231,7 @@ def _with_quantile_thresholds(settings: EncodeSettings, paths, config) -> Encode
 def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, staged: StagedDatasets) -> PreprocessSummary:
     keys = settings.spec.json_keys
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in keys}
-    writers = {key: staged.writer(prefixes[key], np.dtype(settings.dtype)) for key in keys}
+    writers = {key: staged.writer(prefixes[key], np.dtype(settings.dtype), roles=settings.sft) for key in keys}
     summary = PreprocessSummary(output_prefixes=prefixes)
     reader = LineBatchReader(paths, max_lines=config.batch_size)
     progress = Progress("Processed", total_disk_bytes=reader.total_disk_bytes, every_docs=config.log_interval,
@@ -255,7 +269,8 @@ def _encode_all(settings: EncodeSettings, paths, config: PreprocessConfig, stage
 # -- metadata ----------------------------------------------------------------------------
 
 
-def _write_metadata(summary, config, settings, tokenizer, template, paths, staged: StagedDatasets) -> None:
+def _write_metadata(summary, config, settings, tokenizer, template, paths, staged: StagedDatasets,
+                    chat=None) -> None:
     tokenizer_identity = tokenizer.identity()
     for key, prefix in summary.output_prefixes.items():
         stats = summary.stats.get(key, KeyStats())
@@ -275,6 +290,8 @@ def _write_metadata(summary, config, settings, tokenizer, template, paths, stage
             "prepend_bos": settings.prepend_bos,
             "side_file": {"suffix": SIDE_FILE_SUFFIX, "dtype": "int32",
                           "columns": ["prefix_length", "quality_level"]},
+            **({"sft": {"chat_template": chat.identity(), "roles_file": ROLES_FILE_SUFFIX,
+                        "seq_length": settings.seq_length, "overlong": settings.overlong}} if chat else {}),
             "counts": {
                 "lines": summary.lines,
                 "documents": summary.documents,
@@ -289,6 +306,7 @@ def _write_metadata(summary, config, settings, tokenizer, template, paths, stage
                 "documents_per_level": {str(level): n for level, n in enumerate(summary.level_counts)},
                 "documents_with_delimiter_text": summary.documents_with_delimiter_text,
                 "skipped_lines": summary.skipped,
+                **({"loss_tokens": stats.loss_tokens, "truncated_conversations": stats.truncated} if chat else {}),
                 "input_bytes": summary.nbytes,
             },
             "skipped": summary.skipped_examples,
@@ -310,6 +328,9 @@ def report(summary: PreprocessSummary) -> str:
         stats = summary.stats.get(key, KeyStats())
         lines.append(f"  {prefix}.{{bin,idx}} (+{SIDE_FILE_SUFFIX}, {META_FILE_SUFFIX}): "
                      f"{stats.sequences} sequences, {stats.tokens} tokens, {stats.prefix_tokens} prefix tokens")
+        if stats.loss_tokens or stats.truncated:
+            lines.append(f"  SFT: {stats.loss_tokens} tokens in the loss ({ROLES_FILE_SUFFIX}), "
+                         f"{stats.truncated} conversations truncated to --seq-length + 1")
     lines.append("  documents per quality level (0 = not annotated): "
                  + ", ".join(f"{level}: {n}" for level, n in enumerate(summary.level_counts)))
     if summary.documents_with_delimiter_text:

@@ -26,13 +26,15 @@ from typing import Iterable, Optional
 from megatron_ixt.format.errors import OutputError
 from megatron_ixt.format.indexed_io import (
     META_FILE_SUFFIX,
+    ROLES_FILE_SUFFIX,
     SIDE_FILE_SUFFIX,
     DatasetWriter,
     write_metadata,
 )
 
-PUBLISH_ORDER = ((".bin", SIDE_FILE_SUFFIX, META_FILE_SUFFIX), (".idx",))
-"""The files of a dataset in the order they are renamed into place: every dataset's `.idx` last."""
+PUBLISH_ORDER = ((".bin", ROLES_FILE_SUFFIX, SIDE_FILE_SUFFIX, META_FILE_SUFFIX), (".idx",))
+"""The files of a dataset in the order they are renamed into place: every dataset's `.idx` last
+(the roles file exists for SFT datasets only)."""
 
 
 def dataset_prefix(output_prefix: str, key: str) -> str:
@@ -72,10 +74,11 @@ class StagedDatasets:
         """Where the file `prefix + suffix` is written until it is published."""
         return os.path.join(self.folder, os.path.basename(prefix) + suffix)
 
-    def writer(self, prefix: str, dtype) -> DatasetWriter:
-        """A `DatasetWriter` of the `.bin`, `.idx` and side file of dataset `prefix`."""
+    def writer(self, prefix: str, dtype, roles: bool = False) -> DatasetWriter:
+        """A `DatasetWriter` of the `.bin`, `.idx` and side file of dataset `prefix`, and
+        of its roles file with `roles` (SFT)."""
         return DatasetWriter(*(self.path(prefix, suffix) for suffix in (".bin", ".idx", SIDE_FILE_SUFFIX)),
-                             dtype=dtype)
+                             dtype=dtype, roles_path=self.path(prefix, ROLES_FILE_SUFFIX) if roles else None)
 
     def write_metadata(self, prefix: str, meta: dict) -> None:
         write_metadata(self.path(prefix, META_FILE_SUFFIX), meta)
@@ -86,6 +89,8 @@ class StagedDatasets:
         for suffixes in PUBLISH_ORDER:
             for prefix in prefixes:
                 for suffix in suffixes:
+                    if suffix == ROLES_FILE_SUFFIX and not os.path.exists(self.path(prefix, suffix)):
+                        continue
                     os.replace(self.path(prefix, suffix), prefix + suffix)
 
     def discard(self) -> None:

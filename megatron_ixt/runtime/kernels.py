@@ -178,7 +178,7 @@ def plan_kernels(cfg, facts: DeviceFacts) -> KernelPlan:
     else:  # local
         attention = "unfused"
 
-    documents = d.reset_attention_mask
+    documents = d.reset_attention_mask or d.sft  # SFT: no attention between packed conversations
     document_masks = "none"
     if documents:
         if attention == "te":

@@ -245,6 +245,14 @@ class SentencePieceTokenizer(IXTTokenizer):
     def _decode_text(self, ids: list[int]) -> str:
         return self._sp.decode(ids)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids of ``text`` (as ``tokenize``) and each token's first character in it."""
+        pieces = self._sp_text.encode(text, out_type="proto").pieces
+        # SentencePiece reports byte offsets into the UTF-8 text: map them to characters.
+        char_of_byte = np.repeat(np.arange(len(text)), [len(c.encode("utf-8")) for c in text])
+        char_of_byte = np.append(char_of_byte, len(text))
+        return [p.id for p in pieces], [int(char_of_byte[min(p.begin, len(char_of_byte) - 1)]) for p in pieces]
+
     @property
     def eod(self) -> int:
         eos = self._sp.eos_id()
@@ -289,6 +297,15 @@ class _TokenizersLibrary:
                 if np.isin(ids, forgeable).any():
                     out[i] = np.asarray(self._tokenize_around_delimiters(texts[i]), dtype=np.int64)
         return out
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids of ``text`` as ``tokenize`` gives them (special tokens such as a chat
+        template's ``<|im_start|>`` recognised, the delimiters not) and each token's first
+        character in ``text`` (the chat encoder's loss mask, ``tokenizers/chat.py``)."""
+        encoding = self._tok_text.encode(text, add_special_tokens=False)
+        if self._forgeable and self._forgeable.intersection(encoding.ids):
+            raise TokenizerError("this tokenizer's merges reach a feedback delimiter: it cannot encode chat turns")
+        return encoding.ids, [start for start, _ in encoding.offsets]
 
     def _tokenize_around_delimiters(self, text: str) -> list[int]:
         # The model's vocabulary itself reaches a delimiter piece: encode the text between

@@ -108,7 +108,13 @@ class MetricsLogger:
         parts.append(f"lr {lr:.3e}")
         means = {k: (v[0] / v[1]).item() for k, v in self.totals.items() if v[1] > 0 and k != "orphan text loss"}
         parts += [f"{name} {value:.4f}" for name, value in means.items()]
-        if "orphan text loss" in self.totals and self.totals["text loss"][1] > 0:
+        if self.cfg.data.sft and "lm loss" in self.totals:
+            # SFT: only the assistant tokens train; the rest is prompt, feedback and padding.
+            share = (self.totals["lm loss"][1] / (self.cfg.training.global_batch_size * self.cfg.model.seq_length
+                                                 * self.steps)).item()
+            parts.append(f"tokens in loss {100 * share:.1f}%")
+            means["loss_token_share"] = share
+        elif "orphan text loss" in self.totals and self.totals["text loss"][1] > 0:
             # Share of trained text tokens whose document's prefix is not in the sample.
             share = (self.totals["orphan text loss"][1] / self.totals["text loss"][1]).item()
             parts.append(f"text w/o prefix in view {100 * share:.1f}%")

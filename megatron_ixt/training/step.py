@@ -57,11 +57,15 @@ class StepContext:
     document_masks: str
     eod: int
     layout: ParallelLayout
+    boundaries: str = "eod"
+    """Where documents end: at the EOD tokens (pretraining), or where the position ids
+    restart ("positions": SFT, whose chat template may use the EOD inside a conversation)."""
 
     @staticmethod
     def of(run: RunContext) -> "StepContext":
         """The step's view of the run: the plan's document masks, the tokenizer's EOD, the layout."""
-        return StepContext(run.plan.document_masks, run.tokenizer.eod, run.layout)
+        return StepContext(run.plan.document_masks, run.tokenizer.eod, run.layout,
+                           "positions" if run.cfg.data.sft else "eod")
 
     @property
     def packed(self) -> bool:
@@ -84,7 +88,8 @@ def forward_step(ctx: StepContext, data_iterator: Iterator[Optional[Batch]], mod
     ``poison`` (fault injection) turns this rank's output into NaN before the backward pass."""
     batch = next(data_iterator) or Batch()
     tokens, labels, position_ids = batch.tokens, batch.labels, batch.position_ids
-    attention_mask, packed_seq_params = attention_inputs(tokens, ctx.eod, ctx.document_masks)
+    attention_mask, packed_seq_params = attention_inputs(
+        tokens, ctx.eod, ctx.document_masks, position_ids if ctx.boundaries == "positions" else None)
     if packed_seq_params is not None:
         tokens, labels, position_ids = (None if t is None else t.reshape(1, -1) for t in (tokens, labels, position_ids))
     report_masks = {}
