@@ -66,7 +66,9 @@ def read_hf_weights(folder: str) -> dict:
 def copy_tokenizer(folder: str, destination: str) -> tuple[str, str]:
     """Copy the tokenizer files; return (tokenizer type, path) for this project's flags."""
     os.makedirs(destination, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+    # chat_template.jinja: where recent transformers keep the chat template (SFT renders with it).
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                 "chat_template.jinja"):
         if os.path.isfile(os.path.join(folder, name)):
             shutil.copy2(os.path.join(folder, name), os.path.join(destination, name))
     if os.path.isfile(os.path.join(destination, "tokenizer.json")):

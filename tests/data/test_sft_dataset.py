@@ -1,0 +1,83 @@
+"""The SFT dataset (megatron_ixt/data/sft_dataset.py) on real conversations (``sft_corpus``):
+whole conversations packed into samples, no attention between them (checked on the mask the
+attention builds), loss on the assistant tokens only, feedback dropout per (conversation, epoch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+
+from megatron_ixt.data.sft_dataset import SFTDataset, SFTDatasetConfig
+from megatron_ixt.model.attention import document_causal_mask, document_ids_from_positions
+from megatron_ixt.tokenizers.build import build_tokenizer
+from megatron_ixt.tokenizers.chat import FEEDBACK, LOSS
+
+SEQ = 512
+
+
+def _dataset(corpus, tmp_path, num_samples=40, dropout=0.0):
+    tokenizer = build_tokenizer("SentencePieceTokenizer", corpus["tokenizer"])
+    config = SFTDatasetConfig(random_seed=1234, sequence_length=SEQ, blend=([corpus["prefix"]], None),
+                              split="100,0,0", path_to_cache=str(tmp_path / "cache"), tokenizer=tokenizer,
+                              reset_position_ids=True, reset_attention_mask=True, eod_mask_loss=False,
+                              create_attention_mask=False, ixt_feedback_dropout=dropout)
+    return BlendedMegatronDatasetBuilder(SFTDataset, [num_samples, 0, 0], lambda: True, config).build()[0]
+
+
+def _part(ds):
+    return getattr(ds, "datasets", [ds])[0]
+
+
+def test_samples_pack_whole_conversations_without_attention_between_them(sft_corpus, tmp_path):
+    ds = _dataset(sft_corpus, tmp_path)
+    sft = _part(ds)
+    low = sft.dataset
+    assert len(ds) >= 40
+    several = 0
+    for idx in range(len(sft)):
+        sample = sft[idx]
+        k = int(sft.shuffle_index[idx])
+        occurrences = range(int(sft.sample_index[k]), int(sft.sample_index[k + 1]))
+        tokens = torch.cat([sample["tokens"], sample["labels"][-1:]])
+        # Rebuild the sample from the conversations it holds: each one whole (or cut at the end
+        # of a sample it fills alone), then padding.
+        expected_tokens, expected_roles, starts = [], [], []
+        for occurrence in occurrences:
+            ids, roles = low.conversation(int(sft.document_index[occurrence]), bool(sft.conditioned[occurrence]))
+            starts.append(len(expected_tokens))
+            expected_tokens += ids.tolist()
+            expected_roles += roles.tolist()
+        assert len(occurrences) == 1 or len(expected_tokens) <= SEQ + 1
+        n = min(len(expected_tokens), SEQ + 1)
+        assert tokens[:n].tolist() == expected_tokens[:n]
+        assert sample["loss_mask"][:n - 1].tolist() == [float(r & LOSS != 0) for r in expected_roles[1:n]]
+        assert sample["prefix_mask"][:n - 1].tolist() == [float(r & FEEDBACK != 0) for r in expected_roles[1:n]]
+        assert not sample["loss_mask"][n - 1:].any()  # padding
+        assert (sample["loss_mask"] * sample["prefix_mask"]).sum() == 0  # feedback never trains
+
+        # The mask the attention kernel gets: query i sees key j only inside its own conversation.
+        ids = document_ids_from_positions(sample["position_ids"].unsqueeze(0))
+        allowed = document_causal_mask(ids)[0, 0]
+        conversation_of = np.searchsorted(np.asarray(starts), np.arange(SEQ), side="right") - 1
+        conversation_of[n:] = len(starts)  # the padding is a document of its own
+        same = conversation_of[:, None] == conversation_of[None, :]
+        assert allowed.tolist() == (np.tril(np.ones((SEQ, SEQ), dtype=bool)) & same).tolist()
+        several += len(occurrences) > 1
+    assert several > 0  # short conversations share samples
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5, 1.0])
+def test_feedback_dropout(sft_corpus, tmp_path, dropout):
+    sft = _part(_dataset(sft_corpus, tmp_path, dropout=dropout))
+    annotated = sft.dataset.feedback_lengths[sft.document_index] > 0
+    share = float((~sft.conditioned[annotated]).mean())
+    if dropout in (0.0, 1.0):
+        assert share == dropout
+    else:
+        assert 0.35 < share < 0.65
+    prefix_tokens = sum(float(sft[i]["prefix_mask"].sum()) for i in range(len(sft)))
+    assert (prefix_tokens == 0) == (dropout == 1.0)
+    # Unannotated conversations always train as they are.
+    assert sft.conditioned[~annotated].all()

@@ -1,0 +1,120 @@
+"""The chat encoder of SFT (megatron_ixt/tokenizers/chat.py): ids and the loss mask, token by
+token, for a Hugging Face chat template (SmolLM2-Instruct's ChatML) and the default one,
+single- and multi-turn, with and without feedback in the system message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megatron_ixt.evaluation.generation import control_prefix
+from megatron_ixt.tokenizers.build import build_tokenizer
+from megatron_ixt.tokenizers.chat import (FEEDBACK, LOSS, PLAIN, ChatTemplate, ChatTemplateError,
+                                          chat_template_for, encode_conversation, render_ids, variant)
+
+SINGLE = [{"role": "user", "content": "What is 12 * 7?"}, {"role": "assistant", "content": "12 * 7 = 84.\n#### 84"}]
+MULTI = [{"role": "system", "content": "Be brief."}, *SINGLE,
+         {"role": "user", "content": "And 12 * 8?"}, {"role": "assistant", "content": "96"}]
+
+
+def _runs(ids, mask, tokenizer) -> list[str]:
+    """The decoded runs of consecutive tokens where ``mask`` holds."""
+    runs, current = [], []
+    for i, m in zip(ids.tolist(), mask.tolist()):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(tokenizer.detokenize(current))
+            current = []
+    if current:
+        runs.append(tokenizer.detokenize(current))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(smollm2):
+    return build_tokenizer("HuggingFaceTokenizer", str(smollm2))
+
+
+@pytest.mark.parametrize("messages", [SINGLE, MULTI], ids=["single", "multi"])
+def test_hf_template_ids_and_mask(smollm2, smollm2_tokenizer, messages):
+    from transformers import AutoTokenizer
+
+    template = chat_template_for(smollm2_tokenizer)
+    assert template.origin == "tokenizer"
+    ids, roles = render_ids(smollm2_tokenizer, template, messages)
+    theirs = AutoTokenizer.from_pretrained(smollm2).apply_chat_template(messages, tokenize=True)
+    theirs = theirs["input_ids"] if not isinstance(theirs, list) else theirs
+    assert ids.tolist() == list(theirs)  # the ids transformers gives, special tokens included
+    # Token by token: the trained runs are exactly each assistant turn as ChatML renders it
+    # (content, <|im_end|>, newline); everything else (system, default system prompt, user
+    # turns, role markers, generation prompts) is masked.
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert _runs(ids, roles & LOSS, smollm2_tokenizer) == [a + "<|im_end|>\n" for a in answers]
+    expected = np.zeros(len(ids), dtype=bool)
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(render_ids(smollm2_tokenizer, template, messages[:i], add_generation_prompt=True)[0])
+            end = len(render_ids(smollm2_tokenizer, template, messages[:i + 1])[0])
+            expected[start:end] = True
+    assert ((roles & LOSS) != 0).tolist() == expected.tolist()
+
+
+def test_hf_template_with_feedback(smollm2_tokenizer):
+    """Feedback goes at the end of the system message (a new one when there is none); the
+    stored sequence holds both variants: dropping the FEEDBACK tokens gives exactly the
+    unconditioned ids, dropping the PLAIN ones the conditioned ids (SmolLM2's template puts
+    its default system prompt in the unconditioned variant only)."""
+    template = chat_template_for(smollm2_tokenizer)
+    feedback = control_prefix(smollm2_tokenizer, "quality", 5)
+    for messages in (SINGLE, MULTI):
+        ids, roles = encode_conversation(smollm2_tokenizer, template, messages, feedback, eod=smollm2_tokenizer.eod)
+        with_fb, with_roles = render_ids(smollm2_tokenizer, template, messages, feedback)
+        plain, plain_roles = render_ids(smollm2_tokenizer, template, messages)
+        assert variant(ids, roles, True)[0].tolist() == with_fb.tolist()
+        assert variant(ids, roles, False)[0].tolist() == plain.tolist()
+        # ChatML ends turns with <|im_end|>, SmolLM2's eos: no EOD is appended.
+        assert len(ids) == len(with_fb) + np.count_nonzero(roles & PLAIN)
+        assert ids[roles == FEEDBACK].tolist() == feedback  # the delimiter ids themselves, never from text
+        assert not (roles[(roles & FEEDBACK) != 0] & LOSS).any()
+        assert _runs(*variant(ids, roles, True)[:1], variant(ids, roles, True)[1] & LOSS, smollm2_tokenizer) == \
+            _runs(plain, plain_roles & LOSS, smollm2_tokenizer)
+        text = smollm2_tokenizer.detokenize(with_fb)
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        assert f"<|im_start|>system\n{system}<|feedback|>Quality: 5/5<|/feedback|><|im_end|>" in text
+        assert (with_roles & LOSS).any()
+
+
+def test_default_template_mask_by_hand(sp_model):
+    """The default template with a SentencePiece tokenizer: the ids and mask built by hand,
+    run by run (the runs between the feedback ids are encoded whole)."""
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    template = chat_template_for(tokenizer)
+    assert template.origin == "default"
+    feedback = control_prefix(tokenizer, "quality", 4)
+    ids, roles = encode_conversation(tokenizer, template, MULTI, feedback, eod=tokenizer.eod)
+    head = "<|system|>\nBe brief."
+    body = ("\n<|user|>\nWhat is 12 * 7?\n<|assistant|>\n" + "12 * 7 = 84.\n#### 84\n"
+            + "<|user|>\nAnd 12 * 8?\n<|assistant|>\n" + "96\n")
+    head_ids, (body_ids, starts) = tokenizer.tokenize(head), tokenizer.encode_with_offsets(body)
+    expected_ids = head_ids + feedback + body_ids + [tokenizer.eod]
+    first = body.index("12 * 7 = 84.")
+    first_end = body.index("<|user|>\nAnd")
+    second = body.rindex("96\n")
+    trained = [first <= s < first_end or s >= second for s in starts]
+    expected_roles = [0] * len(head_ids) + [FEEDBACK] * len(feedback) + [LOSS if t else 0 for t in trained] + [LOSS]
+    assert ids.tolist() == expected_ids
+    assert roles.tolist() == expected_roles
+    # Without feedback the system message stays as it was: the unconditioned variant.
+    plain, _ = render_ids(tokenizer, template, MULTI)
+    assert variant(ids, roles, False)[0].tolist() == plain.tolist() + [tokenizer.eod]
+    assert _runs(ids, roles & LOSS, tokenizer) == ["12 * 7 = 84.\n#### 84\n", "96\n" + tokenizer.detokenize([tokenizer.eod])]
+
+
+def test_template_that_is_not_turn_by_turn_is_refused(sp_model):
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_model)
+    # Renders the last message first: the rendering up to a turn is not a prefix of the whole.
+    reversed_template = ChatTemplate("{% for m in messages|reverse %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+                                     "tokenizer")
+    with pytest.raises(ChatTemplateError, match="turn by turn"):
+        render_ids(tokenizer, reversed_template, SINGLE)
