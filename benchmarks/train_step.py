@@ -8,8 +8,10 @@ after warm-up, read from the run's per-iteration log.
     python benchmarks/train_step.py --data gpt,ixt    # IXT batches vs plain GPT batches, same files
 
 With ``--data gpt,ixt`` both runs read the same preprocessed real text (benchmarks/_corpus.py):
-once as megatron-core GPT batches, once as IXT batches (prefix/text/level masks, the extra
-loss reports), same shapes and flags, so the difference is IXT's per-step overhead.
+once as megatron-core GPT batches without document masks (plain pretraining: SDPA, flash on
+CUDA), once as IXT trains on it (critique prefixes, packed documents with document masks:
+FlexAttention on CUDA; prefix dropout; the IXT batch fields and loss reports), same shapes,
+so the difference is IXT's whole per-step cost. The step clock syncs the device.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ def data_args(kind: str) -> list:
     from _corpus import build_corpus
 
     corpus = build_corpus(Path(tempfile.gettempdir()) / "megatron_ixt_bench")
-    return ["--data-path", corpus[kind if kind == "ixt" else "plain"], "--tokenizer-type", "SentencePieceTokenizer",
-            "--tokenizer-model", corpus["tokenizer"], "--split", "100,0,0", "--reset-attention-mask",
-            "--reset-position-ids", "--ixt-feedback-dropout", "0.1"]
+    common = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", corpus["tokenizer"], "--split", "100,0,0"]
+    if kind == "ixt":  # as IXT trains: prefixes, packed documents with document masks, prefix dropout
+        return ["--data-path", corpus["ixt"], *common, "--reset-attention-mask", "--reset-position-ids",
+                "--ixt-feedback-dropout", "0.1"]
+    return ["--data-path", corpus["plain"], *common]  # the same tokens as plain GPT batches, no masks
 
 
 def run_layout(name: str, preset: list, extra: list, iters: int, warmup: int, data: str = "mock") -> dict:
@@ -104,6 +108,8 @@ def main() -> None:
     parser.add_argument("--data", default="mock", help="comma list of mock, gpt, ixt (gpt/ixt: real text)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak for MFU (default: from the GPU's name, e.g. 989 for H100 SXM / H200 BF16)")
+    parser.add_argument("--emit-results", action="store_true",
+                        help="also print each row as a 'RESULT {json}' line (benchmarks/gpu_check.py reads them)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more pretrain_ixt.py flags")
     args = parser.parse_args()
     extra = (["--bf16"] if args.bf16 else []) + args.extra
@@ -120,6 +126,13 @@ def main() -> None:
             ratio = f"  {100 * r['ms_per_iter'] / base:.1f}% of {args.data.split(',')[0]}" if "," in args.data else ""
             print(f"{r['layout']:12} {r['procs']:>5} {r['ms_per_iter']:>10.1f} {r['tokens_per_s']:>12,.0f} "
                   f"{r['tflops_per_device']:>12.4f} {r['mem_gib']:>13.2f}{mfu}{ratio}", flush=True)
+            if args.emit_results:
+                row = {"item": f"{args.preset} {r['layout']} {' '.join(extra)}", "status": "ok",
+                       "ms_per_iter": round(r["ms_per_iter"], 1), "tokens_per_s": round(r["tokens_per_s"]),
+                       "tflops_per_device": round(r["tflops_per_device"], 1), "peak_mem_gib": round(r["mem_gib"], 2)}
+                if args.peak_tflops:
+                    row["mfu_percent"] = round(100 * r["tflops_per_device"] / args.peak_tflops, 1)
+                print("RESULT " + json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

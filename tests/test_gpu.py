@@ -7,13 +7,19 @@
 - Save, then an exact resume on CUDA.
 - CPU against GPU: the same fp32 model from one checkpoint, with document masks, trains to
   the same losses (the CPU run uses SDPA with a boolean mask, the GPU run FlexAttention).
+- FlexAttention at the shapes IXT trains: s=2048, head_dim 128, GQA 16/4, eight documents per
+  sample (full, partial and skipped blocks), against SDPA with the boolean mask, in bf16 and
+  fp32, outputs and gradients; and one compilation for micro-batches with other boundaries.
 """
 
 from __future__ import annotations
 
 import pytest
 
+import torch
+
 from tests.launch import TINY, read_metrics, run_torchrun
+from tests.model.test_attention import DOCUMENT_LENGTHS, document_ids_of, flex_against_sdpa
 
 pytestmark = pytest.mark.gpu
 
@@ -68,3 +74,39 @@ def test_cpu_and_gpu_train_the_same_fp32_model_with_document_masks(tmp_path):
     # fp32 on both (TF32 is off for matmuls by default); different kernels sum in different
     # orders (~1e-6 per step), amplified over 8 Adam steps.
     assert g == pytest.approx(c, rel=2e-4)
+
+
+# bf16 rounds each of q, k, v, p and the output to 8 bits of mantissa (~4e-3 relative); the
+# reference is fp32 SDPA on the same bf16 inputs. fp32: TF32 is off, sums differ in order only.
+TOLERANCE = {torch.bfloat16: 3e-2, torch.float32: 2e-4}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_flex_attention_against_sdpa_at_2048(dtype):
+    result = flex_against_sdpa("cuda", dtype)
+    print(f"{dtype}: max |flex - sdpa| output {result['output']:.3g}, gradients {result['grads']:.3g}, "
+          f"blocks {result['blocks']}")
+    assert result["output"] < TOLERANCE[dtype] and result["grads"] < 4 * TOLERANCE[dtype]
+    blocks = result["blocks"]
+    assert blocks["full"] > 0 and blocks["partial"] > 0 and blocks["skipped"] > 0
+
+
+def test_flex_attention_compiles_once_for_any_document_boundaries():
+    """Micro-batches with other document boundaries (same shapes) reuse the compiled kernel and
+    the compiled block-mask builder: Dynamo compiles nothing after the first."""
+    from torch._dynamo.utils import counters
+
+    from megatron_ixt.model.attention import _block_mask, _flex_attention_for
+
+    flex = _flex_attention_for(torch.device("cuda"))
+    q = torch.randn(2, 16, 2048, 128, device="cuda", dtype=torch.bfloat16)
+    k = v = torch.randn(2, 4, 2048, 128, device="cuda", dtype=torch.bfloat16)
+    compiled = []
+    for shift in range(4):
+        lengths = DOCUMENT_LENGTHS[shift:] + DOCUMENT_LENGTHS[:shift]
+        ids = document_ids_of(lengths, 2048, device="cuda")
+        flex(q, k, v, block_mask=_block_mask(ids), enable_gqa=True)
+        torch.cuda.synchronize()
+        compiled.append(counters["stats"]["unique_graphs"])
+    print(f"Dynamo graphs after each micro-batch: {compiled}")
+    assert compiled[0] >= 1 and compiled[1:] == [compiled[0]] * 3

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,22 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "examples" / "demo"), str(REPO / "examples" / "cpt_smollm2")]
 
-from pipeline import read_jsonl, split_held_out, write_jsonl  # noqa: E402
+from pipeline import read_jsonl, run_stage as run, split_held_out, write_jsonl  # noqa: E402
 from references import best_worst_by_domain, is_good, task_prompts  # noqa: E402
 from run_demo import Settings  # noqa: E402
-
-
-def run(name: str, cmd: list, logs: Path) -> float:
-    """Run one stage, its output in logs/NAME.log; returns its wall time."""
-    started = time.time()
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(str, cmd))[:160]}", flush=True)
-    with open(logs / f"{name}.log", "w") as log:
-        proc = subprocess.run([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    if proc.returncode:
-        sys.exit(f"run.py: stage {name} failed (exit {proc.returncode}); see {logs / f'{name}.log'}")
-    elapsed = time.time() - started
-    print(f"    done in {elapsed:.0f} s", flush=True)
-    return elapsed
 
 
 def main() -> int:

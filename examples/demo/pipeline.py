@@ -136,6 +136,21 @@ def run_logged(cmd: list[str], log_path: Path, echo: Optional[Callable[[str], Op
     return "".join(lines)
 
 
+def run_stage(name: str, cmd: list, logs: Path) -> float:
+    """One stage of an example's script: ``cmd`` with its output in ``logs/NAME.log``, a line
+    when it starts and when it ends; exits the script naming the log on failure. Returns the
+    stage's wall time."""
+    started = time.time()
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(str, cmd))[:160]}", flush=True)
+    try:
+        run_logged(cmd, logs / f"{name}.log")
+    except StageError:
+        sys.exit(f"stage {name} failed; see {logs / f'{name}.log'}")
+    elapsed = time.time() - started
+    print(f"    done in {elapsed:.0f} s", flush=True)
+    return elapsed
+
+
 def _terminate(child: subprocess.Popen) -> None:
     try:
         os.killpg(child.pid, signal.SIGTERM)  # torchrun forwards SIGTERM to its ranks

@@ -53,13 +53,15 @@ def main() -> int:
                                    tokenizer_type=None, tokenizer_model=None, vocab_file=None, merge_file=None,
                                    prefix_template=None)
     cfg, model, tokenizer = load_for_inference(inference)
-    template = prefix_template_for(model, None)
+    conditions = args.conditions.split(",")
+    # Only feedback needs the checkpoint's template (the import records none).
+    template = prefix_template_for(model, None) if set(conditions) - {"none"} else None
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=True)
     critic = MathCritic()
     prompts = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
     levels = {"best": args.best_level, "worst": args.worst_level}
     results = {"checkpoint": str(args.load), "template": template, "prompts": len(prompts), "conditions": {}}
-    for condition in args.conditions.split(","):
+    for condition in conditions:
         feedback = [] if condition == "none" else control_prefix(tokenizer, template, levels[condition])
         accepted, answers, started = 0, [], time.time()
         for i, prompt in enumerate(prompts):

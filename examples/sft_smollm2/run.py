@@ -24,25 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "examples" / "demo")]
 
-
-def run(name: str, cmd: list, logs: Path) -> float:
-    started = time.time()
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(str, cmd))[:160]}", flush=True)
-    with open(logs / f"{name}.log", "w") as log:
-        proc = subprocess.run([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    if proc.returncode:
-        sys.exit(f"run.py: stage {name} failed (exit {proc.returncode}); see {logs / f'{name}.log'}")
-    elapsed = time.time() - started
-    print(f"    done in {elapsed:.0f} s", flush=True)
-    return elapsed
+from pipeline import run_stage as run  # noqa: E402
 
 
 def question(rng: random.Random) -> tuple[str, int]:

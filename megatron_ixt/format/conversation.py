@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from megatron_ixt.format.document import CRITIC_KEYS, Feedback, _parse_json
+from megatron_ixt.format.document import Feedback, _parse_json, validate_line_keys
 from megatron_ixt.format.errors import DocumentError, FieldError
 
 ROLES = ("system", "user", "assistant")
@@ -109,16 +109,7 @@ def validate_conversation(obj: Any, feedback_key: str = "feedback",
     if MESSAGES_KEY not in obj:
         raise FieldError(MESSAGES_KEY, "a list of {\"role\", \"content\"} messages (the key is missing)")
     conversations = validate_messages(obj[MESSAGES_KEY])
-    doc_id = obj.get("id")
-    if doc_id is not None and type(doc_id) not in (str, int):
-        raise FieldError("id", "a string or an integer", doc_id)
-    domain = obj.get("domain")
-    if domain is not None and not isinstance(domain, str):
-        raise FieldError("domain", "a string", domain)
-    for key, (types, expected) in CRITIC_KEYS.items():
-        value = obj.get(key)
-        if value is not None and type(value) not in types:
-            raise FieldError(key, expected, value)
+    doc_id, domain = validate_line_keys(obj)
     raw = obj.get(feedback_key)
     feedback = None if raw is None else Feedback.from_dict(raw, default_scale, prefix=feedback_key)
     return Conversation(tuple(tuple(c) for c in conversations), feedback, doc_id, domain, obj)

@@ -206,6 +206,25 @@ CRITIC_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 """Optional keys that let a critic check a document (docs/feedback.md): key -> (types, expected)."""
 
 
+def validate_line_keys(obj: dict) -> tuple[Optional[Union[str, int]], Optional[str]]:
+    """The keys every line may carry besides its text (documents and SFT conversations alike):
+    ``id``, ``domain`` and the critics' keys; returns (id, domain), raises ``FieldError``."""
+    doc_id = obj.get("id")
+    if doc_id is not None and type(doc_id) not in (str, int):
+        raise FieldError("id", "a string or an integer", doc_id)
+    domain = obj.get("domain")
+    if domain is not None and not isinstance(domain, str):
+        raise FieldError("domain", "a string", domain)
+    for key, (types, expected) in CRITIC_KEYS.items():
+        value = obj.get(key)
+        if value is not None and type(value) not in types:
+            raise FieldError(key, expected, value)
+    if obj.get("tests") is not None and not obj.get("entry_point"):
+        raise FieldError("entry_point", "the name of the function under test (the key is missing; "
+                         "a document with 'tests' needs one)")
+    return doc_id, domain
+
+
 def validate_document(obj: Any, spec: DocumentSpec = DocumentSpec()) -> Document:
     """Validate a parsed JSON line against the document format; raise `FieldError`."""
     if not isinstance(obj, dict):
@@ -223,20 +242,7 @@ def validate_document(obj: Any, spec: DocumentSpec = DocumentSpec()) -> Document
             raise FieldError(key, "a string or a list of strings", value)
         texts[key] = value
 
-    doc_id = obj.get("id")
-    if doc_id is not None and type(doc_id) not in (str, int):
-        raise FieldError("id", "a string or an integer", doc_id)
-    domain = obj.get("domain")
-    if domain is not None and not isinstance(domain, str):
-        raise FieldError("domain", "a string", domain)
-    for key, (types, expected) in CRITIC_KEYS.items():
-        value = obj.get(key)
-        if value is not None and type(value) not in types:
-            raise FieldError(key, expected, value)
-    if obj.get("tests") is not None and not obj.get("entry_point"):
-        raise FieldError("entry_point", "the name of the function under test (the key is missing; "
-                         "a document with 'tests' needs one)")
-
+    doc_id, domain = validate_line_keys(obj)
     raw_feedback = obj.get(spec.feedback_key)
     # `"feedback": null` is accepted as "not annotated": annotation pipelines often write
     # the key for every document and fill it for a targeted subset only.

@@ -125,7 +125,10 @@ def _block_mask(ids: torch.Tensor):
         return (q_idx >= kv_idx) & (ids[b, q_idx] == ids[b, kv_idx])
 
     b, s = ids.shape
-    return create_block_mask(document_causal, B=b, H=None, Q_LEN=s, KV_LEN=s, device=ids.device)
+    # Compiled on CUDA: built eagerly, the mask's transient memory grows with s^2 (its
+    # [b, s, s] predicate), compiled it is built block by block.
+    return create_block_mask(document_causal, B=b, H=None, Q_LEN=s, KV_LEN=s, device=ids.device,
+                             _compile=ids.device.type == "cuda")
 
 
 _MASKS = _MaskCache()

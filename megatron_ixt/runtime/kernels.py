@@ -193,7 +193,16 @@ def plan_kernels(cfg, facts: DeviceFacts) -> KernelPlan:
                                   "use --attention-backend auto, flash, fused or torch")
             document_masks = "packed"
         elif attention == "sdpa":
-            if facts.cuda and facts.flex_attention and m.attention_dropout == 0.0:
+            if facts.cuda and m.attention_dropout > 0.0:
+                # FlexAttention has no dropout, and SDPA with a boolean mask would fall back to
+                # its math kernel (flash takes no mask, the memory-efficient kernel no GQA),
+                # which materialises [b, heads, s, s]: refused rather than slow and huge.
+                source = "--sft" if d.sft and not d.reset_attention_mask else "--reset-attention-mask"
+                raise ConfigError(
+                    f"{source} (document masks) with --attention-dropout {m.attention_dropout:g} on CUDA: the torch "
+                    "attention has no fused kernel for both (FlexAttention has no dropout; SDPA would materialise "
+                    "[b, heads, s, s]); use --attention-dropout 0, or Transformer Engine's attention")
+            if facts.cuda and facts.flex_attention:
                 attention, document_masks = "flex", "ids"
             else:
                 document_masks = "ids"

@@ -154,3 +154,62 @@ def test_packed_sequence_boundaries():
     assert params.cu_seqlens_q.tolist() == expected and params.cu_seqlens_q.dtype == torch.int32
     assert params.max_seqlen_q == 31 and params.qkv_format == "thd"
     assert params.cu_seqlens_kv is params.cu_seqlens_q
+
+
+# -- FlexAttention against SDPA at the shapes IXT trains (tests/test_gpu.py runs these on CUDA) --
+
+DOCUMENT_LENGTHS = (300, 90, 700, 40, 128, 256, 17, 517)
+"""Documents of one 2048-token sample: some longer than FlexAttention's 128-token block, some
+shorter, one exactly a block, so the block mask has full, partial and skipped blocks."""
+
+
+def document_ids_of(lengths, s: int, b: int = 2, device="cpu") -> torch.Tensor:
+    """``[b, s]`` ids; the second sample's documents in reverse order (other boundaries)."""
+    rows = []
+    for order in (lengths, lengths[::-1])[:b]:
+        ids = torch.repeat_interleave(torch.arange(len(order)), torch.tensor(order))
+        rows.append(torch.cat([ids, ids.new_full((s - len(ids),), len(order))])[:s] if len(ids) < s else ids[:s])
+    return torch.stack(rows).to(device)
+
+
+def flex_against_sdpa(device: str, dtype: torch.dtype, s: int = 2048, heads: int = 16, groups: int = 4,
+                      head_dim: int = 128, backward: bool = True) -> dict:
+    """FlexAttention with the block mask of ``attention._block_mask`` against SDPA with the
+    boolean document-causal mask (GQA); max |difference| of the outputs (and gradients)."""
+    from megatron_ixt.model.attention import _block_mask, _flex_attention_for, document_causal_mask
+
+    torch.manual_seed(0)
+    ids = document_ids_of(DOCUMENT_LENGTHS, s, device=device)
+    q = torch.randn(2, heads, s, head_dim, device=device, dtype=dtype, requires_grad=backward)
+    k = torch.randn(2, groups, s, head_dim, device=device, dtype=dtype, requires_grad=backward)
+    v = torch.randn(2, groups, s, head_dim, device=device, dtype=dtype, requires_grad=backward)
+    block_mask = _block_mask(ids)
+    flex = _flex_attention_for(torch.device(device))(q, k, v, block_mask=block_mask, enable_gqa=True)
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=document_causal_mask(ids), enable_gqa=True)
+    out = {"output": (flex.float() - reference).abs().max().item(),
+           "blocks": _block_kinds(block_mask)}
+    if backward:
+        grad = torch.randn_like(reference)
+        flex_grads = torch.autograd.grad(flex.float(), (q, k, v), grad)
+        reference_grads = torch.autograd.grad(reference, (q, k, v), grad)
+        out["grads"] = max((a.float() - b.float()).abs().max().item() for a, b in zip(flex_grads, reference_grads))
+    return out
+
+
+def _block_kinds(block_mask) -> dict:
+    """How many (query block, key block) pairs are full, partial and skipped."""
+    full = int(block_mask.full_kv_num_blocks.sum()) if block_mask.full_kv_num_blocks is not None else 0
+    partial = int(block_mask.kv_num_blocks.sum())
+    n = block_mask.kv_num_blocks.shape[-1]
+    total = block_mask.kv_num_blocks.shape[0] * n * n  # [B, H=1, q blocks]: per batch, q blocks x kv blocks
+    return {"full": full, "partial": partial, "skipped": total - full - partial}
+
+
+def test_flex_attention_against_sdpa_on_cpu():
+    """The comparison tests/test_gpu.py makes at s=2048 in bf16 and fp32 on CUDA, forward only
+    and at s=1024 here (FlexAttention has no CPU backward in torch 2.13)."""
+    result = flex_against_sdpa("cpu", torch.float32, s=1024, heads=4, groups=2, head_dim=32, backward=False)
+    assert result["output"] < 1e-5
+    blocks = result["blocks"]
+    assert blocks["full"] > 0 and blocks["partial"] > 0 and blocks["skipped"] > 0, blocks

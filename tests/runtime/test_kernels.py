@@ -79,8 +79,12 @@ def test_h100_without_transformer_engine():
     assert (plan.transformer_impl, plan.attention, plan.document_masks) == ("local", "flex", "ids")
     assert not plan.apply_rope_fusion and not plan.gradient_accumulation_fusion and not plan.masked_softmax_fusion
     assert plan.bias_activation_fusion and plan.bias_dropout_fusion  # megatron-core's jit fusions need no TE
-    # FlexAttention has no dropout: SDPA's memory-efficient kernel with the boolean mask instead.
-    plan = plan_kernels(cfg("--reset-attention-mask", "--attention-dropout", 0.1), H100_BARE)
+    # FlexAttention has no dropout, and SDPA's boolean-mask path would fall back to the math
+    # kernel ([b, heads, s, s]): refused, naming both flags (CPU keeps SDPA: tests, laptops).
+    for flags, source in ((["--reset-attention-mask"], "--reset-attention-mask"), (["--sft"], "--sft")):
+        with pytest.raises(ConfigError, match=rf"{source} \(document masks\) with --attention-dropout 0.1 on CUDA"):
+            plan_kernels(cfg(*flags, "--attention-dropout", 0.1), H100_BARE)
+    plan = plan_kernels(cfg("--reset-attention-mask", "--attention-dropout", 0.1), CPU)
     assert (plan.attention, plan.document_masks) == ("sdpa", "ids")
     # No document masks: flash attention through SDPA, no mask at all.
     assert (plan_kernels(cfg(), H100_BARE).attention, plan_kernels(cfg(), H100_BARE).document_masks) == ("sdpa", "none")
