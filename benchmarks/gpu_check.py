@@ -260,8 +260,7 @@ def gpu_phases(args, results_dir: Path) -> list:
     return [
         Phase("tests", [python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-p",
                         "benchmarks._pytest_results", f"--junitxml={junit}", REPO / "tests" / "test_gpu.py"],
-              args.tests_deadline_s, needs_compiler=True, junit=junit,
-              env={"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}),
+              args.tests_deadline_s, needs_compiler=True, junit=junit),
         Phase("bench-plain", [*bench, "--data", "gpt", "--extra", "--attention-backend", "torch"],
               args.bench_deadline_s),
         Phase("bench-ixt", [*bench, "--data", "ixt", "--extra", "--attention-backend", "torch"],
@@ -345,6 +344,8 @@ def main() -> int:
         print("gpu-check: no C compiler (cc, gcc or clang) on PATH: Triton needs one to build FlexAttention's "
               "kernels; those phases are skipped (install gcc)")
     env = install_wheelhouse(args.wheelhouse, env)
+    # The phases import this checkout's packages (tests, benchmarks) as well as megatron_ixt.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     results = Results(args.results, "GPU acceptance")
     info = card(torch, env, compiler)
     results.add({"phase": "card", "item": "environment", "status": "ok", **info})
