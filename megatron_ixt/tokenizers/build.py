@@ -247,11 +247,15 @@ class SentencePieceTokenizer(IXTTokenizer):
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
         """Ids of ``text`` (as ``tokenize``) and each token's first character in it."""
-        pieces = self._sp_text.encode(text, out_type="proto").pieces
-        # SentencePiece reports byte offsets into the UTF-8 text: map them to characters.
-        char_of_byte = np.repeat(np.arange(len(text)), [len(c.encode("utf-8")) for c in text])
-        char_of_byte = np.append(char_of_byte, len(text))
-        return [p.id for p in pieces], [int(char_of_byte[min(p.begin, len(char_of_byte) - 1)]) for p in pieces]
+        pairs = [(p.id, p.begin) for p in self._sp_text.encode(text, out_type="proto").pieces]
+        if not pairs:
+            return [], []
+        ids, begins = zip(*pairs)
+        # SentencePiece reports byte offsets into the UTF-8 text: map them to characters (a
+        # character starts at every byte that is not a UTF-8 continuation byte).
+        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        char_of_byte = np.append(np.cumsum((raw & 0xC0) != 0x80) - 1, len(text))
+        return list(ids), char_of_byte[np.minimum(begins, len(raw))].tolist()
 
     @property
     def eod(self) -> int:

@@ -205,7 +205,11 @@ def _encode_runs(tokenizer, text: str, spans, feedback_ids: Sequence[int]) -> tu
         if run:
             run_ids, starts = tokenizer.encode_with_offsets(run)
             ids.extend(run_ids)
-            roles.extend(LOSS if any(a <= position + s < b for a, b in spans) else 0 for s in starts)
+            starts = np.asarray(starts, dtype=np.int64) + position
+            trained = np.zeros(len(starts), dtype=bool)
+            for a, b in spans:  # a token trains when its first character is in an assistant span
+                trained |= (starts >= a) & (starts < b)
+            roles.extend((trained * LOSS).astype(np.uint8).tolist())
             position += len(run)
     return np.asarray(ids, dtype=np.int64), np.asarray(roles, dtype=np.uint8)
 

@@ -49,7 +49,7 @@ def test_dry_run_phases_deadlines_and_results(tmp_path):
 
 
 def test_a_kill_mid_phase_keeps_every_earlier_figure(tmp_path):
-    process = subprocess.Popen([sys.executable, SCRIPT, "--dry-run", "--dry-run-seconds", "30", "--results", tmp_path],
+    process = subprocess.Popen([sys.executable, SCRIPT, "--dry-run", "--dry-run-seconds", "6", "--results", tmp_path],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and "bench-plain 1" not in [r["item"] for r in _rows(tmp_path)]:
