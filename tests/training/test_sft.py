@@ -1,7 +1,8 @@
 """SFT end to end (pretrain_ixt.py --sft --load CKPT --finetune) on real conversations.
 
 * The tiny IXT model (``ixt_checkpoint``, pretrained here at TP=2) fine-tuned on the GSM8K
-  conversations of ``sft_corpus`` at TP=2 and at PP=2: the loss on the assistant tokens falls,
+  conversations of ``sft_corpus`` at TP=2 and at PP=2 with virtual stages: the loss on the
+  assistant tokens falls, both layouts give the same losses,
   and the log shows the share of tokens in the loss.
 * SmolLM2-135M-Instruct imported from Hugging Face, fine-tuned on the same conversations in
   its own chat template (ChatML), exported: ``tools/generate.py --chat`` and transformers'
@@ -18,7 +19,8 @@ import torch
 
 from tests.launch import read_metrics, run_python, run_torchrun
 
-LAYOUTS = {"tp2": ["--tensor-model-parallel-size", 2], "pp2": ["--pipeline-model-parallel-size", 2]}
+LAYOUTS = {"tp2": ["--tensor-model-parallel-size", 2],
+           "pp2-vpp": ["--pipeline-model-parallel-size", 2, "--num-layers-per-virtual-pipeline-stage", 1]}
 
 
 def _sft(load, data, tokenizer_flags, out, layout_flags, *extra, iters=16):
@@ -30,20 +32,25 @@ def _sft(load, data, tokenizer_flags, out, layout_flags, *extra, iters=16):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sft_from_a_pretrained_checkpoint(layout, ixt_checkpoint, sft_corpus, tmp_path):
-    proc = _sft(ixt_checkpoint.path, sft_corpus["prefix"],
-                ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sft_corpus["tokenizer"]],
-                tmp_path, LAYOUTS[layout], "--config", "examples/configs/tiny.yaml", "--seq-length", 256,
-                "--micro-batch-size", 2, "--global-batch-size", 8, "--lr", 3e-3, "--ixt-feedback-dropout", 0.1,
-                "--save", tmp_path / "sft")
-    assert "weights only" in proc.stdout
-    assert "tokens in loss" in proc.stdout + proc.stderr
-    losses = [row["lm loss"] for row in read_metrics(tmp_path / "log.jsonl")[0]]
-    print(f"SFT at {layout}: lm loss {' '.join(f'{x:.3f}' for x in losses)}")
-    assert len(losses) == 16 and all(math.isfinite(x) for x in losses)
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2
-    assert (tmp_path / "sft" / "iter_0000016").is_dir()
+def test_sft_from_a_pretrained_checkpoint_at_two_layouts(ixt_checkpoint, sft_corpus, tmp_path):
+    """The same SFT at TP=2 and at PP=2 with virtual stages: the loss on the assistant tokens
+    falls, and both layouts give the same losses (megatron-core's per-token loss reduction)."""
+    losses = {}
+    for layout, flags in LAYOUTS.items():
+        out = tmp_path / layout
+        proc = _sft(ixt_checkpoint.path, sft_corpus["prefix"],
+                    ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sft_corpus["tokenizer"]],
+                    out, flags, "--config", "examples/configs/tiny.yaml", "--seq-length", 256,
+                    "--micro-batch-size", 2, "--global-batch-size", 8, "--lr", 3e-3, "--ixt-feedback-dropout", 0.1,
+                    "--save", out / "sft")
+        assert "weights only" in proc.stdout
+        assert "tokens in loss" in proc.stdout + proc.stderr
+        losses[layout] = [row["lm loss"] for row in read_metrics(out / "log.jsonl")[0]]
+        print(f"SFT at {layout}: lm loss {' '.join(f'{x:.4f}' for x in losses[layout])}")
+        assert len(losses[layout]) == 16 and all(math.isfinite(x) for x in losses[layout])
+        assert sum(losses[layout][-4:]) / 4 < sum(losses[layout][:4]) / 4 - 0.2
+        assert (out / "sft" / "iter_0000016").is_dir()
+    assert losses["pp2-vpp"] == pytest.approx(losses["tp2"], abs=1e-4)
 
 
 @pytest.mark.slow
