@@ -251,13 +251,13 @@ def encode_conversation(tokenizer, template: ChatTemplate, messages: Sequence[di
 
 def _merge_variants(conditioned, conditioned_roles, plain, plain_roles):
     n = min(len(conditioned), len(plain))
-    head = 0
-    while head < n and conditioned[head] == plain[head] and conditioned_roles[head] == plain_roles[head]:
-        head += 1
-    tail = 0
-    while (tail < n - head and conditioned[-1 - tail] == plain[-1 - tail]
-           and conditioned_roles[-1 - tail] == plain_roles[-1 - tail]):
-        tail += 1
+
+    def common(a, a_roles, b, b_roles) -> int:  # length of the common run at the start
+        differ = np.flatnonzero((a[:n] != b[:n]) | (a_roles[:n] != b_roles[:n]))
+        return int(differ[0]) if len(differ) else n
+
+    head = common(conditioned, conditioned_roles, plain, plain_roles)
+    tail = min(common(conditioned[::-1], conditioned_roles[::-1], plain[::-1], plain_roles[::-1]), n - head)
     only_conditioned = slice(head, len(conditioned) - tail)
     only_plain = slice(head, len(plain) - tail)
     if (conditioned_roles[only_conditioned] & LOSS).any() or (plain_roles[only_plain] & LOSS).any():
