@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +52,8 @@ RESULT_PREFIX = "RESULT "
 """A phase's output line that carries a figure: ``RESULT {json}``."""
 GRACE_S = 5.0
 """How long a phase past its deadline has between SIGTERM and SIGKILL."""
+START = time.monotonic()
+"""The run's clock: the budget and each figure's ``at_s`` count from here."""
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -96,9 +98,6 @@ def _fmt(value) -> str:
     return str(value)
 
 
-START = time.monotonic()
-
-
 # -- phases ----------------------------------------------------------------------------------
 
 
@@ -111,7 +110,6 @@ class Phase:
     """Run only when the budget has at least ``deadline_s`` left (else: skipped, reported)."""
     needs_compiler: bool = False
     junit: Optional[Path] = None
-    env: dict = field(default_factory=dict)
 
 
 def _die_with_parent() -> None:
@@ -142,7 +140,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def run_phase(phase: Phase, deadline_s: float, env: dict, results: Results) -> str:
     """Run one phase, streaming its output and recording its figures; its status."""
     started = time.monotonic()
-    proc = subprocess.Popen([str(c) for c in phase.cmd], cwd=REPO, env={**env, **phase.env}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(c) for c in phase.cmd], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
                             preexec_fn=_die_with_parent)
     lines: queue.Queue = queue.Queue()

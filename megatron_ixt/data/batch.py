@@ -27,6 +27,14 @@ INTEGER_FIELDS = frozenset({"tokens", "position_ids", "labels", "token_level"})
 """int64 fields; the others are float32 masks."""
 
 
+def boundary_field(sft: bool) -> str:
+    """The field that marks a batch's document boundaries, which every pipeline stage's
+    attention needs under document masks: the EOD ``tokens`` (pretraining), or the
+    ``position_ids``, restarting at each conversation (SFT: a chat template may use the EOD
+    inside a conversation)."""
+    return "position_ids" if sft else "tokens"
+
+
 @dataclass
 class Batch:
     """One micro-batch. A field this pipeline stage does not need is ``None``."""

@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from megatron_ixt.config.schema import Config
-from megatron_ixt.data.batch import INPUT_FIELDS, INTEGER_FIELDS, Batch, dataset_fields
+from megatron_ixt.data.batch import INPUT_FIELDS, INTEGER_FIELDS, Batch, boundary_field, dataset_fields
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
 
@@ -235,7 +235,7 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 def _stream(cfg: Config, layout: ParallelLayout, dataset, batch_sampler, document_masks: str,
             exclude: tuple = ()) -> MicroBatchStream:
     available = tuple(f for f in dataset_fields(dataset) if f not in exclude)
-    per_chunk = chunk_fields(available, layout, document_masks, "position_ids" if cfg.data.sft else "tokens")
+    per_chunk = chunk_fields(available, layout, document_masks, boundary_field(cfg.data.sft))
     stream = MicroBatchStream(None, per_chunk, (cfg.training.micro_batch_size, cfg.model.seq_length), layout)
     if stream.loads:
         workers = cfg.data.num_workers

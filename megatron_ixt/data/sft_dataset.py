@@ -42,7 +42,7 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron_ixt.data import packing
 from megatron_ixt.data.batch import IXT_FIELDS
 from megatron_ixt.format.indexed_io import ROLES_FILE_SUFFIX, read_roles, read_side_file
-from megatron_ixt.tokenizers.chat import FEEDBACK, LOSS, PLAIN
+from megatron_ixt.tokenizers.chat import FEEDBACK, LOSS, PLAIN, variant
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ class SFTLowLevelDataset:
         """Token ids and roles of conversation ``idx``, with its feedback or without."""
         ids = self.indexed.get(idx)
         start = int(self.starts[idx])
-        roles = np.asarray(self.roles[start:start + len(ids)])
-        keep = (roles & (PLAIN if conditioned else FEEDBACK)) == 0
-        return ids[keep], roles[keep]
+        return variant(ids, np.asarray(self.roles[start:start + len(ids)]), conditioned)
 
 
 class SFTDataset(MegatronDataset):

@@ -198,10 +198,7 @@ class BatchEncoder:
                     return result
                 del documents[bad.position]
 
-        levels = np.zeros(len(documents), dtype=np.int32)
-        for i, (_, doc) in enumerate(documents):
-            if doc.feedback is not None:
-                levels[i] = self.settings.thresholds.level(doc.feedback.score, doc.feedback.scale)
+        levels = self._levels([doc for _, doc in documents])
         result.documents = len(documents)
         result.documents_with_delimiter_text = sum(line in self._delimiter_lines for line, _ in documents)
         result.annotated = int(np.count_nonzero(levels))
@@ -265,6 +262,14 @@ class BatchEncoder:
                         path, line, name, f"token ids within [0, {self.vocab_size})",
                         detail=f"got ids from {ids.min()} to {ids.max()}"))
         raise RuntimeError("batch tokenization failed but no single text fails")  # pragma: no cover
+
+    def _levels(self, documents) -> np.ndarray:
+        """int32 per document (or conversation): its quality level, 0 when not annotated."""
+        levels = np.zeros(len(documents), dtype=np.int32)
+        for i, doc in enumerate(documents):
+            if doc.feedback is not None:
+                levels[i] = self.settings.thresholds.level(doc.feedback.score, doc.feedback.scale)
+        return levels
 
     def _prefixes(self, documents: list[Document], levels: np.ndarray) -> list[Optional[np.ndarray]]:
         """Per document: the full prefix ids (delimiters included), or None."""

@@ -20,7 +20,6 @@ import numpy as np
 from megatron_ixt.format.conversation import Conversation, parse_conversation_line
 from megatron_ixt.format.errors import DocumentError, TokenizerError
 from megatron_ixt.format.indexed_io import Shard, write_shard_bin
-from megatron_ixt.format.prefixes import prefix_ids_of_texts
 from megatron_ixt.format.sources import LineBatch
 from megatron_ixt.preprocess.encode import BatchEncoder, BatchResult, EncodeSettings, KeyStats
 from megatron_ixt.tokenizers.chat import FEEDBACK, LOSS, PLAIN, chat_template_for, encode_conversation
@@ -47,16 +46,6 @@ class ConversationEncoder(BatchEncoder):
                     return None
         return parsed
 
-    def _feedback_ids(self, conversations: list[Conversation], levels: np.ndarray) -> list[Optional[np.ndarray]]:
-        out: list[Optional[np.ndarray]] = [None] * len(conversations)
-        if self.template.kind == "none":
-            return out
-        annotated = [i for i, c in enumerate(conversations) if c.feedback is not None]
-        texts = [self.template.render(conversations[i].feedback, int(levels[i])) for i in annotated]
-        for i, ids in zip(annotated, prefix_ids_of_texts(self.tokenizer, self.template, texts) if texts else []):
-            out[i] = ids
-        return out
-
     def _limit(self, ids: np.ndarray, roles: np.ndarray, path: str, line: int, stats: KeyStats):
         """Cut (or refuse) a conversation longer than a sample: each variant keeps at most
         ``seq_length + 1`` tokens."""
@@ -79,11 +68,8 @@ class ConversationEncoder(BatchEncoder):
         if parsed is None:
             return result
         conversations = [c for _, c in parsed]
-        levels = np.zeros(len(conversations), dtype=np.int32)
-        for i, c in enumerate(conversations):
-            if c.feedback is not None:
-                levels[i] = self.settings.thresholds.level(c.feedback.score, c.feedback.scale)
-        feedback = self._feedback_ids(conversations, levels)
+        levels = self._levels(conversations)
+        feedback = self._prefixes(conversations, levels)  # the pretraining prefixes, the same cache
 
         stats = KeyStats()
         tokens, roles, lengths, side = [], [], [], []

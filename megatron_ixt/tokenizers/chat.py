@@ -137,23 +137,28 @@ def _compiled(source: str):
 def chat_template_for(tokenizer) -> ChatTemplate:
     """The tokenizer's own chat template (Hugging Face folders), else the default."""
     folder = _tokenizer_folder(tokenizer)
-    if folder is not None:
-        config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        source = config.get("chat_template")
-        if isinstance(source, list):  # named templates: transformers uses "default"
-            source = {t.get("name"): t.get("template") for t in source}.get("default")
-        jinja_path = folder / "chat_template.jinja"
-        if not source and jinja_path.is_file():
-            source = jinja_path.read_text(encoding="utf-8")
-        if isinstance(source, str) and source:
-            specials = []
-            for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
-                value = config.get(name)
-                value = value.get("content") if isinstance(value, dict) else value
-                if isinstance(value, str):
-                    specials.append((name, value))
-            return ChatTemplate(source, "tokenizer", tuple(specials))
+    return _template_of_folder(folder) if folder is not None else ChatTemplate(DEFAULT_CHAT_TEMPLATE, "default")
+
+
+@functools.lru_cache(maxsize=8)
+def _template_of_folder(folder: Path) -> ChatTemplate:
+    """Read once per folder: generation asks for it per prompt."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    source = config.get("chat_template")
+    if isinstance(source, list):  # named templates: transformers uses "default"
+        source = {t.get("name"): t.get("template") for t in source}.get("default")
+    jinja_path = folder / "chat_template.jinja"
+    if not source and jinja_path.is_file():
+        source = jinja_path.read_text(encoding="utf-8")
+    if isinstance(source, str) and source:
+        specials = []
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            value = config.get(name)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                specials.append((name, value))
+        return ChatTemplate(source, "tokenizer", tuple(specials))
     return ChatTemplate(DEFAULT_CHAT_TEMPLATE, "default")
 
 

@@ -19,7 +19,7 @@ from megatron.core.optimizer import optimizer as mcore_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.config.schema import Config
-from megatron_ixt.data.batch import Batch
+from megatron_ixt.data.batch import Batch, boundary_field
 from megatron_ixt.format.levels import NOT_ANNOTATED, NUM_LEVELS
 from megatron_ixt.data.loader import MicroBatchStream
 from megatron_ixt.model.attention import attention_inputs
@@ -57,15 +57,14 @@ class StepContext:
     document_masks: str
     eod: int
     layout: ParallelLayout
-    boundaries: str = "eod"
-    """Where documents end: at the EOD tokens (pretraining), or where the position ids
-    restart ("positions": SFT, whose chat template may use the EOD inside a conversation)."""
+    boundaries: str = "tokens"
+    """The batch field the document boundaries come from (``data.batch.boundary_field``): the
+    EOD ``tokens``, or the ``position_ids`` where they restart (SFT)."""
 
     @staticmethod
     def of(run: RunContext) -> "StepContext":
         """The step's view of the run: the plan's document masks, the tokenizer's EOD, the layout."""
-        return StepContext(run.plan.document_masks, run.tokenizer.eod, run.layout,
-                           "positions" if run.cfg.data.sft else "eod")
+        return StepContext(run.plan.document_masks, run.tokenizer.eod, run.layout, boundary_field(run.cfg.data.sft))
 
     @property
     def packed(self) -> bool:
@@ -89,7 +88,7 @@ def forward_step(ctx: StepContext, data_iterator: Iterator[Optional[Batch]], mod
     batch = next(data_iterator) or Batch()
     tokens, labels, position_ids = batch.tokens, batch.labels, batch.position_ids
     attention_mask, packed_seq_params = attention_inputs(
-        tokens, ctx.eod, ctx.document_masks, position_ids if ctx.boundaries == "positions" else None)
+        tokens, ctx.eod, ctx.document_masks, position_ids if ctx.boundaries == "position_ids" else None)
     if packed_seq_params is not None:
         tokens, labels, position_ids = (None if t is None else t.reshape(1, -1) for t in (tokens, labels, position_ids))
     report_masks = {}
