@@ -25,7 +25,7 @@ from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_para
 from megatron_ixt.config.cli import ConfigError, apply_overrides
 from megatron_ixt.config.flags import add_dataclass_arguments, add_tokenizer_overrides
 from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, Config, ParallelConfig, arg, required
-from megatron_ixt.model.gpt import build_model_chunks
+from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.tokenizers.base import document_start_ids
 from megatron_ixt.training.context import RunContext
@@ -64,6 +64,25 @@ def vocabulary_losses(logits: torch.Tensor, labels: torch.Tensor, vocab_size: in
     return tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
 
 
+def vocabulary_argmax_hits(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, tp_rank: int,
+                           tp_group) -> torch.Tensor:
+    """[b, s] True where ``labels`` is the most likely of the tokenizer's ``vocab_size`` ids
+    under vocab-parallel ``logits`` [b, s, V/tp]: the label's logit against the maximum over
+    every TP shard (lm-eval's ``is_greedy``; a tie counts as greedy)."""
+    shard = logits.shape[-1]
+    first = tp_rank * shard
+    ids = torch.arange(first, first + shard, device=logits.device)
+    logits = logits.float().masked_fill(ids >= vocab_size, float("-inf"))
+    best = logits.max(-1).values
+    local = (labels >= first) & (labels < first + shard)
+    label_logit = torch.where(local, logits.gather(-1, (labels - first).clamp(0, shard - 1).unsqueeze(-1)).squeeze(-1),
+                              torch.zeros_like(best))
+    if tp_group is not None and torch.distributed.get_world_size(tp_group) > 1:
+        torch.distributed.all_reduce(best, op=torch.distributed.ReduceOp.MAX, group=tp_group)
+        torch.distributed.all_reduce(label_logit, group=tp_group)
+    return label_logit >= best
+
+
 class InferenceModel:
     """A checkpoint's model on this rank's (TP, PP) shard, ready for forward passes.
     ``run``: the context :func:`init_inference` returned (its layout, kernel plan and tokenizer)."""
@@ -71,6 +90,7 @@ class InferenceModel:
     def __init__(self, run: RunContext) -> None:
         self.cfg = run.cfg
         self.layout = run.layout
+        self.plan = run.plan
         self.vocab_size = run.tokenizer.vocab_size
         # What precedes a document in this model's context (``--document-start``, recorded in
         # the checkpoint).
@@ -112,25 +132,27 @@ class InferenceModel:
     def device(self) -> torch.device:
         return current_device()
 
+    @property
+    def takes_padding_masks(self) -> bool:
+        """Whether the attention honours a padding mask in inference: the torch attention
+        (``model/attention.py``) does; Transformer Engine's and megatron-core's unfused one
+        follow the mask type megatron-core sets for inference steps (``causal``, then
+        ``no_mask``) instead."""
+        return self.plan.attention in ("sdpa", "flex")
+
     @torch.no_grad()
-    def _run(self, tokens: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """Forward ``tokens`` [b, s]; returns per-token losses [b, s] when ``labels`` are
-        given, else full-vocabulary logits [b, s, V]. Result on every rank."""
+    def _run(self, tokens: torch.Tensor, collect) -> torch.Tensor:
+        """Forward ``tokens`` [b, s] through megatron-core's pipeline schedule (forward only);
+        ``collect(vocab-parallel logits [b, s, V/tp], tp_rank)`` makes the result on the last
+        stage, which every rank then receives."""
         tokens = tokens.to(self.device)
         b, s = tokens.shape
         position_ids = torch.arange(s, device=self.device).unsqueeze(0).expand(b, -1)
-        lab = labels.to(self.device) if labels is not None else None
 
         def forward_step(data_iterator, model):
             next(data_iterator)
             output = model(tokens, position_ids, None)  # last stage: vocab-parallel logits [b, s, V/tp]
-
-            def collect(output_tensor, non_loss_data=True):
-                if lab is None:  # -> full (padded) vocabulary
-                    return gather_from_tensor_model_parallel_region(output_tensor).float()
-                return vocabulary_losses(output_tensor, lab, self.vocab_size, self.layout.tp_rank)
-
-            return output, collect
+            return output, lambda output_tensor, non_loss_data=True: collect(output_tensor)
 
         # The interleaved schedule needs at least PP micro-batches: run the same batch that
         # many times (each chunk gets its own iterator) and keep the first result.
@@ -143,9 +165,11 @@ class InferenceModel:
             collect_non_loss_data=True,
         )
         result = outputs[0] if self.layout.is_last_stage() else None
-        return self._broadcast_from_last_stage(result)
+        return self.broadcast_from_last_stage(result, torch.float32)
 
-    def _broadcast_from_last_stage(self, tensor: Optional[torch.Tensor]) -> torch.Tensor:
+    def broadcast_from_last_stage(self, tensor: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """``tensor`` (given on the last pipeline stage, None elsewhere) on every rank of
+        this rank's pipeline group; its shape travels first."""
         if self.layout.pp == 1:
             return tensor
         group, src = self.layout.pp_group, self.layout.pp_last_rank
@@ -156,16 +180,112 @@ class InferenceModel:
         torch.distributed.broadcast(meta, src=src, group=group)
         if tensor is None:
             shape = meta[1:1 + int(meta[0])].tolist()
-            tensor = torch.empty(shape, dtype=torch.float32, device=self.device)
+            tensor = torch.empty(shape, dtype=dtype, device=self.device)
         tensor = tensor.contiguous()
         torch.distributed.broadcast(tensor, src=src, group=group)
         return tensor
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._run(tokens, None)
+        """Full-vocabulary logits [b, s, padded V] of every position (tests, parity checks)."""
+        return self._run(tokens, lambda logits: gather_from_tensor_model_parallel_region(logits).float())
 
     def token_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self._run(tokens, labels)
+        """Per-token cross entropy [b, s] of ``labels`` after ``tokens`` (right-padded rows are
+        fine: causal attention keeps the padding out of every earlier position)."""
+        labels = labels.to(self.device)
+        return self._run(tokens, lambda logits: vocabulary_losses(logits, labels, self.vocab_size, self.layout.tp_rank))
+
+    def token_scores(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(losses [b, s], greedy [b, s] bool)``: as :meth:`token_losses`, and whether each
+        label is the most likely id (lm-eval's ``is_greedy``)."""
+        labels = labels.to(self.device)
+
+        def collect(logits):
+            greedy = vocabulary_argmax_hits(logits, labels, self.vocab_size, self.layout.tp_rank, self.layout.tp_group)
+            losses = vocabulary_losses(logits, labels, self.vocab_size, self.layout.tp_rank)
+            return torch.stack([losses, greedy.float()])
+
+        both = self._run(tokens, collect)
+        return both[0], both[1].bool()
+
+    def decoder(self, batch_size: int, max_length: int) -> "Decoder":
+        """A KV cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
+        return Decoder(self, batch_size, max_length)
+
+
+class Decoder:
+    """A KV cache for one batch of sequences, on megatron-core's static inference path: its
+    ``StaticInferenceContext`` holds the cache (each attention layer allocates its
+    ``[max_length, batch, kv heads, head dim]`` buffers on first use and writes a step's keys
+    and values at the context's sequence and batch offsets), and its ``GPTInferenceWrapper``
+    runs each step at any layout: TP ranks gather the last position's logits, pipeline stages
+    pass activations on with megatron-core's send and receive. On CPU the compatibility layer
+    maps their CUDA allocations to the CPU (``runtime/cpu_compat.py``).
+
+    A row may start after position 0 (``starts``: left padding, so that prompts of different
+    lengths end together): its keys before its start are masked. Only the torch attention
+    (``model/attention.py``, the attention on CPU and on CUDA without Transformer Engine)
+    takes such masks (``InferenceModel.takes_padding_masks``); Transformer Engine's attention follows
+    the mask type megatron-core sets for inference and ignores the mask."""
+
+    def __init__(self, model: InferenceModel, batch_size: int, max_length: int) -> None:
+        from megatron.core.inference.contexts import StaticInferenceContext
+        from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import GPTInferenceWrapper
+        from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import InferenceWrapperConfig
+
+        if len(model.chunks) != 1:
+            raise ValueError("megatron-core's inference path has no interleaved pipeline (one model chunk per stage)")
+        self.model = model
+        cfg = model.cfg.model
+        self.context = StaticInferenceContext(batch_size, max_length)
+        config = InferenceWrapperConfig(
+            hidden_size=cfg.hidden_size, params_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
+            # Never split a step into pipeline micro-batches (Megatron-LM's default, -1).
+            inference_batch_times_seqlen_threshold=-1, padded_vocab_size=padded_vocab_size(model.vocab_size, model.cfg),
+            inference_max_requests=batch_size, inference_max_seq_length=max_length)
+        self.wrapper = GPTInferenceWrapper(model.chunks[0], config, self.context)
+        self.wrapper.prep_model_for_inference()
+
+    def forward(self, tokens: torch.Tensor, position: int, first_row: int = 0,
+                starts: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Write ``tokens`` [g, s] at positions ``position .. position + s - 1`` of the rows
+        ``first_row .. first_row + g - 1``, and return the logits [g, V] of their last position
+        over the tokenizer's ids (fp32, on the last pipeline stage; None on the other stages).
+        ``starts`` [g]: each row's first position (None: all 0)."""
+        device = self.model.device
+        tokens = tokens.to(device)
+        g, s = tokens.shape
+        self.context.sequence_len_offset, self.context.batch_size_offset = position, first_row
+        if s == 1 and position:
+            self.context.enable_decode_mode()
+        else:
+            self.context.enable_prefill_mode()
+        positions = torch.arange(position, position + s, device=device).unsqueeze(0).expand(g, -1)
+        mask = None
+        if starts is not None and bool((starts > 0).any()):
+            if not self.model.takes_padding_masks:
+                raise ValueError(f"{self.model.plan.attention} attention ignores padding masks")
+            starts = starts.to(device)
+            positions = (positions - starts.unsqueeze(1)).clamp(min=0)  # for learned position embeddings
+            keys = torch.arange(position + s, device=device)
+            queries = torch.arange(position, position + s, device=device)
+            # megatron-core's convention: True = masked. Causal, and nothing before a row's start.
+            mask = ((keys.view(1, 1, -1) < starts.view(-1, 1, 1)) | (keys.view(1, 1, -1) > queries.view(1, -1, 1)))
+            mask = mask.unsqueeze(1)
+        logits = self.wrapper.run_one_forward_step({"tokens": tokens, "position_ids": positions,
+                                                    "attention_mask": mask})
+        if logits is None:
+            return None
+        return logits[:, -1, :self.model.vocab_size].float()
+
+    @torch.inference_mode()
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` of the batch (finished sequences stop costing compute)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
+        memory = self.context.key_value_memory_dict
+        for layer, (keys, values) in memory.items():
+            memory[layer] = (keys.index_select(1, index), values.index_select(1, index))
+        self.context.max_batch_size = len(rows)
 
 
 def prefix_template_for(model: InferenceModel, requested: Optional[str]) -> str:

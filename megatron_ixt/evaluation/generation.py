@@ -1,20 +1,36 @@
-"""Sampling under a chosen feedback prefix (test-time control).
+"""Generation under a chosen feedback (test-time control): batched, with a KV cache, at any layout.
 
-The context is ``[start] <|feedback|> prefix <|/feedback|> prompt``, as documents appear in
-training; ``[start]`` is the model's document start (``--document-start``, recorded in its
-checkpoint): the EOD for models pretrained here, the BOS or nothing for an imported model, as
-its own tokenizer encodes a text (so greedy output equals transformers' ``generate``). The delimiter tokens (and the vocabulary padding) are blocked, so the model can
-neither close nor open a prefix of its own. Every rank computes the same logits (broadcast
-from the last pipeline stage) and samples with the same seeded generator, so all ranks agree
-on each token without further communication. No KV cache: each step re-runs the context,
-which is fine for the model sizes this runs on CPU; on GPU clusters use megatron-core's
-inference engine for serving.
+What a prompt is continued from (its feedback and its context) is ``evaluation.control``'s.
+:func:`generate` decodes many prompts, ``batch_size`` at a time, on megatron-core's static
+inference path (``engine.Decoder``: its KV cache and forward step), as gpt-fast and
+megatron-core's own ``TextGenerationController`` do:
+
+1. prompts are sorted by length (longest first, as lm-eval does), so that a batch holds
+   prompts of similar lengths; results come back in the input order;
+2. **prefill**: the batch's first ``min(prompt lengths)`` positions in one forward pass;
+3. **decode**: one position per step for every row, with one sequence offset for the whole
+   batch (megatron-core's static batching: no padding, no masks, every row at its own
+   natural positions). A row still inside its longer prompt feeds its next prompt token and
+   ignores the step's sample; the others feed the token they sampled;
+4. a row ends at the EOD, at a stop string, or after its ``max_new_tokens``; once a quarter
+   of the rows still in the cache have ended, they are dropped from it, so finished rows
+   stop costing compute; the batch ends when every row has.
+
+Only the last position's logits leave the model (megatron-core's
+``materialize_only_last_token_logits``): TP ranks gather them, and the last pipeline stage
+samples and broadcasts the chosen ids alone to the other stages (:meth:`_Batch.step`).
+
+Sampling: greedy, or temperature / top-k / top-p. Each prompt draws from its own generator,
+seeded from the seed and the prompt's index (:func:`prompt_seed`), one draw per generated
+token, so what a prompt samples does not depend on how prompts are batched. The feedback
+delimiters (and the vocabulary's padding rows) are never sampled: the model can neither open
+nor close a prefix of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -30,84 +46,212 @@ class SamplingConfig:
     top_k: int = arg(0, "Sample among the k most likely tokens only (0: all).")
     top_p: float = arg(1.0, "Sample among the most likely tokens whose probabilities sum to this (nucleus).")
     greedy: bool = arg(False, "Always take the most likely token (no sampling).")
-    seed: int = arg(0, "Seed of the sampling.")
+    seed: int = arg(0, "Seed of the sampling (each prompt draws from its own generator, seeded from this and "
+                       "the prompt's index).")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature <= 0
 
 
-def control_prefix(tokenizer, template: str, level: Optional[int] = None, critique: Optional[str] = None,
-                   thresholds=None) -> list[int]:
-    """Token ids of the prefix to generate under: a quality ``level`` (1..5, default 5) and,
-    for a critique template, a written ``critique`` (default: none written)."""
-    from megatron_ixt.format.prefixes import feedback_for_level, load_template, prefix_token_ids
+@dataclass
+class Request:
+    """One prompt to continue: its token ids, how many tokens at most, and the strings that
+    end it (besides the EOD)."""
 
-    level = level or 5
-    kind = load_template(template).kind
-    if kind == "critique":
-        return prefix_token_ids(tokenizer, template, feedback_for_level(level, critique=critique), thresholds)
-    if critique is not None:
-        raise ValueError(f"--critique needs a critique template; the prefix template is {template!r} ({kind})")
-    return prefix_token_ids(tokenizer, template, level, thresholds)
+    context: list[int]
+    max_new_tokens: int
+    stop: Sequence[str] = ()
+
+
+@dataclass
+class Completion:
+    """What :func:`generate` made of one request."""
+
+    ids: list[int] = field(default_factory=list)
+    """The generated ids, without the EOD (with the tokens of a stop string that ended it)."""
+    text: str = ""
+    """The generated text, cut before the first stop string."""
+    finish_reason: str = "length"
+    """``eod``, ``stop`` (a stop string) or ``length`` (``max_new_tokens``)."""
+
+
+# -- sampling ------------------------------------------------------------------------------
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt ``index``'s generator (splitmix64 of both, so that neighbouring
+    prompts and seeds draw unrelated streams)."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Top-k then nucleus (top-p) filtering of a [V] logits vector."""
+    """Top-k, then nucleus (top-p) filtering of logits [..., V]: what is filtered out gets -inf."""
     if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        remove = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses p
-        logits = logits.clone()
-        logits[order[remove]] = float("-inf")
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        remove = probs.cumsum(-1) - probs > top_p  # keep the token that crosses p
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
     return logits
 
 
-def generate(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: SamplingConfig,
-             blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> str:
-    """Continue ``prompt`` after the given prefix token ids; returns the generated text."""
-    return tokenizer.detokenize(generate_ids(model, tokenizer, prefix_ids, prompt, cfg, blocked, max_length))
+def sample(logits: torch.Tensor, sampling: SamplingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One id per row of ``logits`` [n, V]; row ``i`` draws from ``generators[i]``."""
+    if sampling.is_greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p), dim=-1)
+    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
 
 
-def generate_ids(model, tokenizer, prefix_ids: list[int], prompt: str, cfg: SamplingConfig,
-                 blocked: Optional[list[int]] = None, max_length: Optional[int] = None) -> list[int]:
-    """As `generate`, but returns the generated token ids (without the final eod)."""
-    context = [*model.document_start_ids, *prefix_ids, *tokenizer.tokenize(prompt)]
-    return continue_ids(model, tokenizer, context, cfg, blocked, max_length)
+# -- batched decoding ----------------------------------------------------------------------
+
+class _Batch:
+    """The rows of one batch being decoded (``requests``: this batch's, longest first).
+
+    Row ``i``'s prompt sits at cache positions ``[starts[i], ends[i])``, its generated tokens
+    after. Right-aligned (the torch attention, which takes padding masks), every prompt ends
+    at the longest one's length and the shorter ones start later; left-aligned
+    (megatron-core's static batching, for attention that takes no masks), every prompt starts
+    at 0."""
+
+    COMPACT_SHARE = 0.25  # drop finished rows from the cache once this share of its rows has ended
+
+    def __init__(self, model, tokenizer, requests: list[Request], seeds: list[int], sampling: SamplingConfig,
+                 blocked: list[int], right_aligned: bool) -> None:
+        self.model, self.tokenizer, self.requests, self.sampling = model, tokenizer, requests, sampling
+        self.blocked, self.right_aligned = blocked, right_aligned
+        lengths = [len(r.context) for r in requests]
+        longest = max(lengths)
+        self.starts = [longest - n if right_aligned else 0 for n in lengths]
+        self.ends = [start + n for start, n in zip(self.starts, lengths)]
+        self.total = max(end + r.max_new_tokens for end, r in zip(self.ends, requests))
+        self.tokens = torch.full((len(requests), self.total), tokenizer.eod, dtype=torch.long)
+        for i, r in enumerate(requests):
+            self.tokens[i, self.starts[i]:self.ends[i]] = torch.tensor(r.context, dtype=torch.long)
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.out = [Completion() for _ in requests]
+        self.done = [r.max_new_tokens <= 0 for r in requests]
+        self.checked = [0] * len(requests)  # characters of each row's text already searched for stop strings
+        self.rows = list(range(len(requests)))  # the batch rows in the cache, in cache order
+
+    def run(self, progress: Optional[Callable[[int], None]]) -> list[Completion]:
+        if all(self.done):
+            return self.out
+        decoder = self.model.decoder(len(self.requests), self.total)
+        position = min(self.ends)  # = every end when right-aligned
+        logits = self.prefill(decoder, position)
+        while True:
+            generated = self.step(logits, position)
+            if progress:
+                progress(generated)
+            active = [k for k, row in enumerate(self.rows) if not self.done[row]]
+            if not active:
+                return self.out
+            if len(active) <= (1 - self.COMPACT_SHARE) * len(self.rows):
+                decoder.keep(active)
+                self.rows = [self.rows[k] for k in active]
+            logits = decoder.forward(self.tokens[self.rows, position:position + 1], position,
+                                     starts=self._starts(self.rows))
+            position += 1
+
+    def prefill(self, decoder, end: int) -> Optional[torch.Tensor]:
+        """Every row's positions before ``end``, in one forward pass per group of rows of
+        similar lengths (a group's shorter prompts are padded on the left, masked); the
+        logits of the last position (on the last pipeline stage)."""
+        groups, first = [], 0
+        while first < len(self.rows):  # rows are longest first: a group is a run of them
+            last = first + 1
+            while last < len(self.rows) and self.starts[last] - self.starts[first] <= 4 + (end - self.starts[first]) // 8:
+                last += 1
+            groups.append((first, last))
+            first = last
+        outputs = [decoder.forward(self.tokens[a:b, self.starts[a]:end], self.starts[a], a, self._starts(range(a, b)))
+                   for a, b in groups]
+        return None if outputs[0] is None else torch.cat(outputs)
+
+    def _starts(self, rows) -> Optional[torch.Tensor]:
+        return torch.tensor([self.starts[r] for r in rows]) if self.right_aligned else None
+
+    def step(self, logits: Optional[torch.Tensor], position: int) -> int:
+        """Take the next token of every row whose prompt ends before ``position``: sampled on
+        the last pipeline stage (``logits`` [rows in cache, V]; None on other stages),
+        broadcast to every stage. Returns how many tokens the step generated."""
+        wanting = [k for k, row in enumerate(self.rows) if not self.done[row] and self.ends[row] <= position]
+        chosen = None
+        if logits is not None:
+            chosen = torch.full((len(self.rows),), -1, dtype=torch.long)
+            if wanting:
+                rows = logits[wanting]
+                rows[:, self.blocked] = float("-inf")
+                chosen[wanting] = sample(rows, self.sampling, [self.generators[self.rows[k]] for k in wanting]).cpu()
+        chosen = self.model.broadcast_from_last_stage(
+            None if chosen is None else chosen.to(self.model.device), torch.long).cpu().tolist()
+        for k in wanting:
+            self._append(self.rows[k], chosen[k], position)
+        return len(wanting)
+
+    def _append(self, row: int, token: int, position: int) -> None:
+        out, request = self.out[row], self.requests[row]
+        if token == self.tokenizer.eod:
+            self._finish(row, "eod")
+            return
+        out.ids.append(token)
+        self.tokens[row, position] = token
+        if request.stop and self._hit_stop(row):
+            self._finish(row, "stop")
+        elif len(out.ids) >= request.max_new_tokens:
+            self._finish(row, "length")
+
+    def _hit_stop(self, row: int) -> bool:
+        """Whether a stop string appears in the text generated so far (searching only from
+        where the previous search could not yet have seen a whole one)."""
+        text = self.tokenizer.detokenize(self.out[row].ids)
+        longest = max(len(s) for s in self.requests[row].stop)
+        start = max(0, self.checked[row] - longest + 1)
+        self.checked[row] = len(text)
+        return any(s in text[start:] for s in self.requests[row].stop)
+
+    def _finish(self, row: int, reason: str) -> None:
+        self.done[row] = True
+        out = self.out[row]
+        out.finish_reason = reason
+        text = self.tokenizer.detokenize(out.ids) if out.ids else ""
+        for stop in self.requests[row].stop:  # as lm-eval cuts: at the first occurrence of each
+            text = text.split(stop)[0]
+        out.text = text
 
 
-def chat_context(tokenizer, user: str, feedback_ids: list[int], system: Optional[str] = None) -> list[int]:
-    """The ids an SFT model continues to answer ``user``: the conversation rendered by the
-    tokenizer's chat template with ``feedback_ids`` in the system message (as SFT trained it,
-    ``tokenizers/chat.py``) and the template's generation prompt."""
-    from megatron_ixt.tokenizers.chat import chat_template_for, render_ids
-
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": user}]
-    ids, _ = render_ids(tokenizer, chat_template_for(tokenizer), messages, feedback_ids or None,
-                        add_generation_prompt=True)
-    return ids.tolist()
-
-
-def continue_ids(model, tokenizer, context: list[int], cfg: SamplingConfig, blocked: Optional[list[int]] = None,
-                 max_length: Optional[int] = None) -> list[int]:
-    """Sample after the token ids ``context`` until the eod or ``cfg.max_new_tokens``."""
-    context = list(context)
-    blocked = set(blocked or []) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id}
-    generator = torch.Generator().manual_seed(cfg.seed)
-    out: list[int] = []
-    for _ in range(cfg.max_new_tokens):
-        if max_length is not None and len(context) >= max_length:
-            break
-        logits = model.logits(torch.tensor([context]))[0, -1].float().cpu()
-        logits[tokenizer.vocab_size:] = float("-inf")  # TP padding of the vocabulary
-        logits[list(blocked)] = float("-inf")
-        if cfg.greedy or cfg.temperature <= 0:
-            token = int(torch.argmax(logits))
-        else:
-            probs = torch.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-        if token == tokenizer.eod:
-            break
-        context.append(token)
-        out.append(token)
-    return out
+def generate(model, tokenizer, requests: Sequence[Request], sampling: SamplingConfig, batch_size: int = 32,
+             blocked: Sequence[int] = (), progress: Optional[Callable[[int, int], None]] = None,
+             right_aligned: Optional[bool] = None) -> list[Completion]:
+    """Continue every request (see the module docstring); results in the order of
+    ``requests``. ``progress(new tokens, prompts finished)`` is called after every step.
+    ``right_aligned``: how a batch's prompts are laid out (:class:`_Batch`; default: right
+    when the model's attention takes padding masks). Every rank of the model must call this
+    with the same arguments."""
+    if right_aligned is None:
+        right_aligned = model.takes_padding_masks
+    if any(not r.context for r in requests):
+        raise ValueError("a prompt of no tokens (nothing to continue from)")
+    blocked = sorted(set(blocked) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id})
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context))
+    results: list[Optional[Completion]] = [None] * len(requests)
+    finished = 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = _Batch(model, tokenizer, [requests[i] for i in chunk], [prompt_seed(sampling.seed, i) for i in chunk],
+                       sampling, blocked, right_aligned)
+        report = None
+        if progress:
+            def report(tokens, batch=batch, before=finished):
+                progress(tokens, before + sum(batch.done))
+        for i, completion in zip(chunk, batch.run(report)):
+            results[i] = completion
+        finished += len(chunk)
+    return results

@@ -20,7 +20,7 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 from megatron_ixt.config.schema import Config
-from megatron_ixt.model.attention import TorchCoreAttention
+from megatron_ixt.model.attention import SelfAttention, TorchCoreAttention
 from megatron_ixt.model.init import initialize_weights
 from megatron_ixt.model.norms import TorchNorm
 from megatron_ixt.runtime.distributed import ParallelLayout, virtual_pipeline_size
@@ -94,11 +94,13 @@ def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
 
 
 def _core_attention(plan: KernelPlan, layer: ModuleSpec) -> ModuleSpec:
-    """The layer spec with the plan's core attention: the torch attention (SDPA or
+    """The layer spec with our ``SelfAttention`` (``model/attention.py``) and the plan's core
+    attention: the torch attention (SDPA or
     FlexAttention), or megatron-core's own (Transformer Engine's, or the unfused one).
     The unfused one gets a ``padding`` mask type under document masks: with ``causal``,
     apex's fused softmax applies its own triangle and ignores the mask."""
-    attention = layer.submodules.self_attention
+    # Our SelfAttention: megatron-core's, with its static KV cache holding rotated keys.
+    attention = dataclasses.replace(layer.submodules.self_attention, module=SelfAttention)
     core = None
     if plan.attention in ("sdpa", "flex"):
         core = ModuleSpec(module=TorchCoreAttention, params={"kernel": plan.attention})

@@ -25,6 +25,11 @@ def format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
+def _tokens_rate(tokens_per_s: float) -> str:
+    """Millions for the data tools, plain for generation."""
+    return f"{tokens_per_s / 1e6:.2f} M tokens/s" if tokens_per_s >= 1e5 else f"{tokens_per_s:.1f} tokens/s"
+
+
 class Progress:
     """Counts documents (with bytes, tokens and errors) and shows them as the module says."""
 
@@ -32,8 +37,10 @@ class Progress:
                  already_done: int = 0, every_docs: Optional[int] = None, every_s: Optional[float] = None,
                  show_bytes: bool = False, show_tokens: bool = False,
                  emit: Optional[Callable[[str], None]] = None, stream: Optional[TextIO] = None,
-                 enabled: bool = True):
+                 enabled: bool = True, unit: str = "documents"):
         self.what = what
+        self.unit = unit
+        self.short_unit = "docs" if unit == "documents" else unit
         self.total = total
         self.total_disk_bytes = total_disk_bytes
         self.documents = already_done
@@ -51,7 +58,7 @@ class Progress:
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=already_done, desc=what, unit="docs", file=self.stream,
+            self._bar = tqdm(total=total, initial=already_done, desc=what, unit=self.short_unit, file=self.stream,
                              mininterval=0.5, dynamic_ncols=True, smoothing=0.1)
 
     def update(self, documents: int = 1, *, nbytes: int = 0, tokens: int = 0, errors: int = 0,
@@ -107,7 +114,7 @@ class Progress:
         if self.show_bytes:
             parts.append(f"{mb_per_s:.2f} MB/s")
         if self.show_tokens:
-            parts.append(f"{tokens_per_s / 1e6:.2f} M tokens/s")
+            parts.append(_tokens_rate(tokens_per_s))
         if not self.total:
             share, eta = self.share_done(), self.eta()
             if share is not None:
@@ -119,13 +126,13 @@ class Progress:
     def line(self) -> str:
         """The plain progress line (also the closing line of a run)."""
         docs_per_s = self.rates()[0]
-        rates = [f"{docs_per_s:.1f} docs/s" if docs_per_s < 100 else f"{docs_per_s:.0f} docs/s"]
+        rates = [f"{docs_per_s:.1f} {self.short_unit}/s" if docs_per_s < 100 else f"{docs_per_s:.0f} {self.short_unit}/s"]
         if self.show_bytes:
             rates.append(f"{self.rates()[1]:.2f} MB/s")
         if self.show_tokens:
-            rates.append(f"{self.rates()[2] / 1e6:.2f} M tokens/s")
+            rates.append(_tokens_rate(self.rates()[2]))
         count = f"{self.documents}/{self.total}" if self.total else f"{self.documents}"
-        text = f"{self.what} {count} documents ({', '.join(rates)})"
+        text = f"{self.what} {count} {self.unit} ({', '.join(rates)})"
         share, eta = self.share_done(), self.eta()
         if share is not None:
             text += f", {100 * share:.0f}%" + ("" if self.total else " of input")

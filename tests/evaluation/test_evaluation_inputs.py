@@ -10,7 +10,7 @@ import torch
 
 from megatron_ixt.format.levels import QualityThresholds
 from megatron_ixt.evaluation.conditioning import evaluate_conditioning
-from megatron_ixt.evaluation.generation import control_prefix
+from megatron_ixt.evaluation.control import control_prefix
 
 
 class ByteTokenizer:

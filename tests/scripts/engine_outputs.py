@@ -9,7 +9,7 @@ import torch
 
 from megatron_ixt.format.prefixes import prefix_token_ids
 from megatron_ixt.evaluation.engine import add_inference_args, load_for_inference, on_output_rank
-from megatron_ixt.evaluation.generation import SamplingConfig, generate_ids
+from megatron_ixt.evaluation.generation import Request, SamplingConfig, generate
 from megatron_ixt.runtime.distributed import destroy_distributed
 from megatron_ixt.runtime.logs import setup_logging
 
@@ -33,8 +33,8 @@ def main() -> None:
     context = [*model.document_start_ids, *prefix, *tokenizer.tokenize(args.prompt)]
     logits = model.logits(tokens)
     context_logits = model.logits(torch.tensor([context]))
-    generated = generate_ids(model, tokenizer, prefix, args.prompt,
-                             SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=True))
+    [completion] = generate(model, tokenizer, [Request(context, args.max_new_tokens)], SamplingConfig(greedy=True))
+    generated = completion.ids
     if on_output_rank():
         torch.save({"tokens": tokens, "logits": logits.cpu(), "context": context,
                     "context_logits": context_logits.cpu(), "generated_ids": generated,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megatron_ixt.evaluation.generation import control_prefix
+from megatron_ixt.evaluation.control import control_prefix
 from megatron_ixt.tokenizers.build import build_tokenizer
 from megatron_ixt.tokenizers.chat import (FEEDBACK, LOSS, PLAIN, ChatTemplate, ChatTemplateError,
                                           chat_template_for, encode_conversation, render_ids, variant)
