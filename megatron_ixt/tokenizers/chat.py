@@ -231,6 +231,13 @@ def render_ids(tokenizer, template: ChatTemplate, messages: Sequence[dict],
     return _encode_runs(tokenizer, text, spans, [] if feedback_ids is None else list(feedback_ids))
 
 
+def encode_rendered(tokenizer, text: str, feedback_ids: Sequence[int]) -> np.ndarray:
+    """The ids of a conversation already rendered from :func:`with_feedback`'s messages (the
+    feedback's place marked in the text), with ``feedback_ids`` at the mark (the lm-eval
+    backend renders through lm-eval and encodes here)."""
+    return _encode_runs(tokenizer, text, [], list(feedback_ids))[0]
+
+
 def encode_conversation(tokenizer, template: ChatTemplate, messages: Sequence[dict],
                         feedback_ids: Optional[Sequence[int]] = None,
                         eod: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
