@@ -5,6 +5,12 @@ prefix, its own feedback, the best and the worst feedback.
         --input heldout.jsonl --output conditioning.json \
         [--tensor-model-parallel-size 2 | --pipeline-model-parallel-size 2]
 
+    python tools/evaluate_conditioning.py --load SFT_CKPT --chat --input conversations.jsonl
+
+With --chat (a model fine-tuned with --sft) the input is conversations (the SFT format:
+``messages`` and an optional ``feedback``), and the losses are those of the assistant turns
+with the feedback in the system message, as SFT trained it.
+
 The prefix template and the quality thresholds (fixed fifths or the corpus quantiles)
 default to those of the data the checkpoint was trained on, which it records.
 """
@@ -27,27 +33,35 @@ from megatron_ixt.config.cli import ConfigError  # noqa: E402
 from megatron_ixt.config.flags import add_dataclass_arguments  # noqa: E402
 from megatron_ixt.config.schema import arg, required  # noqa: E402
 from megatron_ixt.format.errors import DataError  # noqa: E402
-from megatron_ixt.evaluation.conditioning import evaluate_conditioning  # noqa: E402
+from megatron_ixt.evaluation.conditioning import evaluate_chat_conditioning, evaluate_conditioning  # noqa: E402
 from megatron_ixt.evaluation.engine import (  # noqa: E402
     add_inference_args, load_for_inference, on_output_rank, prefix_template_for)
 from megatron_ixt.runtime.distributed import destroy_distributed  # noqa: E402
 
 
-def read_documents(path: str, limit: int) -> list:
+def read_documents(path: str, limit: int, chat: bool = False) -> list:
+    """The first ``limit`` documents of ``path`` (with ``chat``: conversations, one item per
+    conversation of a line)."""
+    from megatron_ixt.format.conversation import parse_conversation_line
+
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(doc.get("text"), str):
-                raise DataError(f"{path}:{number}: field 'text': expected a string")
-            docs.append(doc)
-            if len(docs) == limit:
-                break
+            if chat:
+                line = parse_conversation_line(raw.rstrip(b"\n"), path, number)
+                docs += [{**line.obj, "messages": list(turns)} for turns in line.conversations]
+            else:
+                try:
+                    doc = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                    raise DataError(f"{path}:{number}: field 'text': expected a string")
+                docs.append(doc)
+            if len(docs) >= limit:
+                return docs[:limit]
     return docs
 
 
@@ -55,7 +69,9 @@ def read_documents(path: str, limit: int) -> list:
 class EvaluationConfig:
     """The documents to evaluate and how (besides the inference flags)."""
 
-    input: str = required("held-out JSONL documents (with or without feedback)")
+    input: str = required("held-out JSONL documents, or conversations with --chat (with or without feedback)")
+    chat: bool = arg(False, "SFT models: the input is conversations; score the assistant turns with the feedback in "
+                            "the system message")
     max_docs: int = arg(200, "documents read from --input at most")
     seq_length: Optional[int] = arg(None, "longest sequence (document start + prefix + text) evaluated; default and "
                                           "maximum: the checkpoint's --seq-length")
@@ -69,7 +85,7 @@ def main() -> int:
     add_dataclass_arguments(parser, EvaluationConfig)
     args = parser.parse_args()
     try:
-        docs = read_documents(args.input, args.max_docs)
+        docs = read_documents(args.input, args.max_docs, args.chat)
         cfg, model, tokenizer = load_for_inference(args)
         template = prefix_template_for(model, args.prefix_template)
         seq_length = args.seq_length or cfg.model.seq_length
@@ -87,8 +103,9 @@ def main() -> int:
             print(f"  {done}/{total} forward passes ({rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s)",
                   flush=True)
 
-    result = evaluate_conditioning(model, tokenizer, docs, template, seq_length, args.batch_size,
-                                   thresholds=model.quality_thresholds(), progress=progress)
+    evaluate = evaluate_chat_conditioning if args.chat else evaluate_conditioning
+    result = evaluate(model, tokenizer, docs, template, seq_length, args.batch_size,
+                      thresholds=model.quality_thresholds(), progress=progress)
     if on_output_rank():
         print(f"checkpoint {args.load} (iteration {model.iteration}), {len(result.per_document)} documents, "
               f"template {template}, quality thresholds {model.quality_thresholds().mode}")

@@ -1,5 +1,8 @@
 """How much does the model use its feedback? Loss of the same text under chosen prefixes.
 
+(For an SFT model, :func:`evaluate_chat_conditioning` does the same for the assistant turns
+of conversations, with the feedback in the system message.)
+
 For every held-out document, the loss of its text tokens is measured under four contexts:
 
     none   [start] text                      (unconditional)
@@ -66,7 +69,8 @@ class ConditioningResult:
         lines = [f"{'condition':10} {'documents':>9} {'text loss':>10}"]
         if s["skipped_prefix_too_long"]:
             lines.insert(0, f"skipped {s['skipped_prefix_too_long']} documents: their longest prefix leaves no room "
-                            "for text in --seq-length")
+                            "for text in --seq-length (conversations: too long, or their assistant tokens change "
+                            "with the feedback)")
         for cond in CONDITIONS:
             lines.append(f"{cond:10} {s[cond]['documents']:>9} {s[cond]['loss']:>10.4f}")
         lines.append(f"conditioning gap (worst - best): {s['gap_worst_minus_best']:+.4f} nats/token; "
@@ -109,13 +113,12 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
 
     thresholds = thresholds or QualityThresholds.fixed()
     result = ConditioningResult()
-    jobs = []  # (document row, condition, tokens, number of context tokens)
+    jobs = []  # (document row, condition, tokens, the positions whose tokens are scored)
     doc_start = list(model.document_start_ids)
     skip = 0 if doc_start else 1  # with no start token, the first text token has no context in "none"
     for i, doc in enumerate(documents):
         feedback = doc.get("feedback")
-        targets = (doc["best_feedback"], doc["worst_feedback"]) if "best_feedback" in doc else None
-        prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, targets)
+        prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, _targets(doc))
         room = seq_length - len(doc_start) - max(len(p) for p in prefixes.values())
         if room < 2:
             result.skipped_no_room += 1
@@ -123,23 +126,65 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
         text = list(tokenizer.tokenize(doc["text"]))[:room]
         if len(text) < 2 + skip:
             continue
-        level = thresholds.level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
-        row = {"id": doc.get("id", i), "domain": doc.get("domain"), "level": level, "tokens": len(text) - skip,
-               "loss": {}}
+        row = _row(doc, i, feedback, thresholds, len(text) - skip)
         result.per_document.append(row)
         for cond, prefix in prefixes.items():
-            jobs.append((row, cond, [*doc_start, *prefix, *text], len(doc_start) + len(prefix) + skip))
+            context = len(doc_start) + len(prefix) + skip
+            jobs.append((row, cond, [*doc_start, *prefix, *text], range(context, len(doc_start) + len(prefix) + len(text))))
+    _score(model, jobs, batch_size, progress)
+    return result
 
+
+def evaluate_chat_conditioning(model, tokenizer, conversations: list[dict], template: str, seq_length: int,
+                               batch_size: int = 8, thresholds=None, progress=None) -> ConditioningResult:
+    """For an SFT model: the losses of each conversation's assistant turns with no feedback
+    and with its own, the best and the worst feedback in the system message, as SFT trains
+    it (``tokenizers/chat.py``). A conversation longer than ``seq_length`` under its longest
+    feedback is skipped and counted, as is one whose assistant tokens a feedback changes."""
+    from megatron_ixt.format.levels import QualityThresholds
+    from megatron_ixt.tokenizers.chat import LOSS, chat_template_for, render_ids
+
+    thresholds = thresholds or QualityThresholds.fixed()
+    chat = chat_template_for(tokenizer)
+    result = ConditioningResult()
+    jobs = []
+    for i, doc in enumerate(conversations):
+        feedback = doc.get("feedback")
+        prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, _targets(doc))
+        rendered = {cond: render_ids(tokenizer, chat, doc["messages"], prefix or None) for cond, prefix in prefixes.items()}
+        scored = {cond: ids[(roles & LOSS) != 0].tolist() for cond, (ids, roles) in rendered.items()}
+        if max(len(ids) for ids, _ in rendered.values()) > seq_length or len(set(map(tuple, scored.values()))) > 1:
+            result.skipped_no_room += 1
+            continue
+        row = _row(doc, i, feedback, thresholds, len(scored["none"]))
+        result.per_document.append(row)
+        for cond, (ids, roles) in rendered.items():
+            jobs.append((row, cond, ids.tolist(), [int(t) for t in ((roles & LOSS) != 0).nonzero()[0] if t > 0]))
+    _score(model, jobs, batch_size, progress)
+    return result
+
+
+def _targets(doc: dict):
+    """An input line's own best and worst feedback, when it gives them."""
+    return (doc["best_feedback"], doc["worst_feedback"]) if "best_feedback" in doc else None
+
+
+def _row(doc: dict, index: int, feedback, thresholds, tokens: int) -> dict:
+    level = thresholds.level(feedback["score"], feedback.get("scale", (0, 10))) if feedback else 0
+    return {"id": doc.get("id", index), "domain": doc.get("domain"), "level": level, "tokens": tokens, "loss": {}}
+
+
+def _score(model, jobs: list, batch_size: int, progress) -> None:
+    """Each job's mean loss over its scored positions (position ``t`` is predicted from the
+    tokens before it), in right-padded batches through ``model.token_losses``."""
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         length = max(len(j[2]) for j in batch)
         tokens = torch.zeros(len(batch), length, dtype=torch.long)
         for b, (_, _, seq, _) in enumerate(batch):
             tokens[b, :len(seq)] = torch.tensor(seq)
-        losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])  # [b, length - 1]
-        for b, (row, cond, seq, context) in enumerate(batch):
-            # Label positions context-1 .. len(seq)-2 predict the text tokens.
-            row["loss"][cond] = losses[b, context - 1:len(seq) - 1].mean().item()
+        losses = model.token_losses(tokens[:, :-1], tokens[:, 1:])  # [b, length - 1]: label t is token t + 1
+        for b, (row, cond, _, positions) in enumerate(batch):
+            row["loss"][cond] = losses[b, [t - 1 for t in positions]].mean().item()
         if progress:
             progress(min(start + batch_size, len(jobs)), len(jobs))
-    return result

