@@ -14,7 +14,9 @@ is on CPU. On CUDA nothing here executes, so the GPU path is plain megatron-core
 What it does, and nothing more:
 
 1. Each megatron-core module (those in ``_CUDA_NAMING_MODULES`` are imported first, then
-   every ``megatron.core`` module loaded at that point) gets a *module-local* view of
+   every ``megatron.core`` module loaded at that point: training, checkpoints, and inference,
+   whose KV cache and pipeline receive buffers are allocated on ``torch.cuda.current_device()``)
+   gets a *module-local* view of
    ``torch`` (:class:`_CpuTorchView`) in which ``device="cuda"`` / ``torch.cuda.current_device()``
    resolve to the CPU and ``torch.cuda.synchronize``/``empty_cache`` are no-ops. The real
    ``torch`` module is untouched, so no other library sees a difference.
@@ -57,6 +59,9 @@ _CUDA_NAMING_MODULES = (
     "megatron.core.tensor_parallel.data",
     "megatron.core.tensor_parallel.utils",
     "megatron.core.inference.communication_utils",
+    # Inference (evaluation/engine.py's Decoder): the pipeline receive buffers of the wrapper;
+    # the KV cache itself is allocated in transformer.attention.
+    "megatron.core.inference.model_inference_wrappers.abstract_model_inference_wrapper",
     "megatron.core.dist_checkpointing.strategies.async_utils",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.strategies.fully_parallel",

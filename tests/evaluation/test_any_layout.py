@@ -2,6 +2,11 @@
 at TP=2 (its 1,000 ids padded to 1,152 rows), generates and evaluates at TP=1 and at PP=2
 (1,056 rows: re-padded at load) exactly as at TP=2.
 
+Generation (``evaluation/generation.py``) gives the same greedy tokens at every layout with
+the KV cache, batched (prompts of different lengths, right- and left-aligned) or one prompt at
+a time, as without a cache (the whole context through the model for every token); seeded
+sampling gives the same tokens batched and one at a time, and at every layout.
+
 Evaluation scores the tokenizer's vocabulary only (``evaluation.engine.vocabulary_losses``),
 so the losses agree to float32 reduction order (TP=2 splits the sums of two layers in halves).
 """
@@ -30,7 +35,8 @@ def test_a_tp2_model_generates_and_evaluates_alike_at_tp1_and_pp2(ixt_checkpoint
     for name, (nproc, flags) in LAYOUTS.items():
         out = tmp_path / f"{name}.pt"
         run_torchrun(nproc, "tests/scripts/engine_outputs.py", ["--load", ixt_checkpoint.path, *flags, "--out", out,
-                                                                 "--random-length", 32, "--max-new-tokens", 16])
+                                                                 "--random-length", 32, "--max-new-tokens", 16,
+                                                                 "--generation-prompts", 5])
         engine[name] = torch.load(out)
         result = tmp_path / f"{name}.json"
         run_torchrun(nproc, "tools/evaluate_conditioning.py", ["--load", ixt_checkpoint.path, *flags, "--input", heldout,
@@ -40,6 +46,14 @@ def test_a_tp2_model_generates_and_evaluates_alike_at_tp1_and_pp2(ixt_checkpoint
 
     reference = engine["tp2"]
     assert len(reference["generated_ids"]) == 16 and losses["tp2"]
+    for name, outputs in engine.items():
+        ways = outputs["generations"]
+        assert all(len(ids) == 16 for ids in ways["uncached"]), ways["uncached"]  # no early end: a real test
+        for way in ("batched", "left_aligned", "one_by_one"):
+            assert ways[way] == ways["uncached"], (name, way)
+        assert ways["sampled"] == ways["sampled_one_by_one"], name
+        assert ways["sampled"] != ways["batched"], name  # sampling did sample
+        assert ways == reference["generations"], name
     vocab = reference["vocab_size"]
     for name in ("tp1", "pp2"):
         assert engine[name]["generated_ids"] == reference["generated_ids"], name

@@ -213,3 +213,28 @@ def test_flex_attention_against_sdpa_on_cpu():
     assert result["output"] < 1e-5
     blocks = result["blocks"]
     assert blocks["full"] > 0 and blocks["partial"] > 0 and blocks["skipped"] > 0, blocks
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_a_decode_step_with_a_cache_attends_to_every_cached_key(megatron_tp1, queries):
+    """With a KV cache the queries are the last positions of the keys: one decode query
+    attends to every cached key (megatron-core marks such a step ``no_mask``), several new
+    queries see the cache and their own causal triangle, aligned bottom-right. SDPA's
+    ``is_causal`` aligns the triangle top-left: a decode step would see key 0 only."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    keys, heads, groups = 7, 4, 2
+    attention = TorchCoreAttention(transformer_config(heads, groups), 1, AttnMaskType.causal, "self")
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(queries, B, heads, HEAD_DIM, generator=generator)
+    k, v = (torch.randn(keys, B, groups, HEAD_DIM, generator=generator) for _ in range(2))
+    mask_type = AttnMaskType.no_mask if queries == 1 else AttnMaskType.causal
+    out = attention(q, k, v, None, attn_mask_type=mask_type).view(queries, B, heads, HEAD_DIM)
+    # By hand: query i sits at position keys - queries + i and sees keys 0 .. that position.
+    kk, vv = (t.repeat_interleave(heads // groups, dim=2) for t in (k, v))
+    scores = torch.einsum("qbhd,kbhd->bhqk", q, kk) / HEAD_DIM ** 0.5
+    visible = torch.arange(keys)[None, :] <= (keys - queries + torch.arange(queries))[:, None]
+    expected = torch.einsum("bhqk,kbhd->qbhd", scores.masked_fill(~visible, float("-inf")).softmax(-1), vv)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    if queries == 1:  # the trap: a top-left triangle lets the query see key 0 alone
+        assert (out - vv[:1].expand_as(out)).abs().max() > 1e-2
