@@ -77,24 +77,37 @@ def test_import_at_tp1_is_exact(smollm2, smollm2_checkpoint, tmp_path):
     assert diff < LOGIT_ATOL
 
 
+BATCH_PROMPTS = [PROMPT, "def add(a, b):\n", "Once upon a time, in a land far away, there lived a", "1, 2, 3, 4,",
+                 "The quick brown fox", "import numpy as np\nimport torch\n\ndef main():\n    x =",
+                 "Q: What is 7 * 8?\nA:", "Hello"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp1", "pp2"])
-def test_generate_equals_transformers(layout, smollm2, smollm2_checkpoint):
+def test_generate_equals_transformers(layout, smollm2, smollm2_checkpoint, tmp_path):
+    """tools/generate.py decodes 8 prompts of different lengths in one batch with its KV cache;
+    each answer equals transformers' greedy ``generate`` of that prompt alone (transformers' own
+    padded batches may differ from its unbatched output)."""
     from transformers import AutoTokenizer
 
     nproc, flags = LAYOUTS[layout]
-    proc = run_torchrun(nproc, "tools/generate.py", ["--load", smollm2_checkpoint, *flags, "--prompt", PROMPT,
-                                                     "--no-feedback", "--greedy", "--max-new-tokens", NEW_TOKENS],
-                        timeout=600)
-    ours = proc.stdout[proc.stdout.index("[output] ") + len("[output] "):]
-    ours = ours[:-1] if ours.endswith("\n") else ours
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n" for i, p in enumerate(BATCH_PROMPTS)))
+    run_torchrun(nproc, "tools/generate.py", ["--load", smollm2_checkpoint, *flags, "--prompts-file", prompts,
+                                              "--output", out, "--batch-size", 8, "--no-feedback", "--greedy",
+                                              "--max-new-tokens", NEW_TOKENS], timeout=600)
+    ours = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["id"] for row in ours] == list(range(len(BATCH_PROMPTS)))  # input order
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    ids = tokenizer(PROMPT, return_tensors="pt")
-    with torch.no_grad():
-        generated = hf_model(smollm2).generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-    theirs = tokenizer.decode(generated[0, ids["input_ids"].shape[1]:])
-    print(f"{layout}: generate.py {ours!r}, transformers {theirs!r}")
-    assert ours == theirs and ours.startswith(" Paris")
+    model = hf_model(smollm2)
+    for row in ours:
+        ids = tokenizer(row["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            generated = model.generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+        theirs = tokenizer.decode(generated[0, ids["input_ids"].shape[1]:])
+        print(f"{layout}: generate.py {row['output']!r}, transformers {theirs!r}")
+        assert row["output"] == theirs
+    assert ours[0]["output"].startswith(" Paris")
 
 
 @pytest.mark.slow
