@@ -239,6 +239,8 @@ def generate(model, tokenizer, requests: Sequence[Request], sampling: SamplingCo
         right_aligned = model.takes_padding_masks
     if any(not r.context for r in requests):
         raise ValueError("a prompt of no tokens (nothing to continue from)")
+    # An empty stop string (a tokenizer whose end of text decodes to "") would end every row.
+    requests = [Request(r.context, r.max_new_tokens, tuple(s for s in r.stop if s)) for r in requests]
     blocked = sorted(set(blocked) | {tokenizer.feedback_open_id, tokenizer.feedback_close_id})
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context))
     results: list[Optional[Completion]] = [None] * len(requests)

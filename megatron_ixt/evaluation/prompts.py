@@ -73,7 +73,7 @@ def read_prompts(path: str) -> list[Prompt]:
     prompts = [_parse(path, number, line) if jsonl else Prompt(line, number, record={"prompt": line})
                for number, line in enumerate(lines, 1) if line.strip()]
     if not prompts:
-        raise InputError(f"{path}: no prompts (the file is empty)")
+        raise InputError(f"{path}: no prompts (no line that is not blank)")
     return prompts
 
 
