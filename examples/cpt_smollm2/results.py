@@ -11,18 +11,12 @@ seeds for the "after" row).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-def wilson(accepted: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = accepted / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+from megatron_ixt.evaluation.stats import wilson  # noqa: E402
 
 
 def _final(measurement: dict) -> dict:

@@ -24,6 +24,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from megatron_ixt.evaluation.stats import wilson  # noqa: E402
+
 REFERENCES = {"plain": "none", "bos": "bos"}  # run kind -> the condition its loss is read under
 KIND_LABELS = {"plain": "plain", "bos": "plain + BOS token (control)", "ixt": "IXT",
                "same": "same critique for every document (control)"}
@@ -50,16 +54,6 @@ def tokens_to_reach(curve: list[dict], key: str, target: float) -> tuple[Optiona
             frac = (a[key] - target) / (a[key] - b[key])
             return a["tokens"] + frac * (b["tokens"] - a["tokens"]), "="
     return None, "not reached"
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def load_runs(out: Path) -> dict[str, dict]:

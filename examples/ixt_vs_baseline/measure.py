@@ -38,7 +38,7 @@ setup_logging()
 
 from megatron_ixt.format.prefixes import prefix_token_ids  # noqa: E402
 from megatron_ixt.evaluation.engine import InferenceModel, config_from_checkpoint, init_inference  # noqa: E402
-from megatron_ixt.evaluation.generation import filter_logits  # noqa: E402
+from megatron_ixt.evaluation.generation import Request, SamplingConfig, generate  # noqa: E402
 from megatron_ixt.checkpoint.files import TRACKER_FILE, checkpoint_name  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
@@ -131,40 +131,6 @@ def loss_sequences(tokenizer, docs: list[dict], template: str, seq_length: int,
 
 # --- task metric --------------------------------------------------------------------------
 
-@torch.no_grad()
-def sample_batch(model, tokenizer, contexts: list[list[int]], max_new: int, temperature: float, top_k: int,
-                 seed: int, max_length: int) -> list[list[int]]:
-    """Sample continuations of all ``contexts`` at once. Rows are right-padded: under causal
-    attention a row's tokens never see the padding after them, so each row's next-token
-    logits are read at its own last position."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = [list(c) for c in contexts]
-    new: list[list[int]] = [[] for _ in rows]
-    active = [True] * len(rows)
-    blocked = [tokenizer.feedback_open_id, tokenizer.feedback_close_id]
-    for _ in range(max_new):
-        live = [i for i, a in enumerate(active) if a and len(rows[i]) < max_length]
-        if not live:
-            break
-        length = max(len(rows[i]) for i in live)
-        tokens = torch.zeros(len(live), length, dtype=torch.long)
-        for b, i in enumerate(live):
-            tokens[b, :len(rows[i])] = torch.tensor(rows[i])
-        logits = model.logits(tokens).float()
-        for b, i in enumerate(live):
-            step = logits[b, len(rows[i]) - 1].clone()
-            step[tokenizer.vocab_size:] = float("-inf")  # vocabulary padding
-            step[blocked] = float("-inf")  # the model may not open or close a prefix
-            probs = torch.softmax(filter_logits(step / temperature, top_k, 1.0), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-            if token == tokenizer.eod:
-                active[i] = False
-                continue
-            rows[i].append(token)
-            new[i].append(token)
-    return new
-
-
 def complete_lines(code: str) -> str:
     """Generated code up to its last complete line (sampling stops mid-line)."""
     return code[:code.rfind("\n") + 1] if "\n" in code else ""
@@ -194,8 +160,10 @@ def task_metric(model, tokenizer, prompts: list[dict], condition: str, template:
             contexts.append([*model.document_start_ids, *context_ids(tokenizer, template, p, condition),
                              *tokenizer.tokenize(p["prompt"])])
             meta.append(p)
-    samples = sample_batch(model, tokenizer, contexts, args.gen_tokens, args.temperature, args.top_k, args.seed,
-                           args.seq_length)
+    # The library's batched generator (KV cache); each prompt samples from its own seeded stream.
+    requests = [Request(c, max(0, min(args.gen_tokens, args.seq_length - len(c)))) for c in contexts]
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    samples = [c.ids for c in generate(model, tokenizer, requests, sampling, batch_size=64)]
     results: dict = {}
     judged = []
     for p, ids in zip(meta, samples):

