@@ -3,7 +3,7 @@
 
     python benchmarks/generate.py                    # all three, each in its own process
     python benchmarks/generate.py --prompts 16 --new-tokens 32 --loop-prompts 2   # quicker
-    python benchmarks/generate.py --engine ours --load CKPT --tokenizer TOKENIZER.json \
+    python benchmarks/generate.py --engine ours --load CKPT \
         --prompts 64 --batch-size 64 --emit-results      # one engine (the GPU acceptance run's phase)
 
 The workload: ``--prompts`` prompts cut from real text (the Python standard library) to

@@ -139,8 +139,10 @@ def evaluate_chat_conditioning(model, tokenizer, conversations: list[dict], temp
                                batch_size: int = 8, thresholds=None, progress=None) -> ConditioningResult:
     """For an SFT model: the losses of each conversation's assistant turns with no feedback
     and with its own, the best and the worst feedback in the system message, as SFT trains
-    it (``tokenizers/chat.py``). A conversation longer than ``seq_length`` under its longest
-    feedback is skipped and counted, as is one whose assistant tokens a feedback changes."""
+    it (``tokenizers/chat.py``). The scored tokens are the same in all four: the assistant
+    tokens that fit in ``seq_length`` under the longest feedback (later ones are cut, as SFT
+    truncates an overlong conversation). A conversation with fewer than two such tokens is
+    skipped and counted, as is one whose assistant tokens a feedback changes."""
     from megatron_ixt.format.levels import QualityThresholds
     from megatron_ixt.tokenizers.chat import LOSS, chat_template_for, render_ids
 
@@ -152,14 +154,17 @@ def evaluate_chat_conditioning(model, tokenizer, conversations: list[dict], temp
         feedback = doc.get("feedback")
         prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, _targets(doc))
         rendered = {cond: render_ids(tokenizer, chat, doc["messages"], prefix or None) for cond, prefix in prefixes.items()}
-        scored = {cond: ids[(roles & LOSS) != 0].tolist() for cond, (ids, roles) in rendered.items()}
-        if max(len(ids) for ids, _ in rendered.values()) > seq_length or len(set(map(tuple, scored.values()))) > 1:
+        scored = {cond: ((roles & LOSS) != 0).nonzero()[0] for cond, (_, roles) in rendered.items()}
+        fit = min(int((positions < seq_length).sum()) for positions in scored.values())
+        same = len({tuple(ids[scored[cond][:fit]].tolist()) for cond, (ids, _) in rendered.items()}) == 1
+        if fit < 2 or not same:
             result.skipped_no_room += 1
             continue
-        row = _row(doc, i, feedback, thresholds, len(scored["none"]))
+        row = _row(doc, i, feedback, thresholds, fit - int(scored["none"][0] == 0))
         result.per_document.append(row)
-        for cond, (ids, roles) in rendered.items():
-            jobs.append((row, cond, ids.tolist(), [int(t) for t in ((roles & LOSS) != 0).nonzero()[0] if t > 0]))
+        for cond, (ids, _) in rendered.items():
+            positions = scored[cond][:fit]
+            jobs.append((row, cond, ids[:positions[-1] + 1].tolist(), [int(t) for t in positions if t > 0]))
     _score(model, jobs, batch_size, progress)
     return result
 

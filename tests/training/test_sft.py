@@ -3,7 +3,8 @@
 * The tiny IXT model (``ixt_checkpoint``, pretrained here at TP=2) fine-tuned on the GSM8K
   conversations of ``sft_corpus`` at TP=2 and at PP=2 with virtual stages: the loss on the
   assistant tokens falls, both layouts give the same losses,
-  and the log shows the share of tokens in the loss.
+  and the log shows the share of tokens in the loss; ``tools/evaluate_conditioning.py --chat``
+  then scores its assistant turns with each feedback in the system message.
 * SmolLM2-135M-Instruct imported from Hugging Face, fine-tuned on the same conversations in
   its own chat template (ChatML), exported: ``tools/generate.py --chat`` and transformers'
   ``apply_chat_template`` + ``generate`` give the same greedy answer under the same feedback.
@@ -51,6 +52,18 @@ def test_sft_from_a_pretrained_checkpoint_at_two_layouts(ixt_checkpoint, sft_cor
         assert sum(losses[layout][-4:]) / 4 < sum(losses[layout][:4]) / 4 - 0.2
         assert (out / "sft" / "iter_0000016").is_dir()
     assert losses["pp2-vpp"] == pytest.approx(losses["tp2"], abs=1e-4)
+
+    # The SFT model's assistant-turn losses with each feedback in the system message.
+    result = tmp_path / "conditioning.json"
+    proc = run_torchrun(2, "tools/evaluate_conditioning.py", [
+        "--load", tmp_path / "tp2" / "sft", "--tensor-model-parallel-size", 2, "--chat", "--input",
+        sft_corpus["jsonl"], "--max-docs", 24, "--output", result])
+    summary = json.loads(result.read_text())["summary"]
+    print(proc.stdout[proc.stdout.index("condition "):])
+    # Conversations whose assistant turns start beyond the 256 tokens are skipped and counted.
+    assert summary["documents"] >= 4 and summary["documents"] + summary["skipped_prefix_too_long"] == 24
+    assert all(math.isfinite(summary[c]["loss"]) for c in ("none", "own", "best", "worst"))
+    assert summary["none"]["loss"] != summary["best"]["loss"]  # the feedback is in the context
 
 
 @pytest.mark.slow
