@@ -59,15 +59,19 @@ def best_worst_by_domain(train: list[dict]) -> dict[str, dict]:
     return out
 
 
-def task_prompts(good_docs: list[dict], limit: int, words: int = 8) -> list[dict]:
-    """Prompts from good held-out prose: the first ``words`` words of each document, with the
+def task_prompts(good_docs: list[dict], limit: int, words: int = 8, stride: int = 0) -> list[dict]:
+    """Prompts from good held-out prose: the first ``words`` words of each document (with
+    ``stride``, also every ``stride`` words further in, while 30 words follow), with the
     document's domain feedback targets (so that every run can be sampled under them)."""
     prompts = []
     for doc in good_docs:
-        if doc.get("domain") != "prose" or len(prompts) >= limit:
+        if doc.get("domain") != "prose":
             continue
-        head = doc["text"].split()
-        if len(head) >= 30:
-            prompts.append({"kind": "prose", "id": doc.get("id"), "prompt": " ".join(head[:words]) + " ",
+        text = doc["text"].split()
+        for start in range(0, len(text) - 29, stride or len(text)):
+            if len(prompts) >= limit:
+                return prompts
+            prompts.append({"kind": "prose", "id": doc.get("id") if not start else f"{doc.get('id')}@{start}",
+                            "prompt": " ".join(text[start:start + words]) + " ",
                             "best_feedback": doc.get("best_feedback"), "worst_feedback": doc.get("worst_feedback")})
     return prompts

@@ -1,13 +1,17 @@
-"""Inference on a trained checkpoint in any TP/PP layout: logits and per-token losses.
+"""Inference on a trained checkpoint in any TP/PP layout: per-token losses (and logits), and
+decoding with a KV cache.
 
-Used by ``tools/evaluate_conditioning.py``, ``tools/generate.py`` and the resharding tests.
-The model shape comes from the checkpoint's own configuration; the layout (TP, PP) from the
-command line, so a checkpoint trained at TP=2 x PP=1 can be evaluated at TP=1 x PP=2:
-megatron-core's ``dist_checkpointing`` reshards the weights while loading.
+Used by every inference tool (``generate.py``, ``evaluate_conditioning.py``,
+``evaluate_benchmarks.py``) and the resharding tests. The model shape comes from the
+checkpoint's own configuration; the layout (TP, PP) from the command line, so a checkpoint
+trained at TP=2 x PP=1 can be evaluated at TP=1 x PP=2: megatron-core's ``dist_checkpointing``
+reshards the weights while loading.
 
-Every forward runs through megatron-core's pipeline schedule (forward only), so pipeline
-stages pass activations as in training; the results are broadcast from the last stage so
-that every rank (e.g. rank 0, which prints) has them.
+Scoring whole sequences (:meth:`InferenceModel.token_losses`, ``token_scores``) runs through
+megatron-core's pipeline schedule (forward only), so pipeline stages pass activations as in
+training; only the per-token results leave the last stage, broadcast so that every rank (e.g.
+rank 0, which prints) has them. Decoding (:class:`Decoder`) runs on megatron-core's static
+inference path instead: its KV cache, its inference wrapper's forward step.
 """
 
 from __future__ import annotations
@@ -143,8 +147,8 @@ class InferenceModel:
     @torch.no_grad()
     def _run(self, tokens: torch.Tensor, collect) -> torch.Tensor:
         """Forward ``tokens`` [b, s] through megatron-core's pipeline schedule (forward only);
-        ``collect(vocab-parallel logits [b, s, V/tp], tp_rank)`` makes the result on the last
-        stage, which every rank then receives."""
+        ``collect(vocab-parallel logits [b, s, V/tp])`` makes the result on the last stage,
+        which every rank then receives."""
         tokens = tokens.to(self.device)
         b, s = tokens.shape
         position_ids = torch.arange(s, device=self.device).unsqueeze(0).expand(b, -1)
@@ -282,9 +286,15 @@ class Decoder:
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` of the batch (finished sequences stop costing compute)."""
         index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
+
+        def kept(cache: torch.Tensor) -> torch.Tensor:  # in the buffer's own layout (model/attention.py)
+            order = sorted(range(4), key=lambda d: -cache.stride(d))
+            back = [order.index(d) for d in range(4)]
+            return cache.permute(order).index_select(order.index(1), index).permute(back)
+
         memory = self.context.key_value_memory_dict
         for layer, (keys, values) in memory.items():
-            memory[layer] = (keys.index_select(1, index), values.index_select(1, index))
+            memory[layer] = (kept(keys), kept(values))
         self.context.max_batch_size = len(rows)
 
 

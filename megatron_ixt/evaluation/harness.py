@@ -165,7 +165,8 @@ class IXTLM(TemplateLM):
             cut = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=self.tok_encode(string, False), prefix_token=conditioning[-1],
                 max_seq_len=self.max_length - len(conditioning) + 1, context_len=1)]
-            cut[0] = (conditioning[:-1] + cut[0][0], cut[0][1])
+            if cut:  # (an empty document has no window, and log-probability 0)
+                cut[0] = (conditioning[:-1] + cut[0][0], cut[0][1])
             windows += [(None, context, continuation) for context, continuation in cut]
             owners += [index] * len(cut)
         totals = [0.0] * len(requests)

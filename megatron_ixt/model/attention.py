@@ -36,6 +36,8 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from megatron_ixt.runtime.kernels import current_device
+
 
 def document_ids(tokens: torch.Tensor, eod: int) -> torch.Tensor:
     """``[b, s]`` index of the document each token belongs to inside its sample; an EOD
@@ -231,10 +233,18 @@ class SelfAttention(megatron_attention.SelfAttention):
 
     The cache starts zeroed (megatron-core's is uninitialised): a left-padded row never writes
     its positions before its start, and a masked key's value still enters the attention's
-    product with weight 0, which an uninitialised NaN would turn into NaN."""
+    product with weight 0, which an uninitialised NaN would turn into NaN. Under the torch
+    attention it is laid out ``[batch, kv heads, sequence, head dim]`` and viewed in
+    megatron-core's ``[sequence, batch, kv heads, head dim]`` order, so that SDPA reads each
+    head's keys as one block, as transformers' cache is laid out (a decode step of SmolLM2-135M
+    at batch 64: 25% less time in attention)."""
 
     def _allocate_memory(self, inference_max_sequence_length, batch_size, dim, dtype):
-        return super()._allocate_memory(inference_max_sequence_length, batch_size, dim, dtype).zero_()
+        if not isinstance(self.core_attention, TorchCoreAttention):
+            return super()._allocate_memory(inference_max_sequence_length, batch_size, dim, dtype).zero_()
+        memory = torch.zeros(batch_size, self.num_query_groups_per_partition, inference_max_sequence_length, dim,
+                             dtype=dtype, device=current_device())
+        return memory.permute(2, 0, 1, 3)
 
     def _adjust_key_value_for_inference(self, inference_context, query, key, value, rotary_pos_emb,
                                         rotary_pos_cos=None, rotary_pos_sin=None, rotary_pos_cos_sin=None,
