@@ -41,6 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CACHE = REPO / ".cache" / "bench-generate"
 RESULT_PREFIX = "RESULT "
+"""A figure for the GPU acceptance run (``--emit-results``, benchmarks/gpu_check.py)."""
+ROW_PREFIX = "ROW "
+"""One engine's whole result (generated ids included) for this script's comparison."""
 
 
 def prompt_ids(tokenize, count: int, low: int, high: int, seed: int = 0) -> list[list[int]]:
@@ -182,10 +185,10 @@ def engine(args, name: str, **overrides) -> dict:
             continue
         cmd += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(ROW_PREFIX)]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(ROW_PREFIX):])
 
 
 def show(row: dict) -> str:
@@ -214,7 +217,7 @@ def main() -> int:
         if args.emit_results:
             print(RESULT_PREFIX + json.dumps({"item": f"generate {row['engine']}", "status": "ok",
                                               **{k: v for k, v in row.items() if k != "ids"}}), flush=True)
-        print(RESULT_PREFIX + json.dumps(row), flush=True)
+        print(ROW_PREFIX + json.dumps(row), flush=True)
         return 0
 
     hf, ckpt = prepare()

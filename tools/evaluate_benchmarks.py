@@ -20,7 +20,7 @@ Offline tasks come with the package: ``gsm8k_offline`` and ``humaneval_offline``
 first use under ``$MEGATRON_IXT_CACHE``, default ``~/.cache/megatron_ixt``). Datasets are read
 offline (``HF_DATASETS_OFFLINE=1``): lm-eval's own task files that download their data need
 the data in the Hugging Face cache, or a task YAML of your own over local files
-(``--include_path``; README, "Evaluate on benchmarks").
+(``--include_path``; README, "Benchmarks under chosen feedback").
 """
 
 import argparse
@@ -97,17 +97,27 @@ def main() -> int:
             raise ValueError(f"--batch_size {harness.batch_size}: expected at least 1")
         if harness.limit is not None and harness.limit <= 0:
             raise ValueError(f"--limit {harness.limit:g}: expected a positive number")
-        from megatron_ixt.evaluation.harness import IXTLM
+        try:
+            from megatron_ixt.evaluation.harness import IXTLM
+        except ImportError as error:
+            raise ImportError(f"{error}: lm-evaluation-harness is this tool's engine; pip install '.[eval]'") from None
         from megatron_ixt.evaluation.tasks import task_folder
 
-        tasks_folder = task_folder()
+        from lm_eval.tasks import TaskManager
+
+        include = [str(task_folder())] + ([harness.include_path] if harness.include_path else [])
+        manager = TaskManager(include_path=include)
+        tasks = harness.tasks.split(",")
+        unknown = [t for t in tasks if not manager.match_tasks([t])]
+        if unknown:
+            raise ValueError(f"--tasks: no lm-eval task {', '.join(unknown)} (the offline ones: gsm8k_offline, "
+                             "humaneval_offline; yours: --include_path FOLDER; `lm-eval ls tasks` lists lm-eval's)")
         cfg, model, tokenizer = load_for_inference(args)
         control = Conditioner(model, tokenizer, dataclass_values(args, FeedbackConfig), args.prefix_template)
     except (ConfigError, ValueError, OSError, DataError, ImportError) as e:
         print(f"evaluate_benchmarks.py: error: {e}", file=sys.stderr)
         return 2
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     if not on_output_rank():  # the other ranks run the same requests (collectives) and stay quiet
         import logging
@@ -115,7 +125,6 @@ def main() -> int:
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = IXTLM(model, tokenizer, control, batch_size=harness.batch_size, seed=seed[2],
                show_progress=on_output_rank())
-    include = [str(tasks_folder)] + ([harness.include_path] if harness.include_path else [])
     tracker = None
     if harness.output_path:
         from lm_eval.loggers import EvaluationTracker
@@ -126,10 +135,10 @@ def main() -> int:
         limit = int(limit)
     chat = args.chat or harness.apply_chat_template
     results = lm_eval.simple_evaluate(
-        model=lm, model_args=f"pretrained={args.load}", tasks=harness.tasks.split(","),
+        model=lm, model_args=f"pretrained={args.load}", tasks=tasks,
         num_fewshot=harness.num_fewshot, batch_size=harness.batch_size, limit=limit,
         log_samples=harness.log_samples, evaluation_tracker=tracker, apply_chat_template=chat,
-        fewshot_as_multiturn=chat, gen_kwargs=harness.gen_kwargs, task_manager=TaskManager(include_path=include),
+        fewshot_as_multiturn=chat, gen_kwargs=harness.gen_kwargs, task_manager=manager,
         random_seed=seed[0], numpy_random_seed=seed[1], torch_random_seed=seed[2], fewshot_random_seed=seed[3],
         confirm_run_unsafe_code=harness.confirm_run_unsafe_code)
     if on_output_rank() and results is not None:
