@@ -83,8 +83,8 @@ class Completion:
 # -- sampling ------------------------------------------------------------------------------
 
 def prompt_seed(seed: int, index: int) -> int:
-    """The seed of prompt ``index``'s generator (splitmix64 of both, so that neighbouring
-    prompts and seeds draw unrelated streams)."""
+    """The seed of prompt ``index``'s generator: splitmix64 of both (torch's CPU generator
+    keeps 32 bits of its seed, so the two cannot simply share one integer)."""
     mask = (1 << 64) - 1
     z = (seed * 0x9E3779B97F4A7C15 + index + 1) & mask
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
