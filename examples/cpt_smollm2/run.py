@@ -38,11 +38,11 @@ def main() -> int:
     parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "cpt_smollm2")
     parser.add_argument("--train-iters", type=int, default=40, help="steps of 2 x 512 tokens per seed")
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--max-docs", type=int, default=1200, help="corpus documents (the demo: 2,400)")
+    parser.add_argument("--max-docs", type=int, default=2400, help="corpus documents (as the demo)")
     parser.add_argument("--seeds", default="1234,1235")
     parser.add_argument("--prompts", type=int, default=100_000,
                         help="task prompts at most (one sample each per condition; default: all the held-out ones)")
-    parser.add_argument("--prompt-stride", type=int, default=40,
+    parser.add_argument("--prompt-stride", type=int, default=30,
                         help="a prompt every this many words of a held-out document (0: its start only)")
     args = parser.parse_args()
     s = Settings()
@@ -81,7 +81,9 @@ def main() -> int:
                 for d in read_jsonl(data / "heldout.jsonl") if d.get("domain", "prose") in targets]
         good = [d for d in held if is_good(d)]
         write_jsonl(data / "heldout_good.jsonl", good)
-        write_jsonl(data / "prompts.jsonl", task_prompts(good, args.prompts, stride=args.prompt_stride))
+        # Every held-out prose document gives prompts, whatever its quality: the critics judge
+        # the continuation, not the prompt.
+        write_jsonl(data / "prompts.jsonl", task_prompts(held, args.prompts, stride=args.prompt_stride))
     if not (data / "ixt_text_document.idx").exists():
         timings["preprocess"] = run("preprocess", [
             python, "tools/preprocess_data.py", "--input", data / "train.jsonl", "--output-prefix", data / "ixt",

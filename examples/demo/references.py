@@ -59,12 +59,13 @@ def best_worst_by_domain(train: list[dict]) -> dict[str, dict]:
     return out
 
 
-def task_prompts(good_docs: list[dict], limit: int, words: int = 8, stride: int = 0) -> list[dict]:
-    """Prompts from good held-out prose: the first ``words`` words of each document (with
-    ``stride``, also every ``stride`` words further in, while 30 words follow), with the
-    document's domain feedback targets (so that every run can be sampled under them)."""
+def task_prompts(docs: list[dict], limit: int, words: int = 8, stride: int = 0) -> list[dict]:
+    """Prompts from held-out prose (the demo passes its good documents): the first ``words``
+    words of each document (with ``stride``, also every ``stride`` words further in, while
+    30 words follow), with the document's domain feedback targets (so that every run can be
+    sampled under them)."""
     prompts = []
-    for doc in good_docs:
+    for doc in docs:
         if doc.get("domain") != "prose":
             continue
         text = doc["text"].split()
