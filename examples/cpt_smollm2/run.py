@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="1234,1235")
     parser.add_argument("--prompts", type=int, default=100_000,
                         help="task prompts at most (one sample each per condition; default: all the held-out ones)")
-    parser.add_argument("--prompt-stride", type=int, default=0,
+    parser.add_argument("--prompt-stride", type=int, default=80,
                         help="a prompt every this many words of a held-out document (0: its start only)")
     args = parser.parse_args()
     s = Settings()
