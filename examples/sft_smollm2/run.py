@@ -18,7 +18,10 @@ Stages (logs in OUTPUT/logs/):
    feedback, the feedback model under the best (5/5), the worst seen (2/5) and no feedback,
    the plain model without feedback; measure.py judges them with the verifier (shares with
    Wilson 95% intervals);
-5. results.md / results.json.
+5. tools/evaluate_conditioning.py --chat: the feedback model's losses of right and of wrong
+   answers to the held-out questions under no feedback, the best (5/5) and the worst seen
+   (2/5) in the system message;
+6. results.md / results.json.
 """
 
 from __future__ import annotations
@@ -131,10 +134,50 @@ def main() -> int:
             rows.append((name, condition, r["accepted"], r["n"], r["share"], *r["wilson95"]))
     table = ["| model | feedback at inference | accepted | share | Wilson 95% |", "|---|---|---|---|---|"]
     table += [f"| {m} | {c} | {k}/{n} | {p:.3f} | [{lo:.3f}, {hi:.3f}] |" for m, c, k, n, p, lo, hi in rows]
+
+    # 6. The feedback model's assistant-turn losses of right and of wrong answers to the held-out
+    # questions, with the verifier's best (level 5) and worst seen (level 2) feedback.
+    losses = {}
+    for kind in ("right", "wrong"):
+        result = measured / f"conditioning_{kind}.json"
+        if not result.exists():
+            annotated = heldout_answers(data, kind, python, logs)
+            timings[f"conditioning_{kind}"] = run(f"conditioning_{kind}", [
+                python, "tools/evaluate_conditioning.py", "--load", ckpts / "ixt", "--chat", "--input", annotated,
+                "--max-docs", args.heldout, "--batch-size", 64, "--output", result], logs)
+        losses[kind] = json.loads(result.read_text())["summary"]
+    table += ["", "| held-out answers | no feedback | best (5/5) | worst seen (2/5) | worst - best |", "|---|---|---|---|---|"]
+    table += [f"| {k} ({v['best']['documents']}) | {v['none']['loss']:.4f} | {v['best']['loss']:.4f} | "
+              f"{v['worst']['loss']:.4f} | {v['gap_worst_minus_best']:+.4f} |" for k, v in losses.items()]
     (out / "results.md").write_text("\n".join(table) + "\n")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2))
+    (out / "results.json").write_text(json.dumps({"rows": rows, "losses": losses, "timings_s": timings}, indent=2))
     print("\n".join(table))
     return 0
+
+
+def heldout_answers(data: Path, kind: str, python: str, logs: Path) -> Path:
+    """The held-out questions answered rightly or wrongly (off by 1 or 10), annotated by the
+    math verifier as the training answers were; each line's best and worst feedback are the
+    verifier's verdicts on a right and on a wrong answer (the two levels training saw)."""
+    annotated = data / f"heldout_{kind}.annotated.jsonl"
+    if annotated.exists():
+        return annotated
+    rng = random.Random(1)
+    lines = []
+    for row in map(json.loads, (data / "heldout.jsonl").read_text().splitlines()):
+        expression, value = row["prompt"][len("What is "):-1], row["reference_answer"]
+        shown = value if kind == "right" else value + rng.choice([-10, -1, 1, 10])
+        lines.append({"id": row["id"], "domain": "math", "reference_answer": value, "messages": [
+            {"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": f"{expression} = {shown}.\n#### {shown}"}]})
+    raw = data / f"heldout_{kind}.jsonl"
+    raw.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run(f"annotate_heldout_{kind}", [python, "tools/annotate_feedback.py", "--input", raw, "--output", annotated,
+                                     "--critic", "math", "--no-progress"], logs)
+    verdicts = [json.loads(line)["feedback"] for line in (data / "annotated.jsonl").read_text().splitlines()]
+    best, worst = max(verdicts, key=lambda f: f["score"]), min(verdicts, key=lambda f: f["score"])
+    rows = [json.loads(line) for line in annotated.read_text().splitlines()]
+    annotated.write_text("".join(json.dumps({**r, "best_feedback": best, "worst_feedback": worst}) + "\n" for r in rows))
+    return annotated
 
 
 if __name__ == "__main__":

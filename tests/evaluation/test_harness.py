@@ -60,12 +60,12 @@ def read_output(folder) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_loglikelihoods_under_feedback_equal_token_losses(ixt_checkpoint, ixt_corpus, tmp_path):
+def test_loglikelihoods_under_feedback_equal_token_losses(ixt_checkpoint, ixt_corpus, offline_tasks, tmp_path):
     from megatron_ixt.evaluation.control import control_prefix
     from megatron_ixt.tokenizers.build import build_tokenizer
 
     tasks, out = local_tasks(tmp_path / "tasks"), tmp_path / "out"
-    env = {"MEGATRON_IXT_CACHE": str(tmp_path / "cache")}
+    env = {"MEGATRON_IXT_CACHE": str(offline_tasks.parents[1])}  # the session's offline tasks
     proc = run_torchrun(2, "tools/evaluate_benchmarks.py", [
         "--load", ixt_checkpoint.path, "--tensor-model-parallel-size", 2, "--prefix-template", "quality",
         "--feedback-level", 2, "--tasks", "local_choice,local_until", "--include_path", tasks, "--batch_size", 3,
@@ -100,7 +100,7 @@ def test_loglikelihoods_under_feedback_equal_token_losses(ixt_checkpoint, ixt_co
 
 
 @pytest.mark.slow
-def test_metrics_and_generations_equal_lm_evals_hf_backend(smollm2_checkpoint, tmp_path):
+def test_metrics_and_generations_equal_lm_evals_hf_backend(smollm2_checkpoint, offline_tasks, tmp_path):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -111,7 +111,7 @@ def test_metrics_and_generations_equal_lm_evals_hf_backend(smollm2_checkpoint, t
     tasks, out = local_tasks(tmp_path / "tasks"), tmp_path / "out"
     run_python("tools/evaluate_benchmarks.py", [
         "--load", smollm2_checkpoint, "--tasks", "local_choice,local_until", "--include_path", tasks,
-        "--batch_size", 8, "--log_samples", "--output_path", out], env={"MEGATRON_IXT_CACHE": str(tmp_path / "cache")})
+        "--batch_size", 8, "--log_samples", "--output_path", out], env={"MEGATRON_IXT_CACHE": str(offline_tasks.parents[1])})
     ours, our_samples = read_output(out)
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
