@@ -45,9 +45,9 @@ def measure(backend: str, documents: bool, b: int, heads: int, groups: int, dim:
 
     from megatron_ixt.model.attention import TorchCoreAttention, document_ids
     from megatron_ixt.runtime import cpu_compat
-    from megatron_ixt.runtime.distributed import _free_port, seed_everything
+    from megatron_ixt.runtime.distributed import seed_everything
 
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+    torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1,
                                          timeout=datetime.timedelta(minutes=5))
     cpu_compat.activate()
     parallel_state.initialize_model_parallel(1, 1)

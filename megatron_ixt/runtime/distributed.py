@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import re
-import socket
 from typing import Any, Optional
 
 import numpy as np
@@ -29,12 +28,6 @@ def first_slurm_host(nodelist: str) -> str:
     if not ranges:
         return prefix
     return prefix + ranges.split(",")[0].split("-")[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_launch_env(environ: Optional[dict] = None) -> dict:
@@ -58,7 +51,7 @@ def resolve_launch_env(environ: Optional[dict] = None) -> dict:
         env.setdefault("WORLD_SIZE", "1")
         env.setdefault("LOCAL_RANK", "0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        # No MASTER_PORT: initialize_distributed binds the store to a port the kernel picks.
     env.setdefault("LOCAL_RANK", "0")
     return {"source": source, "rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
             "local_rank": int(env["LOCAL_RANK"])}
@@ -218,11 +211,20 @@ def initialize_distributed(cfg, plan: KernelPlan) -> ParallelLayout:
 
         cpu_compat.activate()
     if not torch.distributed.is_initialized():
+        timeout = datetime.timedelta(minutes=cfg.parallel.distributed_timeout_minutes)
+        store = None
+        if launch["world_size"] == 1 and "MASTER_PORT" not in os.environ:
+            # One process that no launcher gave a port binds its store to port 0 and learns
+            # the port afterwards: a port found free and bound later can be taken in between
+            # (runs started side by side, whose gloo connections take ephemeral ports, collided so).
+            store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], 0, 1, is_master=True, timeout=timeout)
+            os.environ["MASTER_PORT"] = str(store.port)
         torch.distributed.init_process_group(
             backend=backend,
             world_size=launch["world_size"],
             rank=launch["rank"],
-            timeout=datetime.timedelta(minutes=cfg.parallel.distributed_timeout_minutes),
+            timeout=timeout,
+            store=store,
         )
     p = cfg.parallel
     vpp = virtual_pipeline_size(cfg)

@@ -33,11 +33,10 @@ def megatron_tp1():
     from megatron.core import parallel_state
 
     from megatron_ixt.runtime import cpu_compat
-    from megatron_ixt.runtime.distributed import _free_port
 
     created = not torch.distributed.is_initialized()
     if created:
-        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+        torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0,
                                              world_size=1, timeout=datetime.timedelta(minutes=2))
     cpu_compat.activate()
     parallel_state.initialize_model_parallel(1, 1)
