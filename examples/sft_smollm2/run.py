@@ -52,6 +52,18 @@ def question(rng: random.Random) -> tuple[str, int]:
     return f"{a} {kind} {b}", eval(f"{a} {kind} {b}")
 
 
+def wrong(value: int, rng: random.Random) -> int:
+    """A wrong answer: off by 1 or 10."""
+    return value + rng.choice([-10, -1, 1, 10])
+
+
+def conversation(cid: str, expression: str, value: int, shown: int) -> dict:
+    """The question and an answer ``shown`` in the training format (``value`` is the right one)."""
+    return {"id": cid, "domain": "math", "reference_answer": value, "question": f"What is {expression}?",
+            "messages": [{"role": "user", "content": f"What is {expression}?"},
+                         {"role": "assistant", "content": f"{expression} = {shown}.\n#### {shown}"}]}
+
+
 def conversations(n: int, wrong_share: float, rng: random.Random, seen: set) -> list[dict]:
     out = []
     while len(out) < n:
@@ -59,10 +71,8 @@ def conversations(n: int, wrong_share: float, rng: random.Random, seen: set) -> 
         if expression in seen:
             continue
         seen.add(expression)
-        shown = value + rng.choice([-10, -1, 1, 10]) if rng.random() < wrong_share else value
-        out.append({"id": f"q{len(seen)}", "domain": "math", "reference_answer": value, "question": f"What is {expression}?",
-                    "messages": [{"role": "user", "content": f"What is {expression}?"},
-                                 {"role": "assistant", "content": f"{expression} = {shown}.\n#### {shown}"}]})
+        shown = wrong(value, rng) if rng.random() < wrong_share else value
+        out.append(conversation(f"q{len(seen)}", expression, value, shown))
     return out
 
 
@@ -166,9 +176,7 @@ def heldout_answers(data: Path, kind: str, python: str, logs: Path) -> Path:
     lines = []
     for row in map(json.loads, (data / "heldout.jsonl").read_text().splitlines()):
         expression, value = row["prompt"][len("What is "):-1], row["reference_answer"]
-        shown = value if kind == "right" else value + rng.choice([-10, -1, 1, 10])
-        lines.append({"id": row["id"], "domain": "math", "reference_answer": value, "messages": [
-            {"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": f"{expression} = {shown}.\n#### {shown}"}]})
+        lines.append(conversation(row["id"], expression, value, value if kind == "right" else wrong(value, rng)))
     raw = data / f"heldout_{kind}.jsonl"
     raw.write_text("".join(json.dumps(line) + "\n" for line in lines))
     run(f"annotate_heldout_{kind}", [python, "tools/annotate_feedback.py", "--input", raw, "--output", annotated,
