@@ -28,12 +28,19 @@ def main(argv=None) -> int:
         cfg, ns = parse_config(argv)
         world_size = resolve_launch_env()["world_size"]
         plan = validate_for_this_machine(cfg, world_size)
+        source = "set by --document-start or --config"
         if cfg.model.document_start is None:
             # A model keeps its document start through continued training (an imported model's
             # BOS or nothing, see --document-start); one trained from scratch here follows EODs.
             from megatron_ixt.checkpoint.load import recorded_document_start
 
-            cfg.model.document_start = recorded_document_start(cfg.checkpoint.load) or "eod"
+            recorded = recorded_document_start(cfg.checkpoint.load)
+            cfg.model.document_start = recorded or "eod"
+            source = "recorded in the --load checkpoint" if recorded else "a model trained from scratch"
+        if not cfg.data.sft:
+            from megatron_ixt.data.datasets import check_document_start
+
+            check_document_start(cfg, source)  # the data must start documents as the model does
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code

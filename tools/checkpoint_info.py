@@ -81,6 +81,11 @@ def main(argv=None) -> int:
     print(f"saved with layout: TP {layout['tensor_model_parallel_size']} x PP {layout['pipeline_model_parallel_size']} "
           f"x DP {layout['data_parallel_size']} (loads into any layout)")
     print(f"padded vocabulary: {common.get('padded_vocab_size')}")
+    from megatron_ixt.data.datasets import DOCUMENT_START_DATA, DOCUMENT_START_TEXT
+
+    start = (common.get("config") or {}).get("model", {}).get("document_start") or "eod"
+    print(f"document start: {start} (documents start with {DOCUMENT_START_TEXT[start]}; pretraining data is "
+          f"preprocessed with {DOCUMENT_START_DATA[start][1]})")
     sched = common.get("opt_param_scheduler", {})
     print(f"scheduler: {sched.get('num_steps')} samples stepped, max lr {sched.get('max_lr')}, "
           f"decay {sched.get('lr_decay_style')}")

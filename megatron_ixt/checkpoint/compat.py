@@ -35,6 +35,7 @@ def _resolved_shape(m: dict) -> dict:
         "position_embedding_type": m.get("position_embedding_type", "learned_absolute"),
         "untie_embeddings_and_output_weights": bool(m.get("untie_embeddings_and_output_weights")),
         "disable_bias_linear": bool(m.get("disable_bias_linear")),
+        "add_qkv_bias": bool(m.get("add_qkv_bias")), "qk_layernorm": bool(m.get("qk_layernorm")),
         "rotary_base": m.get("rotary_base", 10000), "rotary_percent": m.get("rotary_percent", 1.0),
     }
 

@@ -32,7 +32,7 @@ logger = logging.getLogger("megatron_ixt")
 # Model fields that change parameter shapes or semantics: a mismatch makes a checkpoint unloadable.
 MODEL_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                       "kv_channels", "swiglu", "normalization", "position_embedding_type",
-                      "untie_embeddings_and_output_weights", "disable_bias_linear",
+                      "untie_embeddings_and_output_weights", "disable_bias_linear", "add_qkv_bias", "qk_layernorm",
                       # Transformer Engine and local layers name their weights differently
                       # (a fused layer norm inside linear_qkv against input_layernorm).
                       "transformer_impl")

@@ -58,10 +58,19 @@ class ModelConfig:
     position_embedding_type: str = arg("learned_absolute", "Position embedding.", choices=("rope", "learned_absolute"))
     rotary_base: int = arg(10000, "RoPE base.")
     rotary_percent: float = arg(1.0, "Fraction of each head's channels that RoPE rotates.")
+    use_rope_scaling: bool = arg(False, "Llama 3.x RoPE frequency scaling (megatron-core's, with low/high frequency "
+                                        "factors 1 and 4 and an original context of 8192).")
+    rope_scaling_factor: float = arg(8.0, "Factor of --use-rope-scaling (Llama 3.1: 8, Llama 3.2: 32).")
+    window_size: Optional[str] = arg(
+        None, "Sliding-window attention as Megatron-LM writes it, 'LEFT,RIGHT' (Mistral-7B-v0.1: 4095,0). This "
+        "project's attention has no window: a model with one is accepted while --seq-length <= LEFT + 1, where "
+        "the window never excludes a key and full causal attention is exactly the windowed one.")
     normalization: str = arg("LayerNorm", "Normalization layer.", choices=("RMSNorm", "LayerNorm"))
     norm_epsilon: float = arg(1e-5, "Epsilon of the normalization layers.")
     swiglu: bool = arg(False, "SwiGLU MLP (gated SiLU) instead of GeLU.")
     disable_bias_linear: bool = arg(False, "No biases in linear layers.")
+    add_qkv_bias: bool = arg(False, "Biases in the query/key/value projection, even with --disable-bias-linear (Qwen2).")
+    qk_layernorm: bool = arg(False, "Normalize each head's queries and keys (--normalization) before RoPE (Qwen3).")
     untie_embeddings_and_output_weights: bool = arg(False, "Separate input embedding and output layer weights.")
     init_method_std: float = arg(0.02, "Standard deviation of the weight initialisation.")
     document_start: Optional[str] = arg(

@@ -48,6 +48,26 @@ def check_layout(cfg: Config) -> None:
         raise ConfigError(f"--ffn-hidden-size ({ffn}) is not divisible by --tensor-model-parallel-size ({tp})")
     if m.hidden_size % m.num_attention_heads and m.kv_channels is None:
         raise ConfigError(f"--hidden-size ({m.hidden_size}) is not divisible by --num-attention-heads ({m.num_attention_heads}); set --kv-channels")
+    left = window_left(m.window_size)
+    if left is not None and m.seq_length > left + 1:
+        raise ConfigError(f"--seq-length {m.seq_length} is past the model's sliding window (--window-size {m.window_size}: "
+                          f"{left + 1} tokens): this project's attention has no window, so it is exact only for "
+                          f"sequences of at most {left + 1} tokens; use --seq-length {left + 1} or less")
+
+
+def window_left(window_size) -> "int | None":
+    """The left extent of Megatron-LM's ``--window-size LEFT,RIGHT`` (a query attends to the
+    LEFT keys before it and itself); None for no window. Only causal windows (RIGHT 0)."""
+    if window_size in (None, ""):
+        return None
+    parts = [p.strip() for p in str(window_size).strip("()[] ").split(",")]
+    try:
+        left, right = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (None, None)
+    except ValueError:
+        left = right = None
+    if left is None or left < 0 or right != 0:
+        raise ConfigError(f"--window-size {window_size!r}: expected LEFT,0 (a causal window of LEFT + 1 tokens)")
+    return left
 
 
 def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:

@@ -1,8 +1,10 @@
 """Checkpoints to and from Hugging Face (`tools/convert_checkpoint.py`).
 
-* `llama` - the mapping between megatron-core's GPT (this project's model) and a
-  Hugging Face Llama: configuration, weight names and layouts, and the settings that have no
-  exact Llama equivalent (refused, by name).
+* `families` - Hugging Face configurations (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) to and from
+  this project's model settings, and what has no exact equivalent (refused, by name).
+* `llama` - the weights: names and layouts between megatron-core's GPT and the Llama layout
+  the four families share, one tensor at a time.
+* `safetensors_io` - reading and writing safetensors a tensor at a time (sharded, indexed).
 * `hf_tokenizer` - the tokenizer files of an exported model (`tokenizer.json` with the
   feedback delimiters as special tokens, `tokenizer_config.json`).
 * `export` / `import_hf` - the two directions, run by `tools/convert_checkpoint.py`.

@@ -34,6 +34,8 @@ class ExportConfig:
     load: Optional[str] = arg(None, "checkpoint folder (as given to --save when training)")
     output: Optional[str] = arg(None, "Hugging Face folder to write (replaced if it exists)")
     dtype: str = arg("float32", "dtype of the exported weights", choices=("float32", "bfloat16", "float16"))
+    max_shard_size: str = arg("5GB", "largest safetensors file written (as transformers' save_pretrained: "
+                                     "5GB, 500MB); more weights than that are sharded, with an index")
 
 
 @dataclass
@@ -45,11 +47,23 @@ class ImportConfig:
     save: Optional[str] = arg(None, "checkpoint folder to create (must not exist or be empty)")
 
 
+def parse_size(text: str) -> int:
+    """``5GB``, ``500MB``, ``2GiB`` or a number of bytes."""
+    units = {"gib": 1024 ** 3, "mib": 1024 ** 2, "kib": 1024, "gb": 10 ** 9, "mb": 10 ** 6, "kb": 10 ** 3, "b": 1}
+    lowered = text.strip().lower()
+    for unit, factor in units.items():
+        if lowered.endswith(unit) and lowered[:-len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(lowered[:-len(unit)]) * factor)
+    if lowered.isdigit():
+        return int(lowered)
+    raise argparse.ArgumentTypeError(f"--max-shard-size {text!r}: expected a size such as 5GB or 500MB")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/convert_checkpoint.py", usage=USAGE,
         description="Convert checkpoints between this project (megatron-core torch_dist, any TP/PP layout) "
-                    "and Hugging Face Llama folders (config.json + safetensors + tokenizer).")
+                    "and Hugging Face folders of Llama, Mistral, Qwen2 and Qwen3 models (config.json + safetensors + tokenizer).")
     add_dataclass_arguments(parser.add_mutually_exclusive_group(required=True), DirectionConfig)
     export = parser.add_argument_group("export (--to hf)")
     add_dataclass_arguments(export, ExportConfig)
@@ -83,7 +97,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             from megatron_ixt.conversion.export import export_to_hf
 
             summary = export_to_hf(args.load, args.output, args.dtype,
-                                   {name: getattr(args, name) for name in TOKENIZER_FILE_FIELDS})
+                                   {name: getattr(args, name) for name in TOKENIZER_FILE_FIELDS},
+                                   parse_size(args.max_shard_size))
         else:
             from megatron_ixt.conversion.import_hf import import_from_hf
 

@@ -1,12 +1,20 @@
-"""Export a checkpoint (any TP/PP layout) to a Hugging Face Llama folder.
+"""Export a checkpoint (any TP/PP layout) to a Hugging Face folder of its family (`families.py`).
 
 The checkpoint is loaded on one process at TP=1, PP=1 through the same path as
 inference (`evaluation/engine.py`): megatron-core's dist_checkpointing reshards it, so the
 layout it was saved at does not matter, nor its vocabulary padding, which is cut on export:
 `vocab_size` in `config.json` is the tokenizer's, delimiters included.
 
-Writes `config.json`, `model.safetensors`, `generation_config.json` and the tokenizer files
-(`hf_tokenizer.py`), each under a temporary name, renamed when all are complete.
+Writes `config.json`, the weights (`model.safetensors`, or shards of at most `--max-shard-size`
+with `model.safetensors.index.json`), `generation_config.json` and the tokenizer files
+(`hf_tokenizer.py`) into a temporary folder, renamed when all are complete. The weights stream
+(`safetensors_io.py`): each Hugging Face tensor is cut from the loaded model and converted to
+the chosen dtype when it is written, so the peak memory is the loaded model and one tensor
+(and, while megatron-core loads the checkpoint, its copies of each MLP's gate and up halves).
+
+The model's BOS convention goes with it: `bos_token_id` is the tokenizer's BOS where it has
+one, and a model whose documents start with it (`--document-start bos`) gets a tokenizer that
+adds it, as the tokenizer it was imported with did.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ import tempfile
 import torch
 
 from megatron_ixt.conversion import ConversionError
-from megatron_ixt.conversion.hf_tokenizer import export_tokenizer
-from megatron_ixt.conversion.llama import check_exportable, hf_config, to_hf
+from megatron_ixt.conversion.families import check_exportable, family_of, hf_config
+from megatron_ixt.conversion.hf_tokenizer import bos_of, export_tokenizer
+from megatron_ixt.conversion.llama import export_plan
+from megatron_ixt.conversion.safetensors_io import write_sharded
+from megatron_ixt.model.gpt import padded_vocab_size
 
 logger = logging.getLogger(__name__)
 
@@ -54,43 +65,49 @@ def load_full_model(load: str, tokenizer_overrides: dict):
     return cfg, state, tokenizer, model
 
 
-def export_to_hf(load: str, output: str, dtype: str = "float32", tokenizer_overrides: dict | None = None) -> dict:
+def export_to_hf(load: str, output: str, dtype: str = "float32", tokenizer_overrides: dict | None = None,
+                 max_shard_bytes: int = 5 * 1024 ** 3) -> dict:
     """Convert the checkpoint in `load` to a Hugging Face folder `output`; returns a summary."""
-    from safetensors.torch import save_file
-
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     cfg, state, tokenizer, model = load_full_model(load, tokenizer_overrides or {})
     m = cfg.model
     vocab = tokenizer.vocab_size
-    weights = {k: v.to(DTYPES[dtype]) for k, v in to_hf(state, m, vocab).items()}
     max_positions = m.max_position_embeddings or m.seq_length
-    config = hf_config(m, vocab, tokenizer.eod, dtype, max_positions)
+    folder = os.path.dirname(tokenizer._files["tokenizer_model"]) if hasattr(tokenizer, "_files") else None
+    family = family_of(m, folder)
+    bos = bos_of(tokenizer)
+    config = hf_config(m, family, vocab, tokenizer.eod if bos is None else bos, tokenizer.eod, dtype, max_positions)
     generation = {
-        "bos_token_id": tokenizer.eod,
+        "bos_token_id": config["bos_token_id"],
         "eos_token_id": tokenizer.eod,
         "pad_token_id": tokenizer.eod,
         # The model may neither open nor close a feedback prefix of its own (as tools/generate.py).
         "suppress_tokens": [tokenizer.feedback_open_id, tokenizer.feedback_close_id],
         "max_length": max_positions,
     }
+    items = []
+    for name, source, extract in export_plan(m, vocab):
+        shape = list(extract(state[source]).shape)  # a view, or one tensor's copy, dropped at once
+        items.append((name, shape, DTYPES[dtype], lambda extract=extract, source=source: extract(state[source])))
     parent = os.path.dirname(os.path.abspath(output)) or "."
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=parent)
     try:
-        save_file(weights, os.path.join(work, "model.safetensors"), metadata={"format": "pt"})
+        weight_files = write_sharded(work, items, max_shard_bytes)
         with open(os.path.join(work, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         with open(os.path.join(work, "generation_config.json"), "w") as f:
             json.dump(generation, f, indent=2)
-        tokenizer_info = export_tokenizer(tokenizer, work, max_positions)
+        tokenizer_info = export_tokenizer(tokenizer, work, max_positions, add_bos=m.document_start == "bos")
         if os.path.isdir(output):
             shutil.rmtree(output)
         os.replace(work, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    summary = {"output": output, "iteration": model.iteration, "vocab_size": vocab,
-               "padded_vocab_size": model.chunks[0].vocab_size, "parameters": sum(v.numel() for v in weights.values()),
-               "dtype": dtype, **tokenizer_info}
+    summary = {"output": output, "iteration": model.iteration, "model_type": family, "vocab_size": vocab,
+               "padded_vocab_size": padded_vocab_size(vocab, cfg),
+               "parameters": sum(torch.Size(shape).numel() for _, shape, _, _ in items), "dtype": dtype,
+               "weight_files": weight_files, "document_start": m.document_start, **tokenizer_info}
     logger.info("exported %s (iteration %d) to %s: %s", load, model.iteration, output, summary)
     return summary

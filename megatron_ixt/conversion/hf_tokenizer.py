@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Optional
 
 from megatron_ixt.conversion import ConversionError
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
@@ -86,18 +87,59 @@ def _token_text(tokenizer, token_id: int) -> str:
         tokenizer.feedback_open_id, tokenizer.feedback_close_id) else tokenizer.detokenize([token_id])
 
 
-def export_tokenizer(tokenizer, out_dir: str, model_max_length: int) -> dict:
+def bos_of(tokenizer) -> Optional[int]:
+    """The tokenizer's BOS id (added before a text or not), None when it has none."""
+    if isinstance(tokenizer, HuggingFaceTokenizer):
+        if tokenizer.added_bos is not None:
+            return tokenizer.added_bos
+        config = os.path.join(os.path.dirname(tokenizer._files["tokenizer_model"]), "tokenizer_config.json")
+        settings = json.load(open(config)) if os.path.isfile(config) else {}
+        bos = settings.get("bos_token")
+        bos = bos.get("content") if isinstance(bos, dict) else bos
+        return tokenizer.vocab.get(bos) if isinstance(bos, str) else None
+    try:
+        bos = tokenizer.bos
+    except (NotImplementedError, AttributeError):
+        return None
+    return bos if isinstance(bos, int) and bos >= 0 else None
+
+
+def _adding_bos(library, bos: int, bos_text: str):
+    """``library`` with a post-processor that puts the BOS before a text (and before each of
+    a pair), as Llama tokenizers do; unchanged if its own already does."""
+    from tokenizers import processors
+
+    if library.encode("a", add_special_tokens=True).ids[:1] == [bos]:
+        return library
+    template = processors.TemplateProcessing(single=f"{bos_text} $A", pair=f"{bos_text} $A {bos_text} $B:1",
+                                             special_tokens=[(bos_text, bos)])
+    existing = library.post_processor
+    library.post_processor = template if existing is None else processors.Sequence([existing, template])
+    return library
+
+
+def export_tokenizer(tokenizer, out_dir: str, model_max_length: int, add_bos: bool = False) -> dict:
     """Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`;
-    return a summary (ids, agreement on the sample texts)."""
+    return a summary (ids, agreement on the sample texts). ``add_bos``: the model's documents
+    start with the BOS (``--document-start bos``), so its tokenizer adds it before a text."""
     from tokenizers import AddedToken
 
     library = _library_tokenizer(tokenizer)
     open_id, close_id = tokenizer.feedback_open_id, tokenizer.feedback_close_id
     eod_text = _token_text(tokenizer, tokenizer.eod)
+    bos = bos_of(tokenizer)
+    if add_bos and bos is None:
+        raise ConversionError(f"the model's documents start with a BOS (--document-start bos), but the "
+                              f"{tokenizer.tokenizer_type} has none")
+    bos_text = eod_text if bos is None else _token_text(tokenizer, bos)
     # Existing pieces (built-in delimiters, the eod) keep their ids; missing delimiters are
     # appended, which puts them at the next free ids: the ones training used.
     library.add_special_tokens([AddedToken(eod_text, special=True, normalized=False)])
     library.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (FEEDBACK_OPEN, FEEDBACK_CLOSE)])
+    if bos is not None:
+        library.add_special_tokens([AddedToken(bos_text, special=True, normalized=False)])
+    if add_bos:
+        library = _adding_bos(library, bos, bos_text)
     got = (library.token_to_id(FEEDBACK_OPEN), library.token_to_id(FEEDBACK_CLOSE), library.token_to_id(eod_text))
     if got != (open_id, close_id, tokenizer.eod):
         raise ConversionError(f"the exported tokenizer gives <|feedback|>, <|/feedback|>, eod the ids {got}, "
@@ -108,7 +150,7 @@ def export_tokenizer(tokenizer, out_dir: str, model_max_length: int) -> dict:
                        len(SAMPLE_TEXTS) - agree, len(SAMPLE_TEXTS), tokenizer.tokenizer_type)
     os.makedirs(out_dir, exist_ok=True)
     library.save(os.path.join(out_dir, "tokenizer.json"))
-    specials = {"eos_token": eod_text, "bos_token": eod_text, "pad_token": eod_text,
+    specials = {"eos_token": eod_text, "bos_token": bos_text, "pad_token": eod_text,
                 "additional_special_tokens": [FEEDBACK_OPEN, FEEDBACK_CLOSE]}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -116,7 +158,9 @@ def export_tokenizer(tokenizer, out_dir: str, model_max_length: int) -> dict:
         "extra_special_tokens": [FEEDBACK_OPEN, FEEDBACK_CLOSE],
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
-        "add_bos_token": False,
+        # The tokenizer.json's post-processor adds the BOS where the model's documents start
+        # with it; this flag says the same to the transformers releases that read it.
+        "add_bos_token": add_bos,
         "add_eos_token": False,
         # The template SFT rendered conversations with (tokenizers/chat.py): the tokenizer's own,
         # else the default, so that apply_chat_template gives the ids the model was trained on.
@@ -126,5 +170,5 @@ def export_tokenizer(tokenizer, out_dir: str, model_max_length: int) -> dict:
         json.dump(config, f, indent=2)
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
         json.dump(specials, f, indent=2)
-    return {"feedback_open_id": open_id, "feedback_close_id": close_id, "eod": tokenizer.eod,
+    return {"feedback_open_id": open_id, "feedback_close_id": close_id, "eod": tokenizer.eod, "bos": bos,
             "sample_texts_identical": f"{agree}/{len(SAMPLE_TEXTS)}"}

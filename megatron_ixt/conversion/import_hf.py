@@ -1,4 +1,5 @@
-"""Import a Llama-style Hugging Face checkpoint as a megatron-core distributed checkpoint.
+"""Import a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3: `families.py`) as a
+megatron-core distributed checkpoint.
 
 Input: a folder with `config.json`, `model.safetensors` (or shards with
 `model.safetensors.index.json`) and `tokenizer.json` (or a SentencePiece `tokenizer.model`).
@@ -20,6 +21,13 @@ The checkpoint records the model's document start (`--document-start`): `bos` wh
 tokenizer puts a BOS before a text, else `none`; generation and evaluation follow it, so
 greedy output equals transformers' for the same prompt.
 
+The weights stream (`safetensors_io.py`): the model is built once, uninitialised, in the dtype
+it is saved in, and each parameter is filled from the few source tensors it needs, read when
+needed. The peak memory is one copy of the weights written plus what megatron-core's
+checkpoint writer copies: it saves each MLP's gate and up halves as two tensors (so that any
+TP size can load them) and clones those views first, about a third of a Llama's weights
+(`benchmarks/convert.py`: 1.38x the weights in all, against 3.1x before streaming).
+
 The weights are written from one process at TP=1 with the padding of the chosen TP size;
 the checkpoint records the chosen layout, and megatron-core reshards it when a run at
 that (or any other) layout loads it. A layout the model's shapes cannot take is refused
@@ -39,28 +47,11 @@ import torch
 import yaml
 
 from megatron_ixt.conversion import ConversionError
-from megatron_ixt.conversion.llama import from_hf, model_settings_from_hf
+from megatron_ixt.conversion.families import SOURCE_CONFIG, model_settings_from_hf
+from megatron_ixt.conversion.llama import import_plan
+from megatron_ixt.conversion.safetensors_io import HFWeights
 
 logger = logging.getLogger(__name__)
-
-
-def read_hf_weights(folder: str) -> dict:
-    """All tensors of a Hugging Face checkpoint folder (single file or sharded), as float32."""
-    from safetensors.torch import load_file
-
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise ConversionError(f"{folder}: no model.safetensors or model.safetensors.index.json "
-                              "(PyTorch .bin checkpoints: load and save_pretrained them with safetensors first)")
-    weights = {}
-    for name in files:
-        weights.update(load_file(os.path.join(folder, name)))
-    return {k: v.float() for k, v in weights.items()}
 
 
 def copy_tokenizer(folder: str, destination: str) -> tuple[str, str]:
@@ -101,7 +92,9 @@ def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, 
     cfg = Config()
     for name, value in settings.items():
         setattr(cfg.model, name, value)
-    cfg.model.seq_length = seq_length or min(settings["max_position_embeddings"] or 4096, 4096)
+    window = settings.get("window_size")
+    cfg.model.seq_length = seq_length or min(settings["max_position_embeddings"] or 4096, 4096,
+                                             int(window.split(",")[0]) + 1 if window else 4096)
     cfg.tokenizer.make_vocab_size_divisible_by = divisible_by
     cfg.model.bf16 = bf16
     cfg.parallel.tensor_model_parallel_size = tensor_parallel
@@ -123,7 +116,7 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
         raise ConversionError(f"{input_dir}: no config.json")
     with open(config_path) as f:
         hf_config = json.load(f)
-    settings = model_settings_from_hf(hf_config, config_path)
+    settings = model_settings_from_hf(hf_config, config_path, seq_length)
     cfg = import_config(settings, tensor_parallel, pipeline_parallel, seq_length, divisible_by, bf16)
     if os.path.exists(save) and os.listdir(save):
         raise ConversionError(f"--save {save}: exists and is not empty")
@@ -140,14 +133,18 @@ def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dic
     from megatron.core import dist_checkpointing
 
     from megatron_ixt.checkpoint import files
+    from megatron_ixt.checkpoint.save import unwrap
     from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
     from megatron_ixt.runtime.distributed import initialize_distributed
     from megatron_ixt.runtime.kernels import kernel_plan
+    from megatron_ixt.runtime.progress import Progress
     from megatron_ixt.tokenizers.build import build_tokenizer
 
-    hf = read_hf_weights(input_dir)
+    hf = HFWeights(input_dir)
     os.makedirs(save, exist_ok=True)
     tokenizer_type, tokenizer_path = copy_tokenizer(input_dir, os.path.join(os.path.abspath(save), "tokenizer"))
+    with open(os.path.join(os.path.dirname(tokenizer_path), SOURCE_CONFIG), "w") as f:
+        json.dump(hf_config, f, indent=2)  # its model_type is what export writes back (families.py)
     tokenizer = build_tokenizer(tokenizer_type, tokenizer_path)
     cfg.tokenizer.tokenizer_type = tokenizer_type
     cfg.tokenizer.tokenizer_model = tokenizer_path
@@ -155,27 +152,40 @@ def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dic
     tensor_parallel = cfg.parallel.tensor_model_parallel_size
     padded = padded_vocab_size(tokenizer.vocab_size, cfg)
 
+    rows = hf.shape("model.embed_tokens.weight")[0] if "model.embed_tokens.weight" in hf else 0
+    if tokenizer.base_vocab_size > rows:
+        raise ConversionError(f"{input_dir}: the tokenizer has {tokenizer.base_vocab_size} tokens, the embedding "
+                              f"only {rows} rows")
     build = copy.deepcopy(cfg)  # this process: TP=1, PP=1, the chosen layout's padding
     build.parallel.tensor_model_parallel_size = build.parallel.pipeline_model_parallel_size = 1
     build.tokenizer.make_vocab_size_divisible_by = cfg.tokenizer.make_vocab_size_divisible_by * tensor_parallel
     plan = kernel_plan(build)  # computed once, for the process groups and the model alike
     layout = initialize_distributed(build, plan)
-    model = build_model_chunks(build, layout, plan, tokenizer.vocab_size)[0]
-    assert model.vocab_size == padded, (model.vocab_size, padded)
+    model = build_model_chunks(build, layout, plan, tokenizer.vocab_size, initialize=False)[0]
+    assert unwrap(model).vocab_size == padded, (unwrap(model).vocab_size, padded)  # (BF16: inside Float16Module)
 
-    rows = hf["model.embed_tokens.weight"].shape[0]
     appended = [i for i in (tokenizer.feedback_open_id, tokenizer.feedback_close_id)
                 if tokenizer.delimiter_source == "appended"]
-    if tokenizer.base_vocab_size > rows:
-        raise ConversionError(f"{input_dir}: the tokenizer has {tokenizer.base_vocab_size} tokens, the embedding "
-                              f"only {rows} rows")
-    state = from_hf(hf, cfg.model, tokenizer.vocab_size, padded, new_rows=[i for i in appended if i < rows])
-    expected = {k for k in model.state_dict() if not k.endswith("_extra_state")}
-    if set(state) != expected:
-        raise ConversionError(f"weight names differ: missing {sorted(expected - set(state))}, "
-                              f"unexpected {sorted(set(state) - expected)}")
-    dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    fills = import_plan(cfg.model, tokenizer.vocab_size, new_rows=[i for i in appended if i < rows])
+    params = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
+    if set(fills) != set(params):
+        raise ConversionError(f"weight names differ: missing {sorted(set(params) - set(fills))}, "
+                              f"unexpected {sorted(set(fills) - set(params))}")
+    used = set()
+
+    def get(name):
+        used.add(name)
+        return hf.get(name)
+
+    progress = Progress("Converted", total=len(fills), every_s=10.0, show_bytes=True, unit="tensors")
+    with torch.no_grad():  # each parameter in place, from tensors read one at a time
+        for name, fill in fills.items():
+            fill(params[name].data, get)
+            progress.update(nbytes=params[name].numel() * params[name].element_size())
+    progress.close()
+    ignored = sorted(set(hf.keys()) - used)
+    if ignored:
+        logger.warning("%s: %d tensors not used by the model: %s", input_dir, len(ignored), ", ".join(ignored[:8]))
 
     partial = files.partial_folder(save, 0)
     os.makedirs(partial)
@@ -208,6 +218,6 @@ def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dic
                "delimiters": tokenizer.delimiter_source,
                "feedback_ids": [tokenizer.feedback_open_id, tokenizer.feedback_close_id],
                "document_start": cfg.model.document_start,
-               "parameters": sum(v.numel() for v in state.values())}
+               "parameters": sum(v.numel() for v in params.values())}
     logger.info("imported %s into %s: %s", input_dir, save, summary)
     return summary

@@ -80,6 +80,65 @@ def dataset_record(cfg: Config) -> Optional[dict]:
     return records[0] if records[0]["template"] else None
 
 
+# What a model's documents must look like in its data, by its --document-start, as the
+# .meta.json of a preprocessed dataset records it: (required settings, the flags that give them).
+DOCUMENT_START_DATA = {
+    "bos": ({"prepend_bos": True}, "--prepend-bos (and --append-eod to separate documents)"),
+    "eod": ({"append_eod": True}, "--append-eod, without --prepend-bos"),
+    "none": ({"prepend_bos": False}, "no --prepend-bos (--append-eod to separate documents)"),
+}
+DOCUMENT_START_TEXT = {"bos": "the tokenizer's BOS", "eod": "the previous document's EOD",
+                       "none": "nothing (no BOS)"}
+
+
+def check_document_start(cfg: Config, source: str) -> None:
+    """Refuse pretraining data whose documents do not start as the model's do
+    (``--document-start``; ``source`` says where the convention came from): a ``bos`` model
+    (Llama) on documents without its BOS, a ``none`` model (SmolLM2, Qwen) on documents with
+    one, an ``eod`` model on documents no EOD separates (with a BOS after the EOD: a warning). Generation and evaluation put the model's
+    document start first, so training must too. Each dataset of a blend is checked, by its
+    ``.meta.json``; SFT conversations follow their chat template instead (which writes the
+    BOS where the model has one). Mock data and datasets without a ``.meta.json``
+    (Megatron-LM's tool) cannot be checked: a warning says so."""
+    from megatron_ixt.config.cli import ConfigError
+    from megatron_ixt.format.errors import DataError
+    from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, read_metadata
+
+    convention = cfg.model.document_start or "eod"
+    required, flags = DOCUMENT_START_DATA[convention]
+    if cfg.data.mock_data:
+        if convention != "eod":  # megatron-core's mock documents end with the EOD, as eod models expect
+            logger.warning("--mock-data: the model's documents start with %s (--document-start %s, %s); mock "
+                           "documents have no BOS", DOCUMENT_START_TEXT[convention], convention, source)
+        return
+    for prefix in data_prefixes(cfg):
+        try:
+            meta = read_metadata(prefix, missing_ok=True)
+        except DataError as error:
+            raise ConfigError(f"--data-path: {error}") from None
+        if meta is None:
+            logger.warning("--data-path %s has no %s (preprocessed by Megatron-LM's tool?): cannot check that its "
+                           "documents start as the model's do: %s (--document-start %s, %s; preprocess with %s)",
+                           prefix, META_FILE_SUFFIX, DOCUMENT_START_TEXT[convention], convention, source, flags)
+            continue
+        settings = meta.get("config") or {}
+        if settings.get("sft"):
+            continue
+        if convention == "eod" and settings.get("prepend_bos"):
+            # Still an EOD before every document, as generation puts it; the BOS after it is a
+            # constant token the user chose (the demo's BOS control trains exactly so).
+            logger.warning("--data-path %s: documents start with the EOD and a BOS (--prepend-bos), but generation "
+                           "and evaluation of an eod model put the EOD alone first", prefix)
+        wrong = [key for key, value in required.items() if bool(settings.get(key)) != value]
+        if wrong:
+            given = " ".join(f"--{k.replace('_', '-')}" for k in ("prepend_bos", "append_eod") if settings.get(k))
+            raise ConfigError(
+                f"--data-path {prefix}: the model's documents start with {DOCUMENT_START_TEXT[convention]} "
+                f"(--document-start {convention}, {source}), but {prefix}{META_FILE_SUFFIX} says the dataset was "
+                f"preprocessed with {given or 'neither --prepend-bos nor --append-eod'}: preprocess it again with "
+                f"{flags}")
+
+
 def choose_dataset(cfg: Config, tokenizer):
     """Mock data, IXT datasets (every prefix has an ``.ixt.npy`` side file), or plain GPT
     datasets (none has: data preprocessed by Megatron-LM's tool)."""

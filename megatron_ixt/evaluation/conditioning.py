@@ -10,7 +10,8 @@ For every held-out document, the loss of its text tokens is measured under four 
     best   [start] <|feedback|> best feedback (level 5) <|/feedback|> text
     worst  [start] <|feedback|> worst feedback (level 1) <|/feedback|> text
 
-``[start]`` is the model's document start (``model.document_start_ids``): the EOD for models
+``[start]`` is the model's document start (``model.text_start``; a BOS model's follows the
+prefix, as its training data has it): the EOD for models
 pretrained here, which mirrors training, where every document follows the previous one's EOD,
 so the first text token is predicted in all four conditions from comparable context. A
 model whose documents start with nothing (an imported one) has no context for the first text
@@ -114,12 +115,12 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
     thresholds = thresholds or QualityThresholds.fixed()
     result = ConditioningResult()
     jobs = []  # (document row, condition, tokens, the positions whose tokens are scored)
-    doc_start = list(model.document_start_ids)
-    skip = 0 if doc_start else 1  # with no start token, the first text token has no context in "none"
+    skip = 0 if model.document_start_ids else 1  # with no start token, the first text token has no context in "none"
     for i, doc in enumerate(documents):
         feedback = doc.get("feedback")
         prefixes = condition_prefixes(tokenizer, template, feedback, thresholds, _targets(doc))
-        room = seq_length - len(doc_start) - max(len(p) for p in prefixes.values())
+        starts = {cond: model.text_start(prefix) for cond, prefix in prefixes.items()}
+        room = seq_length - max(len(start) for start in starts.values())
         if room < 2:
             result.skipped_no_room += 1
             continue
@@ -128,9 +129,8 @@ def evaluate_conditioning(model, tokenizer, documents: list[dict], template: str
             continue
         row = _row(doc, i, feedback, thresholds, len(text) - skip)
         result.per_document.append(row)
-        for cond, prefix in prefixes.items():
-            context = len(doc_start) + len(prefix) + skip
-            jobs.append((row, cond, [*doc_start, *prefix, *text], range(context, len(doc_start) + len(prefix) + len(text))))
+        for cond, start in starts.items():
+            jobs.append((row, cond, [*start, *text], range(len(start) + skip, len(start) + len(text))))
     _score(model, jobs, batch_size, progress)
     return result
 

@@ -115,4 +115,4 @@ class Conditioner:
         prefix = self.feedback_ids(feedback)
         if self.config.chat:
             return chat_context(self.tokenizer, prompt, prefix, system if system is not None else self.config.system)
-        return [*self.model.document_start_ids, *prefix, *self.tokenizer.tokenize(prompt)]
+        return [*self.model.text_start(prefix), *self.tokenizer.tokenize(prompt)]

@@ -31,7 +31,7 @@ from megatron_ixt.config.flags import add_dataclass_arguments, add_tokenizer_ove
 from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, Config, ParallelConfig, arg, required
 from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
 from megatron_ixt.runtime.kernels import current_device
-from megatron_ixt.tokenizers.base import document_start_ids
+from megatron_ixt.tokenizers.base import document_context, document_start_ids
 from megatron_ixt.training.context import RunContext
 from megatron_ixt.checkpoint.compat import checkpoint_source
 from megatron_ixt.checkpoint.files import TEMPLATE_FILE, checkpoint_path, read_tracker
@@ -99,7 +99,9 @@ class InferenceModel:
         # What precedes a document in this model's context (``--document-start``, recorded in
         # the checkpoint).
         self.document_start_ids = document_start_ids(run.tokenizer, self.cfg.model.document_start)
-        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, self.vocab_size)
+        self._tokenizer = run.tokenizer
+        # Every weight comes from the checkpoint: none is initialised first.
+        self.chunks = build_model_chunks(self.cfg, self.layout, run.plan, self.vocab_size, initialize=False)
         for chunk in self.chunks:
             chunk.eval()
         self.iteration = self._load()
@@ -114,6 +116,12 @@ class InferenceModel:
         self.prefix = opened.common.get("ixt_prefix")
         logger.info("loaded %s (iteration %d) for inference", opened.path, opened.iteration)
         return opened.iteration
+
+    def text_start(self, prefix=()) -> list[int]:
+        """What precedes a text under the feedback ``prefix`` (its ids; empty for none): the
+        document start and the prefix, in the order of the model's training data
+        (``tokenizers.base.document_context``)."""
+        return document_context(self._tokenizer, self.cfg.model.document_start, prefix)
 
     def prefix_template(self) -> Optional[str]:
         """The prefix template the model was trained with (a built-in name, or the template

@@ -97,7 +97,7 @@ class IXTLM(TemplateLM):
 
     def _conditioning(self) -> list[int]:
         """What precedes every text: the document start and the feedback prefix."""
-        return [*self.model.document_start_ids, *self.control.prefix]
+        return self.model.text_start(self.control.prefix)
 
     def chat_template(self, chat_template=False) -> Optional[str]:
         if not chat_template:

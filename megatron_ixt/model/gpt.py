@@ -56,6 +56,8 @@ def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
         gated_linear_unit=m.swiglu,
         activation_func=F.silu if m.swiglu else F.gelu,
         add_bias_linear=not m.disable_bias_linear,
+        add_qkv_bias=m.add_qkv_bias,
+        qk_layernorm=m.qk_layernorm,
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
@@ -119,24 +121,36 @@ def _layer_spec(cfg: Config, plan: KernelPlan, config: TransformerConfig, vp_sta
     if plan.transformer_impl == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return _core_attention(plan, get_gpt_layer_with_transformer_engine_spec())
+        return _core_attention(plan, get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.model.qk_layernorm))
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    layer = get_gpt_layer_local_spec(normalization=cfg.model.normalization)
+    layer = get_gpt_layer_local_spec(normalization=cfg.model.normalization, qk_layernorm=cfg.model.qk_layernorm)
     layer = dataclasses.replace(
         layer, submodules=dataclasses.replace(layer.submodules, input_layernorm=TorchNorm, pre_mlp_layernorm=TorchNorm)
     )
+    if cfg.model.qk_layernorm:  # per-head norms of queries and keys (Qwen3): the same torch norms
+        attention = layer.submodules.self_attention
+        norms = dataclasses.replace(attention.submodules, q_layernorm=TorchNorm, k_layernorm=TorchNorm)
+        layer = dataclasses.replace(layer, submodules=dataclasses.replace(
+            layer.submodules, self_attention=dataclasses.replace(attention, submodules=norms)))
     layer = _core_attention(plan, layer)
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=TorchNorm)
 
 
-def build_model_chunks(cfg: Config, layout: ParallelLayout, plan: KernelPlan, vocab_size: int) -> list:
+def build_model_chunks(cfg: Config, layout: ParallelLayout, plan: KernelPlan, vocab_size: int,
+                       initialize: bool = True) -> list:
     """One ``GPTModel`` per virtual pipeline stage on this rank (``layout``), with the kernels
     of the run's ``plan``, on the current device, with layout-independent initial weights;
     under BF16 wrapped in megatron-core's ``Float16Module``, as Megatron-LM's ``get_model``
-    does (every parameter, norms included, in BF16; the last stage's output back in fp32)."""
+    does (every parameter, norms included, in BF16; the last stage's output back in fp32).
+
+    ``initialize=False`` (weights about to be loaded: inference, conversion): zeros instead,
+    without megatron-core's initialisation either, whose full-size master weights made
+    building a model take about twice its size in memory."""
     config = transformer_config(cfg, plan)
+    if not initialize:
+        config.perform_initialization = False
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):
@@ -152,12 +166,20 @@ def build_model_chunks(cfg: Config, layout: ParallelLayout, plan: KernelPlan, vo
             position_embedding_type=cfg.model.position_embedding_type,
             rotary_percent=cfg.model.rotary_percent,
             rotary_base=cfg.model.rotary_base,
+            rope_scaling=cfg.model.use_rope_scaling,
+            rope_scaling_factor=cfg.model.rope_scaling_factor,
             vp_stage=stage,
         )
         if plan.device == "cuda":
             model.cuda(torch.cuda.current_device())
         chunks.append(model)
-    initialize_weights(chunks, cfg.training.seed, vocab_size, layout)
+    if initialize:
+        initialize_weights(chunks, cfg.training.seed, vocab_size, layout)
+    else:
+        with torch.no_grad():
+            for chunk in chunks:
+                for param in chunk.parameters():
+                    param.zero_()
     if cfg.model.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     return chunks

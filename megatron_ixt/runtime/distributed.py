@@ -192,6 +192,9 @@ def seed_everything(seed: int, pipeline_rank: int = 0) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+_bound_port: Optional[str] = None  # the MASTER_PORT this process set for itself (below)
+
+
 def initialize_distributed(cfg, plan: KernelPlan) -> ParallelLayout:
     """Create the default process group and megatron-core's model-parallel groups; returns
     this rank's :class:`ParallelLayout`, the one the rest of the run is given.
@@ -213,12 +216,14 @@ def initialize_distributed(cfg, plan: KernelPlan) -> ParallelLayout:
     if not torch.distributed.is_initialized():
         timeout = datetime.timedelta(minutes=cfg.parallel.distributed_timeout_minutes)
         store = None
-        if launch["world_size"] == 1 and "MASTER_PORT" not in os.environ:
+        global _bound_port
+        if launch["world_size"] == 1 and os.environ.get("MASTER_PORT") in (None, _bound_port):
             # One process that no launcher gave a port binds its store to port 0 and learns
             # the port afterwards: a port found free and bound later can be taken in between
             # (runs started side by side, whose gloo connections take ephemeral ports, collided so).
+            # A second initialisation in the same process (import, then export) binds anew.
             store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], 0, 1, is_master=True, timeout=timeout)
-            os.environ["MASTER_PORT"] = str(store.port)
+            os.environ["MASTER_PORT"] = _bound_port = str(store.port)
         torch.distributed.init_process_group(
             backend=backend,
             world_size=launch["world_size"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:  # annotations only: this module stays light (tools' --help imports it)
     import numpy as np
@@ -85,3 +85,12 @@ def document_start_ids(tokenizer, convention: Optional[str]) -> list[int]:
     if convention == "none":
         return []
     raise ValueError(f"document start {convention!r}: expected eod, bos or none")
+
+
+def document_context(tokenizer, convention: Optional[str], prefix: Sequence[int] = ()) -> list[int]:
+    """The ids before a document's text in the model's context, its feedback ``prefix``
+    included, in the order its pretraining data has them (``tools/preprocess_data.py``):
+    ``[EOD] prefix`` (eod), ``prefix [BOS]`` (bos: the prefix starts the document, the BOS
+    follows it, as ``--prepend-bos`` writes it), ``prefix`` (none)."""
+    start = document_start_ids(tokenizer, convention)
+    return [*prefix, *start] if convention == "bos" else [*start, *prefix]

@@ -12,9 +12,10 @@ differences are ~3e-7 on logits of magnitude ~1-5 (a few float32 ulps); 2e-5 lea
 of ~50 and is still four orders of magnitude below any real mapping error (a swapped head,
 gate/up or RoPE half changes logits by O(0.1)).
 
-Import: a tiny random Llama built with `transformers` (no hub), imported at TP=2 with the
-delimiters appended to its tokenizer; pretrain_ixt.py --load continues from it and its
-first-iteration loss equals the Hugging Face model's loss on the same batch.
+Import: a tiny random Qwen3 (QK-norm, head_dim apart from hidden / heads) built with
+`transformers` (no hub), imported at TP=2 with the delimiters appended to its tokenizer;
+pretrain_ixt.py --load continues from it and its first-iteration loss equals the Hugging Face
+model's loss on the same batch (tests/conversion/test_families.py has every family).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def test_export_matches_the_engine(layout, ixt_corpus, ixt_checkpoint, tmp_path)
 def test_architectures_without_a_llama_equivalent_are_refused():
     from megatron_ixt.config.schema import ModelConfig
     from megatron_ixt.conversion import ConversionError
-    from megatron_ixt.conversion.llama import check_exportable
+    from megatron_ixt.conversion.families import check_exportable
 
     with pytest.raises(ConversionError) as error:
         check_exportable(ModelConfig())  # Megatron-LM's defaults: GPT-2 style
@@ -116,17 +117,18 @@ def test_export_refuses_a_gpt2_style_checkpoint(tmp_path):
                                         "--micro-batch-size", 1, "--transformer-impl", "local", "--save", ckpt])
     proc = run_python("tools/convert_checkpoint.py", ["--to", "hf", "--load", ckpt, "--output", tmp_path / "hf"])
     assert proc.returncode == 1
-    assert "no exact Hugging Face Llama equivalent: --normalization LayerNorm" in proc.stderr, proc.stderr
+    assert "no exact Hugging Face equivalent: --normalization LayerNorm" in proc.stderr, proc.stderr
     assert not (tmp_path / "hf").exists()
 
 
 # -- import ------------------------------------------------------------------------------
 
 
-def _tiny_llama(folder, texts):
-    """A random Llama (GQA, untied) and a byte-level BPE tokenizer.json without delimiters."""
+def _tiny_qwen3(folder, texts):
+    """A random Qwen3 (GQA, QK-norm, head_dim 32 where hidden / heads is 16, untied) and a
+    byte-level BPE tokenizer.json without delimiters."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -138,16 +140,17 @@ def _tiny_llama(folder, texts):
     tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=192,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    config = Qwen3Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=192,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                          max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                         bos_token_id=0, eos_token_id=0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # Llama's init is tiny (std 0.02): spread the logits a little
-        for p in model.parameters():
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, eos_token_id=0)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # the init is tiny (std 0.02): spread the logits, and the QK-norm weights
+        for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.mul_(5)
+            elif "q_norm" in name or "k_norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
     model.save_pretrained(folder, safe_serialization=True)
     return model
 
@@ -160,7 +163,7 @@ def test_import_then_resume_with_ixt(ixt_corpus, tmp_path):
 
     texts = [json.loads(line)["text"] for line in open(ixt_corpus["jsonl"])]
     hf_dir = tmp_path / "hf"
-    hf_model = _tiny_llama(hf_dir, texts[:300]).eval()
+    hf_model = _tiny_qwen3(hf_dir, texts[:300]).eval()
     ckpt = tmp_path / "ckpt"
     proc = run_python("tools/convert_checkpoint.py", ["--from", "hf", "--input", hf_dir, "--save", ckpt,
                                                       "--tensor-model-parallel-size", 2, "--seq-length", 128])

@@ -32,6 +32,9 @@ class ByteTokenizer:
 class RecordingModel:
     document_start_ids = [ByteTokenizer().eod]
 
+    def text_start(self, prefix=()) -> list[int]:  # an eod model's: [EOD] prefix
+        return [*self.document_start_ids, *prefix]
+
     def __init__(self) -> None:
         self.inputs: list[torch.Tensor] = []
 

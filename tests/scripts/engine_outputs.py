@@ -38,7 +38,7 @@ def uncached(model, tokenizer, context: list, new_tokens: int, blocked: list) ->
 
 
 def every_generation(model, tokenizer, prefix: list, args) -> dict:
-    contexts = [[*model.document_start_ids, *prefix, *tokenizer.tokenize(p)] for p in PROMPTS[:args.generation_prompts]]
+    contexts = [[*model.text_start(prefix), *tokenizer.tokenize(p)] for p in PROMPTS[:args.generation_prompts]]
     requests = [Request(c, args.max_new_tokens) for c in contexts]
     greedy = SamplingConfig(greedy=True)
     sampled = SamplingConfig(temperature=0.8, top_k=20, top_p=0.95, seed=7)
@@ -72,7 +72,7 @@ def main() -> None:
     tokens = torch.randint(0, args.random_high or tokenizer.vocab_size, (2, args.random_length or cfg.model.seq_length),
                            generator=generator)
     prefix = [] if args.no_feedback else prefix_token_ids(tokenizer, "quality", 5)
-    context = [*model.document_start_ids, *prefix, *tokenizer.tokenize(args.prompt)]
+    context = [*model.text_start(prefix), *tokenizer.tokenize(args.prompt)]
     logits = model.logits(tokens)
     context_logits = model.logits(torch.tensor([context]))
     [completion] = generate(model, tokenizer, [Request(context, args.max_new_tokens)], SamplingConfig(greedy=True))
