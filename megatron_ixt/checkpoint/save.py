@@ -146,7 +146,8 @@ class Saver:
             "ixt_prefix": self.prefix,
             "checkpoint_version": 1,
         })
-        request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)
+        with lifecycle.preemption_signals_blocked():  # its writer processes (runtime.lifecycle)
+            request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)
 
         def publish() -> None:
             rank = torch.distributed.get_rank()
@@ -165,7 +166,8 @@ class Saver:
             publish()
         else:
             request.add_finalize_fn(publish)
-            self._async_queue.schedule_async_request(request)
+            with lifecycle.preemption_signals_blocked():  # the process that writes in the background
+                self._async_queue.schedule_async_request(request)
         return files.checkpoint_name(self.root, state.iteration)
 
     def _prune(self) -> None:
@@ -177,9 +179,12 @@ class Saver:
             shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
     def finalize(self) -> None:
+        """Every save published; after the save a signal asked for, further signals are ignored."""
         if self._async_queue is not None:
             self._async_queue.maybe_finalize_async_calls(blocking=True)
             self._async_queue.close()
+        if self.signal_received is not None:
+            lifecycle.ignore_preemption_signals()
 
     def maybe_finalize_async(self) -> None:
         if self._async_queue is not None:

@@ -74,9 +74,12 @@ def export_to_hf(load: str, output: str, dtype: str = "float32", tokenizer_overr
     m = cfg.model
     vocab = tokenizer.vocab_size
     max_positions = m.max_position_embeddings or m.seq_length
-    folder = os.path.dirname(tokenizer._files["tokenizer_model"]) if hasattr(tokenizer, "_files") else None
-    family = family_of(m, folder)
-    bos = bos_of(tokenizer)
+    model_file = getattr(tokenizer, "_files", {}).get("tokenizer_model")  # none for GPT-2's two files
+    family = family_of(m, os.path.dirname(model_file) if model_file else None)
+    # What a text starts with in transformers: the BOS of a model whose documents start with
+    # it (or the one an imported `none` model's tokenizer names and never adds), else the EOD
+    # (lm-eval puts bos_token_id before an empty context).
+    bos = bos_of(tokenizer) if m.document_start in ("bos", "none") else None
     config = hf_config(m, family, vocab, tokenizer.eod if bos is None else bos, tokenizer.eod, dtype, max_positions)
     generation = {
         "bos_token_id": config["bos_token_id"],
@@ -99,7 +102,7 @@ def export_to_hf(load: str, output: str, dtype: str = "float32", tokenizer_overr
             json.dump(config, f, indent=2)
         with open(os.path.join(work, "generation_config.json"), "w") as f:
             json.dump(generation, f, indent=2)
-        tokenizer_info = export_tokenizer(tokenizer, work, max_positions, add_bos=m.document_start == "bos")
+        tokenizer_info = export_tokenizer(tokenizer, work, max_positions, bos=bos, add_bos=m.document_start == "bos")
         if os.path.isdir(output):
             shutil.rmtree(output)
         os.replace(work, output)

@@ -118,16 +118,34 @@ def _adding_bos(library, bos: int, bos_text: str):
     return library
 
 
-def export_tokenizer(tokenizer, out_dir: str, model_max_length: int, add_bos: bool = False) -> dict:
+def _adding_nothing(library):
+    """``library`` without the templates of its post-processor that put tokens around a text
+    (a Llama tokenizer's BOS): a model trained here on EOD-separated documents never saw them."""
+    from tokenizers import Tokenizer
+
+    if library.encode("a", add_special_tokens=True).ids == library.encode("a", add_special_tokens=False).ids:
+        return library
+    spec = json.loads(library.to_str())
+    post = spec.get("post_processor") or {}
+    if post.get("type") == "TemplateProcessing":
+        spec["post_processor"] = None
+    elif post.get("type") == "Sequence":
+        kept = [p for p in post["processors"] if p.get("type") != "TemplateProcessing"]
+        spec["post_processor"] = {**post, "processors": kept} if kept else None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def export_tokenizer(tokenizer, out_dir: str, model_max_length: int, bos: Optional[int] = None,
+                     add_bos: bool = False) -> dict:
     """Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`;
-    return a summary (ids, agreement on the sample texts). ``add_bos``: the model's documents
-    start with the BOS (``--document-start bos``), so its tokenizer adds it before a text."""
+    return a summary (ids, agreement on the sample texts). ``bos``: the id to name as the BOS
+    (None: the EOD); ``add_bos``: the model's documents start with it (``--document-start
+    bos``), so the tokenizer adds it before a text, and otherwise adds nothing."""
     from tokenizers import AddedToken
 
     library = _library_tokenizer(tokenizer)
     open_id, close_id = tokenizer.feedback_open_id, tokenizer.feedback_close_id
     eod_text = _token_text(tokenizer, tokenizer.eod)
-    bos = bos_of(tokenizer)
     if add_bos and bos is None:
         raise ConversionError(f"the model's documents start with a BOS (--document-start bos), but the "
                               f"{tokenizer.tokenizer_type} has none")
@@ -138,8 +156,7 @@ def export_tokenizer(tokenizer, out_dir: str, model_max_length: int, add_bos: bo
     library.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (FEEDBACK_OPEN, FEEDBACK_CLOSE)])
     if bos is not None:
         library.add_special_tokens([AddedToken(bos_text, special=True, normalized=False)])
-    if add_bos:
-        library = _adding_bos(library, bos, bos_text)
+    library = _adding_bos(library, bos, bos_text) if add_bos else _adding_nothing(library)
     got = (library.token_to_id(FEEDBACK_OPEN), library.token_to_id(FEEDBACK_CLOSE), library.token_to_id(eod_text))
     if got != (open_id, close_id, tokenizer.eod):
         raise ConversionError(f"the exported tokenizer gives <|feedback|>, <|/feedback|>, eod the ids {got}, "

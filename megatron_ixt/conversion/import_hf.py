@@ -79,7 +79,9 @@ def document_start_of(tokenizer, folder: str) -> str:
     if os.path.isfile(config):
         with open(config) as f:
             settings = json.load(f)
-    return "bos" if settings.get("add_bos_token") else "none"  # SentencePiece: its slow tokenizer's flag
+    # SentencePiece: its slow tokenizer's flag, whose default is true for Llama's tokenizer class.
+    default = str(settings.get("tokenizer_class", "")).startswith("Llama")
+    return "bos" if settings.get("add_bos_token", default) else "none"
 
 
 def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, seq_length: int | None,

@@ -121,7 +121,8 @@ def check_document_start(cfg: Config, source: str) -> None:
                            "documents start as the model's do: %s (--document-start %s, %s; preprocess with %s)",
                            prefix, META_FILE_SUFFIX, DOCUMENT_START_TEXT[convention], convention, source, flags)
             continue
-        settings = meta.get("config") or {}
+        # The top-level fields (a merged dataset's are every shard's: merge_datasets.py checks).
+        settings = {k: meta.get(k, (meta.get("config") or {}).get(k)) for k in ("prepend_bos", "append_eod", "sft")}
         if settings.get("sft"):
             continue
         if convention == "eod" and settings.get("prepend_bos"):

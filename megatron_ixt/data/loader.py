@@ -32,6 +32,7 @@ from megatron_ixt.config.schema import Config
 from megatron_ixt.data.batch import INPUT_FIELDS, INTEGER_FIELDS, Batch, boundary_field, dataset_fields
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
+from megatron_ixt.runtime.lifecycle import preemption_signals_blocked
 
 
 class PretrainingSampler:
@@ -239,13 +240,16 @@ def _stream(cfg: Config, layout: ParallelLayout, dataset, batch_sampler, documen
     stream = MicroBatchStream(None, per_chunk, (cfg.training.micro_batch_size, cfg.model.seq_length), layout)
     if stream.loads:
         workers = cfg.data.num_workers
-        stream.source = iter(torch.utils.data.DataLoader(
-            dataset, batch_sampler=batch_sampler, collate_fn=stream.collate, num_workers=workers,
-            persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,  # micro-batches per worker
-            pin_memory=stream.device.type == "cuda", worker_init_fn=_ignore_stop_signals,
-            # Its own generator: a DataLoader iterator otherwise draws its base seed from the
-            # global RNG, which would shift dropout masks after a resume.
-            generator=torch.Generator().manual_seed(cfg.training.seed)))
+        # The workers start here (persistent), with the preemption signals blocked until
+        # _ignore_stop_signals ignores them: none dies of a warning in between.
+        with preemption_signals_blocked():
+            stream.source = iter(torch.utils.data.DataLoader(
+                dataset, batch_sampler=batch_sampler, collate_fn=stream.collate, num_workers=workers,
+                persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,  # micro-batches per worker
+                pin_memory=stream.device.type == "cuda", worker_init_fn=_ignore_stop_signals,
+                # Its own generator: a DataLoader iterator otherwise draws its base seed from the
+                # global RNG, which would shift dropout masks after a resume.
+                generator=torch.Generator().manual_seed(cfg.training.seed)))
         _worker_processes.extend(getattr(stream.source, "_workers", ()))  # persistent: started already
     return stream
 

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MUST_AGREE = ("format", "json_key", "json_keys", "tokenizer", "template", "feedback_key", "score_scale",
-              "quality_thresholds", "append_eod", "sft")
+              "quality_thresholds", "append_eod", "prepend_bos", "sft")
 """Metadata fields that must be equal in every shard: they decide token ids and side-file values."""
 
 

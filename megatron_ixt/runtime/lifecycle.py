@@ -17,11 +17,16 @@ keep saving into ``--save``, where a restart then writes too. Two guards:
 And a run asked to stop saves first: :func:`handle_preemption_signals` turns SIGTERM/SIGUSR1
 into a request that the training loop sees at the end of an iteration
 (:func:`preemption_requested`); it then saves a checkpoint and exits with
-:data:`EXIT_CODE_PREEMPTED`.
+:data:`EXIT_CODE_PREEMPTED`. Only the training process handles them: SLURM signals every
+process of a step, so each helper process it starts (megatron-core's checkpoint writers and
+their results-queue Manager, the DataLoader workers) is started inside
+:func:`preemption_signals_blocked` and lives with them blocked; a helper with their default
+action would die of the warning in the middle of the save it serves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import fcntl
@@ -173,6 +178,22 @@ def release_save_folder(folder: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def preemption_signals_blocked():
+    """Block the preemption signals in this thread while inside: a process forked or spawned
+    here starts with them blocked (a child keeps its parent's signal mask, through ``exec``
+    too, where a handler would be reset to the default action, which terminates) and keeps
+    them blocked for its life, from its first instruction. This process still sees a signal
+    that arrives meanwhile: the kernel hands it to another thread (torch's, gloo's, the
+    launcher watch), and Python runs the handler in the main thread all the same; with no
+    other thread it is delivered when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def handle_preemption_signals() -> None:
     """Turn the preemption signals into "save, then exit" for this process (the training
     process, saving into ``--save``); forgets a signal an earlier run in it received."""
@@ -195,6 +216,15 @@ def _on_preemption_signal(signum, frame) -> None:
         os.kill(os.getpid(), signum)
     _preemption.update(signal=signum, time=now)
     logger.warning("received signal %d: saving a checkpoint after this iteration, then exiting", signum)
+
+
+def ignore_preemption_signals() -> None:
+    """The save a signal asked for is complete: from now on the run only exits (status 75),
+    and a repeat of the signal must not turn that into a death by signal, which a job
+    script would not requeue (Python restores the default actions while it shuts down).
+    SIGKILL still ends it."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def preemption_signal() -> Optional[int]:

@@ -238,7 +238,7 @@ def test_pretraining_data_must_start_documents_as_the_model_does(tmp_path, caplo
 
     def dataset(name, **settings):
         prefix = tmp_path / name
-        (tmp_path / f"{name}.meta.json").write_text(json.dumps({"config": settings}))
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps(settings))
         return str(prefix)
 
     bos = dataset("bos", prepend_bos=True, append_eod=True)
@@ -271,3 +271,26 @@ def test_pretraining_data_must_start_documents_as_the_model_does(tmp_path, caplo
     cfg.data.data_path, cfg.data.mock_data = [], True
     check("bos")
     assert "mock documents have no BOS" in caplog.text
+
+
+def test_the_exported_tokenizer_adds_a_bos_only_for_a_bos_model(ixt_corpus, tmp_path):
+    """A Llama-3 tokenizer whose post-processor adds <|begin_of_text|>: exported for a model
+    whose documents start with it, it still adds it; for one trained here on EOD-separated
+    documents (--document-start eod), it adds nothing and names the EOD."""
+    from tokenizers import Tokenizer
+
+    from megatron_ixt.conversion.hf_tokenizer import export_tokenizer
+    from megatron_ixt.tokenizers.build import build_tokenizer
+    from tests.scripts.hf_families import tokenizer_files
+
+    texts = [json.loads(line)["text"] for line in open(ixt_corpus["jsonl"])][:100]
+    tokenizer_files(str(tmp_path / "src"), texts, "llama3")
+    ours = build_tokenizer("HuggingFaceTokenizer", str(tmp_path / "src" / "tokenizer.json"))
+    plain = ours.tokenize("def f(x):")
+    for name, bos, add_bos, first in (("bos", 0, True, [0]), ("eod", None, False, [])):
+        export_tokenizer(ours, str(tmp_path / name), 128, bos=bos, add_bos=add_bos)
+        exported = Tokenizer.from_file(str(tmp_path / name / "tokenizer.json"))
+        assert exported.encode("def f(x):").ids == [*first, *plain], name
+        config = json.loads((tmp_path / name / "tokenizer_config.json").read_text())
+        assert (config["bos_token"], config["add_bos_token"]) == (("<|begin_of_text|>", True) if bos == 0 else
+                                                                  ("<|eot_id|>", False))
