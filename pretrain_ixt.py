@@ -13,6 +13,7 @@ setup_logging()
 import logging  # noqa: E402
 
 from megatron_ixt.config import ConfigError, config_to_yaml, parse_config  # noqa: E402
+from megatron_ixt.config.validate import check_given  # noqa: E402
 from megatron_ixt.format.errors import DataError  # noqa: E402
 from megatron_ixt.runtime.distributed import (  # noqa: E402
     ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env)
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
         cfg, ns = parse_config(argv)
         world_size = resolve_launch_env()["world_size"]
         plan = validate_for_this_machine(cfg, world_size)
+        check_given(cfg, ns.given_fields)
         source = "set by --document-start or --config"
         if cfg.model.document_start is None:
             # A model keeps its document start through continued training (an imported model's

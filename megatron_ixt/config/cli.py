@@ -145,6 +145,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse
     ns = parser.parse_args(argv)
     values = load_yaml(ns.config) if ns.config else {}
     values.update({name: getattr(ns, name) for name in leaf_fields() if hasattr(ns, name)})
+    ns.given_fields = frozenset(values)  # set by a flag or --config: what validate.check_given checks
     return apply_overrides(Config(), values), ns
 
 

@@ -5,7 +5,7 @@ Every error names the flags involved, so the fix is obvious from one line.
 
 from __future__ import annotations
 
-from megatron_ixt.config.cli import ConfigError
+from megatron_ixt.config.cli import ConfigError, leaf_fields
 from megatron_ixt.config.schema import Config
 
 TE_INSTALL_HINT = ("install Transformer Engine (pip install --no-build-isolation 'transformer_engine[pytorch]') "
@@ -53,6 +53,25 @@ def check_layout(cfg: Config) -> None:
         raise ConfigError(f"--seq-length {m.seq_length} is past the model's sliding window (--window-size {m.window_size}: "
                           f"{left + 1} tokens): this project's attention has no window, so it is exact only for "
                           f"sequences of at most {left + 1} tokens; use --seq-length {left + 1} or less")
+
+
+# Flags that would do nothing under --sft, refused when given (a flag whose behaviour SFT has
+# anyway, such as --reset-position-ids, is accepted): field -> (value that would act, why not).
+SFT_INERT = {
+    "eod_mask_loss": (True, "SFT trains the assistant turns only, each with its end (the EOD it appends, or "
+                            "the template's end-of-turn token), so that the model learns to stop"),
+    "ixt_prefix_loss": ("include", "the feedback is in the system message, which SFT never trains ('exclude' "
+                                   "is what happens)"),
+}
+
+
+def check_given(cfg: Config, given: frozenset) -> None:
+    """Refuse flags given (on the command line or in --config) that this run would ignore."""
+    if cfg.data.sft:
+        for name, (value, why) in SFT_INERT.items():
+            if name in given and getattr(getattr(cfg, leaf_fields()[name][0]), name) == value:
+                shown = f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+                raise ConfigError(f"{shown} does nothing under --sft: {why}; drop it")
 
 
 def window_left(window_size) -> "int | None":

@@ -180,3 +180,30 @@ def test_config_saved_in_the_old_layout_loads():
     assert cfg.tokenizer.make_vocab_size_divisible_by == 64 and cfg.model.num_layers == 6
     assert not hasattr(cfg.model, "removed_long_ago") and set(tokenizer) == set(cfg.to_dict()["tokenizer"])
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_flags_that_do_nothing_under_sft_are_refused_when_given(tmp_path):
+    """--eod-mask-loss and --ixt-prefix-loss include would be ignored by --sft: refused when given
+    on the command line or in --config, with why; --reset-position-ids (SFT restarts positions
+    per conversation anyway) and the defaults pass."""
+    from megatron_ixt.config.cli import parse_config
+    from megatron_ixt.config.validate import check_given
+
+    def check(*flags, yaml_text=None):
+        argv = ["--sft", "--data-path", "d", *map(str, flags)]
+        if yaml_text is not None:
+            (tmp_path / "c.yaml").write_text(yaml_text)
+            argv += ["--config", str(tmp_path / "c.yaml")]
+        cfg, ns = parse_config(argv)
+        check_given(cfg, ns.given_fields)
+
+    check()  # ixt_prefix_loss's default ("include") was not asked for
+    check("--reset-position-ids", "--reset-attention-mask", "--ixt-prefix-loss", "exclude")
+    with pytest.raises(ConfigError, match=r"--eod-mask-loss does nothing under --sft: SFT trains the assistant "
+                                          r"turns only, each with its end .*; drop it"):
+        check("--eod-mask-loss")
+    with pytest.raises(ConfigError, match=r"--ixt-prefix-loss include does nothing under --sft: the feedback is in "
+                                          r"the system message, which SFT never trains"):
+        check(yaml_text="ixt:\n  ixt_prefix_loss: include\n")
+    proc = run_python("pretrain_ixt.py", ["--sft", "--data-path", tmp_path / "d", "--eod-mask-loss"], timeout=120)
+    assert proc.returncode == 2 and "pretrain_ixt.py: error: --eod-mask-loss does nothing under --sft" in proc.stderr
