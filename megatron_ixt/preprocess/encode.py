@@ -358,27 +358,3 @@ def _mentions_delimiter(text: str) -> bool:
     # (the tokenizers never produce delimiter ids from text); counted in the .meta.json so
     # that such documents do not go unnoticed. `"<|" in text` is a fast C-level pre-check.
     return "<|" in text and (FEEDBACK_OPEN in text or FEEDBACK_CLOSE in text)
-
-
-# -- process-pool plumbing ---------------------------------------------------------------
-
-_WORKER: Optional[BatchEncoder] = None
-
-
-def init_worker(settings: EncodeSettings) -> None:
-    """Pool initializer: build this process's encoder (tokenizer loaded once per worker)."""
-    global _WORKER
-    if settings.sft:
-        from megatron_ixt.preprocess.encode_sft import ConversationEncoder
-
-        _WORKER = ConversationEncoder(settings)
-    else:
-        _WORKER = BatchEncoder(settings)
-
-
-def encode_in_worker(batch: LineBatch) -> BatchResult:
-    return _WORKER.encode(batch)
-
-
-def scores_in_worker(batch: LineBatch) -> BatchResult:
-    return _WORKER.scores(batch)

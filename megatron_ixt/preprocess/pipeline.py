@@ -35,15 +35,8 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from megatron_ixt.format.document import DocumentSpec
-from megatron_ixt.preprocess.encode import (
-    BatchResult,
-    DocumentCounts,
-    EncodeSettings,
-    KeyStats,
-    encode_in_worker,
-    init_worker,
-    scores_in_worker,
-)
+from megatron_ixt.preprocess.encode import BatchResult, DocumentCounts, EncodeSettings, KeyStats
+from megatron_ixt.preprocess.workers import encode_in_worker, init_worker, scores_in_worker
 from megatron_ixt.format.errors import DataError, InputError, TokenizerError
 from megatron_ixt.format.indexed_io import META_FILE_SUFFIX, ROLES_FILE_SUFFIX, SIDE_FILE_SUFFIX, token_dtype
 from megatron_ixt.format.levels import QualityThresholds
