@@ -39,6 +39,7 @@ epoch) by dropping one kind.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -100,6 +101,11 @@ class ChatTemplate:
             raise ChatTemplateError(f"the {self.origin} chat template cannot render this conversation: {error}") from None
 
 
+def _now() -> datetime.datetime:
+    """The clock of ``strftime_now`` (a test pins it)."""
+    return datetime.datetime.now()
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(source: str):
     """The template compiled as transformers compiles it (sandboxed, trim_blocks,
@@ -126,8 +132,12 @@ def _compiled(source: str):
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[_Generation, jinja2.ext.loopcontrols])
+    def strftime_now(format):  # transformers' global (Llama 3.x templates date their system message)
+        return _now().strftime(format)
+
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateError as error:

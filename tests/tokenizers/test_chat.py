@@ -118,3 +118,15 @@ def test_template_that_is_not_turn_by_turn_is_refused(sp_model):
                                      "tokenizer")
     with pytest.raises(ChatTemplateError, match="turn by turn"):
         render_ids(tokenizer, reversed_template, SINGLE)
+
+
+def test_strftime_now_as_transformers_provides_it(monkeypatch):
+    """Llama 3.x templates date their system message with transformers' ``strftime_now``."""
+    import datetime
+
+    from megatron_ixt.tokenizers import chat
+
+    monkeypatch.setattr(chat, "_now", lambda: datetime.datetime(2026, 7, 26, 9, 30))
+    template = ChatTemplate("Today Date: {{ strftime_now('%d %b %Y') }}\n{% for m in messages %}{{ m['role'] }}: "
+                            "{{ m['content'] }}\n{% endfor %}", "tokenizer")
+    assert template.render(SINGLE) == "Today Date: 26 Jul 2026\nuser: What is 12 * 7?\nassistant: 12 * 7 = 84.\n#### 84\n"
