@@ -43,6 +43,7 @@ import datetime
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -66,8 +67,20 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 """The chat template of tokenizers without one of their own (module docstring)."""
 
-_FEEDBACK_MARK = "\ue000"
-"""Stands for the feedback ids in the rendered text (a private-use character)."""
+_MARK = re.compile("\ue000\\[feedback (\\d+)\\]\ue000")
+"""Stands for the feedback ids in the rendered text: ``\\ue000[feedback N]\\ue000``, with an N
+larger than any ``[feedback N]`` the conversation's own text holds (:func:`_mark_for`), so the
+mark with the largest N is ours, whatever the messages contain (private-use characters too)."""
+
+
+def _mark_for(messages: Sequence[dict]) -> str:
+    used = [int(n) for m in messages for n in re.findall(r"\[feedback (\d+)\]", str(m.get("content", "")))]
+    return f"\ue000[feedback {max(used, default=-1) + 1}]\ue000"
+
+
+def _find_mark(text: str) -> Optional[str]:
+    numbers = [int(n) for n in _MARK.findall(text)]
+    return f"\ue000[feedback {max(numbers)}]\ue000" if numbers else None
 
 
 class ChatTemplateError(TokenizerError):
@@ -184,11 +197,12 @@ def _tokenizer_folder(tokenizer) -> Optional[Path]:
 def with_feedback(messages: Sequence[dict]) -> list[dict]:
     """The messages with the feedback mark at the end of the system message (a new one
     first when there is none)."""
+    mark = _mark_for(messages)
     messages = [dict(m) for m in messages]
     if messages and messages[0]["role"] == "system":
-        messages[0]["content"] = messages[0]["content"] + _FEEDBACK_MARK
+        messages[0]["content"] = messages[0]["content"] + mark
     else:
-        messages.insert(0, {"role": "system", "content": _FEEDBACK_MARK})
+        messages.insert(0, {"role": "system", "content": mark})
     return messages
 
 
@@ -212,11 +226,12 @@ def _encode_runs(tokenizer, text: str, spans, feedback_ids: Sequence[int]) -> tu
     """Token ids and LOSS/FEEDBACK roles of a rendered text, the feedback mark replaced by
     ``feedback_ids``."""
     ids, roles, position = [], [], 0
-    for k, run in enumerate(text.split(_FEEDBACK_MARK)):
+    mark = _find_mark(text) if len(feedback_ids) else None
+    for k, run in enumerate(text.split(mark) if mark else [text]):
         if k:
             ids.extend(feedback_ids)
             roles.extend([FEEDBACK] * len(feedback_ids))
-            position += len(_FEEDBACK_MARK)
+            position += len(mark)
         if run:
             run_ids, starts = tokenizer.encode_with_offsets(run)
             ids.extend(run_ids)

@@ -130,3 +130,34 @@ def test_strftime_now_as_transformers_provides_it(monkeypatch):
     template = ChatTemplate("Today Date: {{ strftime_now('%d %b %Y') }}\n{% for m in messages %}{{ m['role'] }}: "
                             "{{ m['content'] }}\n{% endfor %}", "tokenizer")
     assert template.render(SINGLE) == "Today Date: 26 Jul 2026\nuser: What is 12 * 7?\nassistant: 12 * 7 = 84.\n#### 84\n"
+
+
+def test_text_holding_the_private_use_character_keeps_it_and_one_feedback(smollm2, smollm2_tokenizer):
+    """The feedback's place is marked without a character a message may hold: a message with
+    U+E000 (and text looking like the mark) keeps it, in SFT encoding and in --chat generation,
+    and the feedback goes in once. Expected ids: transformers' apply_chat_template."""
+    from transformers import AutoTokenizer
+
+    from megatron_ixt.evaluation.control import chat_context
+
+    user = "Is \ue000 a private-use character? \ue000[feedback 0]\ue000"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": user},
+                {"role": "assistant", "content": "Yes: \ue000 is U+E000."}]
+    hf = AutoTokenizer.from_pretrained(smollm2)
+
+    def theirs(conversation, **options):
+        ids = hf.apply_chat_template(conversation, tokenize=True, return_dict=False, **options)
+        return list(ids)
+
+    template = chat_template_for(smollm2_tokenizer)
+    feedback = [smollm2_tokenizer.feedback_open_id, 42, smollm2_tokenizer.feedback_close_id]
+    plain, _ = render_ids(smollm2_tokenizer, template, messages)
+    assert plain.tolist() == theirs(messages)
+    ids, roles = render_ids(smollm2_tokenizer, template, messages, feedback)
+    fed = (roles & FEEDBACK) != 0
+    assert ids[fed].tolist() == feedback  # once, in the system message
+    assert ids[~fed].tolist() == theirs(messages)
+    context = chat_context(smollm2_tokenizer, user, feedback, system="Be brief.")
+    expected = theirs(messages[:2], add_generation_prompt=True)
+    start = len(theirs(messages[:1])) - 2  # the feedback ends the system message, before <|im_end|>\n
+    assert context == expected[:start] + feedback + expected[start:]
