@@ -56,6 +56,8 @@ class IXTDatasetConfig(GPTDatasetConfig):
     ixt_repeat_prefix: bool = False
     """Re-insert a document's prefix at the start of each sample it continues into."""
 
+    ixt_index_version: int = packing.VERSION
+    """The index-building algorithm's version (``packing.VERSION``): part of the cache key."""
     ixt_cooldown_fraction: float = 0.0
     """Last fraction of the training samples without any prefix (train split only)."""
 
@@ -140,7 +142,8 @@ class IXTDataset(GPTDataset):
     @staticmethod
     def _key_config_attributes() -> list[str]:
         return GPTDataset._key_config_attributes() + [
-            "ixt_feedback_dropout", "ixt_repeat_prefix", "ixt_cooldown_fraction", "ixt_prefix_loss"]
+            "ixt_feedback_dropout", "ixt_repeat_prefix", "ixt_cooldown_fraction", "ixt_prefix_loss",
+            "ixt_index_version"]
 
     # -- index building ---------------------------------------------------------------
 
@@ -190,9 +193,8 @@ class IXTDataset(GPTDataset):
         tokens, prefix_tokens = packing.epoch_tokens(self.indices, self.dataset.sequence_lengths, prefix_lengths)
         num_epochs = self._num_epochs(tokens, prefix_tokens)
         document_index = _build_document_index(self.indices, num_epochs, np.random.RandomState(c.random_seed), False)
-        # Occurrence i is in epoch i // len(indices); one splitmix64 draw per (seed, document, epoch).
-        dropped = packing.dropout_flags(document_index, prefix_lengths, c.random_seed, c.ixt_feedback_dropout,
-                                        len(self.indices))
+        # One splitmix64 draw per (seed, document, epoch): a document's k-th occurrence is its epoch k.
+        dropped = packing.dropout_flags(document_index, prefix_lengths, c.random_seed, c.ixt_feedback_dropout)
         sample_index = self._pack(document_index, dropped, tokens * num_epochs)
         cooldown = self._cooldown_start()
         if cooldown is not None and cooldown < len(sample_index) - 1:

@@ -30,15 +30,24 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
+VERSION = 2
+"""The index-building algorithm's version, part of the datasets' cache keys (an index built by
+another version is never reused). 2: a document's dropout is drawn per repeat of it; 1 keyed
+the draw on ``i // len(documents)``, which is not the epoch once megatron-core has shuffled
+all epochs together, so that a document's repeats shared draws."""
+
+
 @numba.njit(cache=True, nogil=True)
-def _dropout_kernel(document_index, prefix_lengths, seed, rate, per_epoch, out):
+def _dropout_kernel(document_index, prefix_lengths, seed, rate, out):
     seed_term = np.uint64(seed) * _MIX2
+    repeats = np.zeros(prefix_lengths.shape[0], dtype=np.int64)
     for i in range(document_index.shape[0]):
         doc = document_index[i]
+        epoch = repeats[doc]  # this occurrence is the document's epoch-th (megatron-core shuffles epochs together)
+        repeats[doc] += 1
         if prefix_lengths[doc] <= 0:
             out[i] = False
             continue
-        epoch = i // per_epoch
         x = (np.uint64(doc) * _GOLDEN) ^ ((np.uint64(epoch) + np.uint64(1)) * _MIX1) ^ seed_term
         x ^= x >> np.uint64(30)
         x *= _MIX1
@@ -48,15 +57,16 @@ def _dropout_kernel(document_index, prefix_lengths, seed, rate, per_epoch, out):
         out[i] = np.float64(x >> np.uint64(11)) / 9007199254740992.0 < rate
 
 
-def dropout_flags(document_index: np.ndarray, prefix_lengths: np.ndarray, seed: int, rate: float,
-                  per_epoch: int) -> np.ndarray:
+def dropout_flags(document_index: np.ndarray, prefix_lengths: np.ndarray, seed: int, rate: float) -> np.ndarray:
     """bool per occurrence: its document has a prefix and the splitmix64 draw of (seed,
-    document, epoch) is below `rate`; occurrence `i` belongs to epoch `i // per_epoch`."""
+    document, epoch) is below `rate`, where an occurrence's epoch is how many times its
+    document occurred before it: each document occurs once per epoch, so its repeats draw
+    independently wherever the shuffle put them."""
     out = np.empty(len(document_index), dtype=bool)
     if rate <= 0 or len(document_index) == 0:
         out[:] = False
         return out
-    _dropout_kernel(document_index, prefix_lengths, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), float(rate), max(per_epoch, 1), out)
+    _dropout_kernel(document_index, prefix_lengths, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), float(rate), out)
     return out
 
 

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 class SFTDatasetConfig(GPTDatasetConfig):
     ixt_feedback_dropout: float = 0.0
     """Probability that an annotated conversation trains without its feedback, per (conversation, epoch)."""
+    ixt_index_version: int = packing.VERSION
+    """The index-building algorithm's version (``packing.VERSION``): part of the cache key."""
 
 
 class SFTLowLevelDataset:
@@ -102,14 +104,13 @@ class SFTDataset(MegatronDataset):
 
     @staticmethod
     def _key_config_attributes() -> list[str]:
-        return ["random_seed", "sequence_length", "split", "split_matrix", "ixt_feedback_dropout"]
+        return ["random_seed", "sequence_length", "split", "split_matrix", "ixt_feedback_dropout", "ixt_index_version"]
 
     def _occurrences(self, epochs: int, rng_seed: int):
         """Occurrence order over ``epochs`` shuffled epochs, each occurrence's variant, size."""
         d = self.dataset
         document_index = _build_document_index(self.indices, epochs, np.random.RandomState(rng_seed), False)
-        dropped = packing.dropout_flags(document_index, d.feedback_lengths, rng_seed,
-                                        self.config.ixt_feedback_dropout, len(self.indices))
+        dropped = packing.dropout_flags(document_index, d.feedback_lengths, rng_seed, self.config.ixt_feedback_dropout)
         conditioned = ~dropped
         sizes = d.sequence_lengths[document_index].astype(np.int64) - np.where(
             conditioned, d.plain_lengths[document_index], d.feedback_lengths[document_index])

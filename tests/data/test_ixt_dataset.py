@@ -37,6 +37,16 @@ def uniform_hash(seed: int, documents: np.ndarray, epochs: np.ndarray) -> np.nda
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def repeat_numbers(occurrences: np.ndarray) -> np.ndarray:
+    """Per occurrence, how many times its document occurred before it: its epoch."""
+    seen: dict = {}
+    out = np.empty(len(occurrences), dtype=np.int64)
+    for i, doc in enumerate(occurrences.tolist()):
+        out[i] = seen.get(doc, 0)
+        seen[doc] = out[i] + 1
+    return out
+
+
 def pack_samples(sizes: np.ndarray, prefix_insert: "np.ndarray | None", seq_length: int,
                  add_extra_token: int = 1) -> np.ndarray:
     """The readable reference of the compiled ``packing.pack`` (which the dataset uses): Megatron's greedy packing
@@ -155,7 +165,7 @@ def test_dropout_is_deterministic_and_hits_its_rate(ixt_corpus, tmp_path):
     assert abs(observed - rate) < 4 * np.sqrt(rate * (1 - rate) / n), (observed, n)
     assert not a.prefix_dropped[~annotated].any()
     # Each (document, epoch) decides independently: the same document differs across epochs.
-    epochs = np.arange(len(a.document_index)) // len(a.indices)
+    epochs = repeat_numbers(a.document_index)
     assert epochs.max() >= 1
     u = uniform_hash(1234, a.document_index, epochs)
     np.testing.assert_array_equal(a.prefix_dropped, annotated & (u < rate))
@@ -247,8 +257,8 @@ def test_compiled_packer_equals_python_reference_and_megatron_helper(extra):
         occurrences = np.tile(np.arange(n, dtype=np.int32), epochs)
         rng.shuffle(occurrences)
         rate, seed = float(rng.choice([0.0, 0.3, 1.0])), int(rng.integers(0, 2**40))
-        dropped = packing.dropout_flags(occurrences, prefixes, seed, rate, n)
-        expected = (prefixes[occurrences] > 0) & (uniform_hash(seed, occurrences, np.arange(len(occurrences)) // n) < rate)
+        dropped = packing.dropout_flags(occurrences, prefixes, seed, rate)
+        expected = (prefixes[occurrences] > 0) & (uniform_hash(seed, occurrences, repeat_numbers(occurrences)) < rate)
         np.testing.assert_array_equal(dropped, expected)
         sizes = (lengths[occurrences] - np.where(dropped, prefixes[occurrences], 0)).astype(np.int32)
         insert = np.where(dropped, 0, prefixes[occurrences])
@@ -283,3 +293,23 @@ def test_epochs_in_closed_form_cover_the_samples(ixt_corpus, tmp_path, ixt):
     epochs = len(ds.document_index) // len(ds.indices)
     if not ixt:
         assert epochs == -(-(num_samples * SEQ + 1) // per_epoch) == 4
+
+
+def test_a_documents_repeats_drop_their_prefix_independently():
+    """megatron-core shuffles all epochs together, so a document's repeats land anywhere: over
+    200 epochs the number of its repeats without a prefix must spread as 200 independent draws
+    do (binomial variance). Keyed on the position's epoch (``i // documents``), repeats that
+    land in the same stretch shared one draw, which doubled the variance."""
+    from megatron.core.datasets.gpt_dataset import _build_document_index
+
+    from megatron_ixt.data import packing
+
+    documents, epochs, rate = 500, 200, 0.3
+    occurrences = _build_document_index(np.arange(documents, dtype=np.int32), epochs,
+                                         np.random.RandomState(5), False)
+    dropped = packing.dropout_flags(occurrences, np.full(documents, 4, dtype=np.int32), 1234, rate)
+    per_document = np.bincount(occurrences, weights=dropped, minlength=documents)
+    assert abs(per_document.mean() / epochs - rate) < 0.01
+    ratio = per_document.var(ddof=1) / (epochs * rate * (1 - rate))
+    print(f"variance of dropped repeats per document / binomial variance: {ratio:.2f}")
+    assert 0.75 < ratio < 1.3, ratio  # sampling spread at 500 documents: about +-0.13 (2 sd)
