@@ -166,7 +166,8 @@ class SFTDataset(MegatronDataset):
             "labels": torch.from_numpy(tokens[1:].copy()),
             "loss_mask": torch.from_numpy(loss_mask),
             "position_ids": torch.from_numpy(positions[:-1].copy()),
-            "prefix_mask": torch.from_numpy(((label_roles & FEEDBACK) != 0).astype(np.float32)),
+            "prefix_mask": torch.from_numpy((((label_roles & FEEDBACK) != 0) & ((label_roles & LOSS) == 0))
+                                            .astype(np.float32)),
             "text_mask": torch.from_numpy(loss_mask.copy()),
             "orphan_mask": torch.zeros(capacity - 1, dtype=torch.float32),
             "token_level": torch.from_numpy(level[1:].copy()),

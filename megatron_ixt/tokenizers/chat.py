@@ -55,7 +55,8 @@ from megatron_ixt.format.errors import TokenizerError
 LOSS = 1
 """Role bit: the token is trained on (an assistant turn)."""
 FEEDBACK = 2
-"""Role bit: the token belongs to the conditioned variant only (the feedback)."""
+"""Role bit: the token belongs to the conditioned variant only (the feedback; rarely, text the
+tokenizer encodes differently after it)."""
 PLAIN = 4
 """Role bit: the token belongs to the unconditioned variant only."""
 
@@ -297,13 +298,15 @@ def _merge_variants(conditioned, conditioned_roles, plain, plain_roles):
     tail = min(common(conditioned[::-1], conditioned_roles[::-1], plain[::-1], plain_roles[::-1]), n - head)
     only_conditioned = slice(head, len(conditioned) - tail)
     only_plain = slice(head, len(plain) - tail)
-    if (conditioned_roles[only_conditioned] & LOSS).any() or (plain_roles[only_plain] & LOSS).any():
-        raise ChatTemplateError("the feedback in the system message changes the assistant turns' tokens")
+    # Usually the two differ by the feedback alone. A tokenizer may also encode text after it
+    # differently (a SentencePiece model's segmentation reaches across the split at the
+    # feedback): then each variant keeps its own tokens there, assistant tokens trained in
+    # both (their LOSS bit kept beside PLAIN / FEEDBACK).
     ids = np.concatenate([conditioned[:head], plain[only_plain], conditioned[only_conditioned],
                           conditioned[len(conditioned) - tail:]])
-    roles = np.concatenate([conditioned_roles[:head], np.full(only_plain.stop - only_plain.start, PLAIN, np.uint8),
-                            np.full(only_conditioned.stop - only_conditioned.start, FEEDBACK, np.uint8),
-                            conditioned_roles[len(conditioned) - tail:]])
+    roles = np.concatenate([conditioned_roles[:head], PLAIN | (plain_roles[only_plain] & LOSS),
+                            FEEDBACK | (conditioned_roles[only_conditioned] & LOSS),
+                            conditioned_roles[len(conditioned) - tail:]]).astype(np.uint8)
     return ids, roles
 
 

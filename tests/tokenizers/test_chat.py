@@ -161,3 +161,60 @@ def test_text_holding_the_private_use_character_keeps_it_and_one_feedback(smollm
     expected = theirs(messages[:2], add_generation_prompt=True)
     start = len(theirs(messages[:1])) - 2  # the feedback ends the system message, before <|im_end|>\n
     assert context == expected[:start] + feedback + expected[start:]
+
+
+@pytest.fixture(scope="module")
+def stdlib_files() -> list[str]:
+    """The first 4,000 characters of the first 300 standard-library modules (licence headers,
+    asterisk banners and all)."""
+    import glob
+    import sysconfig
+
+    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))[:300]
+    return [open(f, encoding="utf-8", errors="replace").read()[:4000] for f in files]
+
+
+@pytest.fixture(scope="module")
+def sp_unigram(tmp_path_factory, stdlib_files) -> str:
+    """A 4,000-piece unigram SentencePiece model with default normalization (nmt_nfkc, extra
+    whitespace removed): its segmentation reaches across the point where the feedback goes."""
+    import sentencepiece
+
+    prefix = str(tmp_path_factory.mktemp("unigram") / "uni")
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(stdlib_files), model_prefix=prefix,
+                                             vocab_size=4000, model_type="unigram", minloglevel=2, num_threads=2)
+    return prefix + ".model"
+
+
+def test_conversations_whose_text_the_feedback_retokenizes_are_stored_for_both(sp_unigram, stdlib_files):
+    """An assistant turn opening with a run of 72 asterisks (a licence header) and the rest of a
+    real document, under the default template, with a unigram model: the feedback at the end of
+    the system message changes how the text after it is segmented. Both variants must come
+    back exactly, each as SentencePiece itself encodes the template's rendering (written out
+    here by hand), and train the same assistant text; 300 documents, each with and without the
+    asterisks (before, 7 of the 600 failed the whole preprocessing run)."""
+    import sentencepiece
+
+    tokenizer = build_tokenizer("SentencePieceTokenizer", sp_unigram)
+    sp = sentencepiece.SentencePieceProcessor(model_file=sp_unigram)
+    template = chat_template_for(tokenizer)
+    feedback = [tokenizer.feedback_open_id, 7, 8, tokenizer.feedback_close_id]
+    differing = 0
+    for text in stdlib_files:
+        for answer in ("*" * 72 + "\n" + text[:1160], text[:1235]):
+            user = "Continue: " + " ".join(text.split()[:8])
+            messages = [{"role": "system", "content": "You continue documents."},
+                        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            rest = f"\n<|user|>\n{user}\n<|assistant|>\n{answer}\n"
+            plain = sp.encode("<|system|>\nYou continue documents." + rest) + [tokenizer.eod]
+            conditioned = sp.encode("<|system|>\nYou continue documents.") + feedback + sp.encode(rest) + [tokenizer.eod]
+            ids, roles = encode_conversation(tokenizer, template, messages, feedback, eod=tokenizer.eod)
+            with_feedback, with_roles = variant(ids, roles, conditioned=True)
+            without, without_roles = variant(ids, roles, conditioned=False)
+            assert with_feedback.tolist() == conditioned and without.tolist() == plain
+            trained = [tokenizer.detokenize(v[(r & LOSS) != 0].tolist()) for v, r in
+                       ((with_feedback, with_roles), (without, without_roles))]
+            assert trained[0] == trained[1] != ""  # the same text trains in both
+            differing += bool((((roles & LOSS) != 0) & ((roles & (FEEDBACK | PLAIN)) != 0)).any())
+    print(f"{differing} of 600 conversations stored each variant's own assistant tokens")
+    assert differing > 0  # the case this test is about occurs
