@@ -27,7 +27,8 @@ from typing import Optional
 
 from megatron_ixt.conversion import ConversionError
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.tokenizers.build import GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer
+from megatron_ixt.tokenizers.bpe import GPT2BPETokenizer, HuggingFaceTokenizer
+from megatron_ixt.tokenizers.sentencepiece_model import SentencePieceTokenizer
 from megatron_ixt.tokenizers.chat import chat_template_for
 
 logger = logging.getLogger(__name__)

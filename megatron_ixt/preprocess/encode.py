@@ -28,7 +28,8 @@ from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
 from megatron_ixt.format.prefixes import load_template, prefix_ids_of_texts
 from megatron_ixt.format.sources import LineBatch
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.tokenizers.build import NullTokenizer, tokenizer_from_config
+from megatron_ixt.tokenizers.build import tokenizer_from_config
+from megatron_ixt.tokenizers.ixt import NullTokenizer
 
 MAX_REPORTED_ERRORS = 10
 """How many skipped lines are listed (all are counted)."""

@@ -2,7 +2,11 @@
 inference and conversion.
 
 * `base` - megatron-core's legacy tokenizer interface, without importing megatron-core;
-* `build` - `build_tokenizer` and the four types (SentencePiece, Hugging Face, GPT-2 BPE, Null);
+* `ixt` - what every tokenizer here shares (the feedback delimiter ids, batched tokenization,
+  identity) and the null tokenizer of mock data;
+* `sentencepiece_model` - SentencePiece models; `bpe` - tokenizer.json and GPT-2 BPE;
+* `build` - `build_tokenizer` / `tokenizer_from_config`: a tokenizer by Megatron-LM type name;
+* `chat` - chat templates and the SFT encoding of conversations;
 * `training` - `tools/train_tokenizer.py`: a lossless SentencePiece model with the delimiters.
 
 This package imports nothing itself, so that `base` (the tools' `--help`) stays light.

@@ -8,13 +8,10 @@ import pytest
 
 from megatron_ixt.format.errors import TokenizerError
 from megatron_ixt.format.special_tokens import FEEDBACK_CLOSE, FEEDBACK_OPEN
-from megatron_ixt.tokenizers.build import (
-    GPT2BPETokenizer,
-    HuggingFaceTokenizer,
-    NullTokenizer,
-    SentencePieceTokenizer,
-    build_tokenizer,
-)
+from megatron_ixt.tokenizers.bpe import GPT2BPETokenizer, HuggingFaceTokenizer
+from megatron_ixt.tokenizers.build import build_tokenizer
+from megatron_ixt.tokenizers.ixt import NullTokenizer
+from megatron_ixt.tokenizers.sentencepiece_model import SentencePieceTokenizer
 
 
 def test_sentencepiece_is_lossless_on_code(sp_model, stdlib_texts, humaneval_texts):
