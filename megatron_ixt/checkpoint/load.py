@@ -12,17 +12,16 @@ import dataclasses
 import logging
 import os
 import pickle
-import random
 import time
 from typing import Optional
 
-import numpy as np
 import torch
-from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core import dist_checkpointing
 
 from megatron_ixt.checkpoint.compat import check_megatron_lm_compatible, checkpoint_source
+from megatron_ixt.checkpoint.contents import (model_keys, model_sharded_state_dict, padded_vocab, restore_rng,
+                                               rng_state, unwrap)
 from megatron_ixt.checkpoint.files import TRACKER_FILE, checkpoint_path, clean_partial_checkpoints, read_tracker
-from megatron_ixt.checkpoint.save import model_keys, model_sharded_state_dict, padded_vocab, rng_state, unwrap
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.runtime.distributed import ParallelLayout
@@ -71,15 +70,6 @@ def read_common_state(path: str) -> dict:
         unsupported = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
         raise ConfigError(f"checkpoint {path}: common.pt holds objects that are not loaded without running their "
                           f"code ({unsupported[0] if unsupported else error})") from None
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["random"])
-    np.random.set_state(state["np_random"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
 def load_model_weights(model, loaded: dict) -> None:

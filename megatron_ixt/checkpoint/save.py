@@ -1,4 +1,4 @@
-"""Saving: what a checkpoint holds, written by every rank with megatron-core's
+"""Saving: what a checkpoint holds (``checkpoint.contents``), written by every rank with megatron-core's
 ``dist_checkpointing`` (``torch_dist``), then published by rank 0 (``files.publish``).
 
 Because the format is sharded by tensor *names and global shapes*, a checkpoint saved with
@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import time
 from typing import Optional
 
-import numpy as np
 import torch
-from megatron.core import dist_checkpointing, tensor_parallel
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core import dist_checkpointing
 
 from megatron_ixt.checkpoint import files
+from megatron_ixt.checkpoint.contents import CHECKPOINT_VERSION, model_sharded_state_dict, padded_vocab, rng_state
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.runtime import faults, lifecycle
@@ -50,40 +48,6 @@ def lock_save_folder(cfg: Config) -> None:
     torch.distributed.broadcast_object_list(verdict, src=0)
     if verdict[0]:
         raise ConfigError(verdict[0])
-
-
-def rng_state(layout: ParallelLayout) -> ShardedObject:
-    """Every rank's RNG states, as one sharded object indexed by (pp, tp, dp) rank."""
-    state = {
-        "random": random.getstate(),
-        "np_random": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-    }
-    shape, offset = layout.rank_grid()
-    return ShardedObject("rng_state", state, shape, offset, replica_id=0)
-
-
-def unwrap(chunk):
-    """The GPTModel inside its wrappers (DDP, then Float16Module under BF16; inference tools
-    may hold bare models)."""
-    while hasattr(chunk, "module"):
-        chunk = chunk.module
-    return chunk
-
-
-def model_keys(model) -> list[str]:
-    """Keys as Megatron-LM writes them: ``model``, or ``model0``, ``model1``... per virtual stage."""
-    return ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
-
-
-def model_sharded_state_dict(model) -> dict:
-    return {key: unwrap(chunk).sharded_state_dict() for key, chunk in zip(model_keys(model), model)}
-
-
-def padded_vocab(model) -> int:
-    return unwrap(model[0]).vocab_size
 
 
 class Saver:
@@ -144,7 +108,7 @@ class Saver:
             "vocab_size": self.vocab_size,
             "rng_state": rng_state(self.layout),
             "ixt_prefix": self.prefix,
-            "checkpoint_version": 1,
+            "checkpoint_version": CHECKPOINT_VERSION,
         })
         with lifecycle.preemption_signals_blocked():  # its writer processes (runtime.lifecycle)
             request = dist_checkpointing.save(sharded, partial, async_sharded_save=self._async_queue is not None)

@@ -135,7 +135,7 @@ def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dic
     from megatron.core import dist_checkpointing
 
     from megatron_ixt.checkpoint import files
-    from megatron_ixt.checkpoint.save import unwrap
+    from megatron_ixt.checkpoint.contents import CHECKPOINT_VERSION, unwrap
     from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
     from megatron_ixt.runtime.distributed import initialize_distributed
     from megatron_ixt.runtime.kernels import kernel_plan
@@ -199,7 +199,7 @@ def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dic
                    "pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size, "data_parallel_size": 1},
         "padded_vocab_size": padded,
         "vocab_size": tokenizer.vocab_size,
-        "checkpoint_version": 1,
+        "checkpoint_version": CHECKPOINT_VERSION,
         "weights_only": True,
         "converted_from": {"format": "huggingface", "path": os.path.abspath(input_dir),
                            "architectures": hf_config.get("architectures")},
