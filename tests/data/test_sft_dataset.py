@@ -30,41 +30,63 @@ def _part(ds):
     return getattr(ds, "datasets", [ds])[0]
 
 
+def _stored_variants(prefix: str) -> dict:
+    """{variant ids: its roles} of every conversation of the preprocessed files, read with
+    megatron-core's IndexedDataset and the roles file, not through the SFT dataset."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_ixt.format.indexed_io import read_roles
+    from megatron_ixt.tokenizers.chat import variant
+
+    stored, roles = IndexedDataset(prefix), np.asarray(read_roles(prefix))
+    variants, start = {}, 0
+    for i in range(len(stored)):
+        ids = np.asarray(stored[i], dtype=np.int64)
+        for conditioned in (True, False):
+            v, r = variant(ids, roles[start:start + len(ids)], conditioned)
+            variants[tuple(v.tolist())] = r
+        start += len(ids)
+    return variants
+
+
 def test_samples_pack_whole_conversations_without_attention_between_them(sft_corpus, tmp_path):
     ds = _dataset(sft_corpus, tmp_path)
     sft = _part(ds)
-    low = sft.dataset
+    variants = _stored_variants(sft_corpus["prefix"])
+    eod = sft.config.tokenizer.eod
     assert len(ds) >= 40
     several = 0
     for idx in range(len(sft)):
         sample = sft[idx]
-        k = int(sft.shuffle_index[idx])
-        occurrences = range(int(sft.sample_index[k]), int(sft.sample_index[k + 1]))
-        tokens = torch.cat([sample["tokens"], sample["labels"][-1:]])
-        # Rebuild the sample from the conversations it holds: each one whole (or cut at the end
-        # of a sample it fills alone), then padding.
-        expected_tokens, expected_roles, starts = [], [], []
-        for occurrence in occurrences:
-            ids, roles = low.conversation(int(sft.document_index[occurrence]), bool(sft.conditioned[occurrence]))
-            starts.append(len(expected_tokens))
-            expected_tokens += ids.tolist()
-            expected_roles += roles.tolist()
-        assert len(occurrences) == 1 or len(expected_tokens) <= SEQ + 1
-        n = min(len(expected_tokens), SEQ + 1)
-        assert tokens[:n].tolist() == expected_tokens[:n]
-        assert sample["loss_mask"][:n - 1].tolist() == [float(r & LOSS != 0) for r in expected_roles[1:n]]
-        assert sample["prefix_mask"][:n - 1].tolist() == [float(r & FEEDBACK != 0) for r in expected_roles[1:n]]
-        assert not sample["loss_mask"][n - 1:].any()  # padding
+        tokens = torch.cat([sample["tokens"], sample["labels"][-1:]]).tolist()
+        positions = torch.cat([sample["position_ids"], sample["position_ids"][-1:] + 1]).tolist()
+        # The sample, cut where its position ids restart: each piece a stored conversation
+        # (either variant) whole, or the start of one that fills the sample alone; then padding.
+        starts = [i for i, p in enumerate(positions) if p == 0]
+        pieces = [tokens[a:b] for a, b in zip(starts, starts[1:] + [len(tokens)])]
+        padding = pieces[-1] if len(pieces) > 1 and tuple(pieces[-1]) not in variants else []
+        conversations = pieces[:len(pieces) - bool(padding)]
+        assert set(padding) <= {eod}
+        expected_loss = []
+        for piece in conversations:
+            roles = variants.get(tuple(piece))
+            if roles is None:  # cut at the end of a sample it fills alone
+                assert len(conversations) == 1 and len(piece) == SEQ + 1
+                roles = next(r for v, r in variants.items() if list(v[:len(piece)]) == piece)[:len(piece)]
+            expected_loss += [float(r & LOSS != 0) for r in roles]
+        expected_loss += [0.0] * len(padding)
+        assert sample["loss_mask"].tolist() == expected_loss[1:]
         assert (sample["loss_mask"] * sample["prefix_mask"]).sum() == 0  # feedback never trains
 
         # The mask the attention kernel gets: query i sees key j only inside its own conversation.
+        n = len(tokens) - len(padding)
         ids = document_ids_from_positions(sample["position_ids"].unsqueeze(0))
         allowed = document_causal_mask(ids)[0, 0]
         conversation_of = np.searchsorted(np.asarray(starts), np.arange(SEQ), side="right") - 1
         conversation_of[n:] = len(starts)  # the padding is a document of its own
         same = conversation_of[:, None] == conversation_of[None, :]
         assert allowed.tolist() == (np.tril(np.ones((SEQ, SEQ), dtype=bool)) & same).tolist()
-        several += len(occurrences) > 1
+        several += len(conversations) > 1
     assert several > 0  # short conversations share samples
 
 

@@ -74,11 +74,17 @@ def test_best_feedback_beats_worst_on_heldout_text(trained):
     assert summary["share_best_below_worst"] >= 0.9, summary
 
 
-@pytest.mark.parametrize("level", [5, 1])
-def test_generate_under_feedback(trained, level):
+def test_generate_under_feedback(trained):
+    """The feedback reaches the model: the same seeded sampling under level 5 and under level 1
+    continues differently (with the prefix ignored, both would be the same draw); neither
+    output holds a delimiter."""
     root, ckpt = trained
-    proc = run_torchrun(2, "tools/generate.py", ["--load", ckpt, "--tensor-model-parallel-size", 2, "--feedback-level",
-                                                 level, "--prompt", "def ", "--top-k", 20, "--max-new-tokens", 24])
-    assert f"Quality: {level}/5" in proc.stdout
-    output = proc.stdout.split("[output]", 1)[1]
-    assert "<|feedback|>" not in output and "<|/feedback|>" not in output
+    outputs = {}
+    for level in (5, 1):
+        proc = run_torchrun(2, "tools/generate.py", ["--load", ckpt, "--tensor-model-parallel-size", 2,
+                                                     "--feedback-level", level, "--prompt", "def ", "--top-k", 20,
+                                                     "--seed", 3, "--max-new-tokens", 24])
+        outputs[level] = proc.stdout.split("[output]", 1)[1]
+        assert "<|feedback|>" not in outputs[level] and "<|/feedback|>" not in outputs[level]
+    print(outputs)
+    assert outputs[5] != outputs[1]

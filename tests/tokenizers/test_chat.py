@@ -43,20 +43,23 @@ def test_hf_template_ids_and_mask(smollm2, smollm2_tokenizer, messages):
     template = chat_template_for(smollm2_tokenizer)
     assert template.origin == "tokenizer"
     ids, roles = render_ids(smollm2_tokenizer, template, messages)
-    theirs = AutoTokenizer.from_pretrained(smollm2).apply_chat_template(messages, tokenize=True)
-    theirs = theirs["input_ids"] if not isinstance(theirs, list) else theirs
-    assert ids.tolist() == list(theirs)  # the ids transformers gives, special tokens included
+    hf = AutoTokenizer.from_pretrained(smollm2)
+
+    def theirs(conversation, **options) -> list:
+        return list(hf.apply_chat_template(conversation, tokenize=True, return_dict=False, **options))
+
+    assert ids.tolist() == theirs(messages)  # the ids transformers gives, special tokens included
     # Token by token: the trained runs are exactly each assistant turn as ChatML renders it
     # (content, <|im_end|>, newline); everything else (system, default system prompt, user
     # turns, role markers, generation prompts) is masked.
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     assert _runs(ids, roles & LOSS, smollm2_tokenizer) == [a + "<|im_end|>\n" for a in answers]
+    # Each assistant turn spans, in transformers' own encoding, from the end of the
+    # conversation before it with the generation prompt to the end of the conversation with it.
     expected = np.zeros(len(ids), dtype=bool)
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            start = len(render_ids(smollm2_tokenizer, template, messages[:i], add_generation_prompt=True)[0])
-            end = len(render_ids(smollm2_tokenizer, template, messages[:i + 1])[0])
-            expected[start:end] = True
+            expected[len(theirs(messages[:i], add_generation_prompt=True)):len(theirs(messages[:i + 1]))] = True
     assert ((roles & LOSS) != 0).tolist() == expected.tolist()
 
 
