@@ -77,7 +77,7 @@ def ixt_corpus(tmp_path_factory):
 def sft_corpus(tmp_path_factory, ixt_corpus):
     """Real SFT data: 100 GSM8K conversations (tests/conversations.py), 80% annotated by the
     math verifier (tools/annotate_feedback.py --critic math --fraction 0.8), preprocessed with
-    --sft --seq-length 256 and the IXT corpus's SentencePiece tokenizer (the default chat
+    --sft --seq-length 512 (conversations longer than that keep their leading turns that fit, or are left out) and the IXT corpus's SentencePiece tokenizer (the default chat
     template). Returns a dict of paths."""
     from tests.conversations import gsm_conversations
 
@@ -88,7 +88,7 @@ def sft_corpus(tmp_path_factory, ixt_corpus):
                  "--fraction", 0.8, "--no-progress"],
                 ["tools/preprocess_data.py", "--sft", "--input", annotated, "--output-prefix", root / "sft",
                  "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", ixt_corpus["tokenizer"],
-                 "--seq-length", 256, "--prefix-template", "critique"]):
+                 "--seq-length", 512, "--prefix-template", "critique"]):
         proc = run_python(cmd[0], cmd[1:])
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"jsonl": annotated, "prefix": str(root / "sft_messages_document"), "tokenizer": ixt_corpus["tokenizer"]}

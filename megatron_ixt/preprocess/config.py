@@ -54,8 +54,10 @@ class PreprocessConfig:
                            "marks the assistant tokens that train. The output is <prefix>_messages_document.")
     seq_length: Optional[int] = arg(None, "SFT: the training --seq-length; a longer conversation is handled by "
                                           "--overlong (default: no limit).")
-    overlong: str = arg("truncate", "SFT: a conversation longer than --seq-length + 1 tokens is cut there (and "
-                                    "counted) or refused with its file and line.", choices=("truncate", "refuse"))
+    overlong: str = arg("truncate", "SFT: a conversation longer than --seq-length + 1 tokens: truncate (keep its "
+                                    "leading turns that fit, ending with an assistant turn; left out when even "
+                                    "the first assistant turn does not fit), drop (left out), or refuse (file and "
+                                    "line, exit 1). Each case is counted.", choices=("truncate", "drop", "refuse"))
     keep_sequential_samples: bool = arg(False, "Accepted for Megatron-LM compatibility; output order always "
                                                "follows the input.")
 

@@ -68,7 +68,10 @@ class KeyStats:
     loss_tokens: int = 0
     """SFT: tokens in the loss (assistant turns, in the conditioned variant)."""
     truncated: int = 0
-    """SFT: conversations cut to the longest allowed length."""
+    """SFT: conversations stored without their trailing turns (``--overlong truncate``)."""
+    dropped: int = 0
+    """SFT: conversations left out: not even their first assistant turn fits (``truncate``),
+    or they do not fit (``--overlong drop``)."""
 
     def add(self, other: "KeyStats") -> None:
         for name in vars(self):

@@ -25,6 +25,11 @@ from megatron_ixt.preprocess.encode import BatchEncoder, BatchResult, EncodeSett
 from megatron_ixt.tokenizers.chat import FEEDBACK, LOSS, PLAIN, chat_template_for, encode_conversation
 
 
+def _longest_variant(roles: np.ndarray) -> int:
+    """Tokens of the longer of a stored sequence's two variants (``tokenizers.chat.variant``)."""
+    return len(roles) - min(int(np.count_nonzero(roles & FEEDBACK)), int(np.count_nonzero(roles & PLAIN)))
+
+
 class ConversationEncoder(BatchEncoder):
     """Turns ``LineBatch``es of conversations into token and roles shards."""
 
@@ -46,21 +51,30 @@ class ConversationEncoder(BatchEncoder):
                     return None
         return parsed
 
-    def _limit(self, ids: np.ndarray, roles: np.ndarray, path: str, line: int, stats: KeyStats):
-        """Cut (or refuse) a conversation longer than a sample: each variant keeps at most
-        ``seq_length + 1`` tokens."""
-        if self.settings.seq_length is None:
-            return ids, roles
-        longest = self.settings.seq_length + 1
-        extra = min(int(np.count_nonzero(roles & FEEDBACK)), int(np.count_nonzero(roles & PLAIN)))
-        if len(ids) - extra <= longest:
+    def _fit(self, turns: list, feedback, path: str, line: int, stats: KeyStats):
+        """The stored sequence of one conversation, each variant at most ``seq_length + 1``
+        tokens (``--overlong``): whole, or without its trailing turns (``truncate``: the longest
+        leading part that ends with an assistant turn and fits, so the sequence ends as the
+        template ends a turn); None when not even its first assistant turn fits (``truncate``),
+        or when it does not fit (``drop``); counted either way. ``refuse`` raises."""
+        ids, roles = encode_conversation(self.tokenizer, self.chat_template, turns, feedback, eod=self.eod)
+        limit = None if self.settings.seq_length is None else self.settings.seq_length + 1
+        if limit is None or _longest_variant(roles) <= limit:
             return ids, roles
         if self.settings.overlong == "refuse":
-            raise DocumentError(path, line, "messages", f"a conversation of at most {longest} tokens "
+            raise DocumentError(path, line, "messages", f"a conversation of at most {limit} tokens "
                                 f"(--seq-length {self.settings.seq_length} + 1)",
-                                detail=f"it has {len(ids) - extra}; pass --overlong truncate to cut it")
-        stats.truncated += 1
-        return ids[:longest + extra], roles[:longest + extra]
+                                detail=f"it has {_longest_variant(roles)}; pass --overlong truncate to cut it "
+                                       "after its last turn that fits, or --overlong drop")
+        if self.settings.overlong == "truncate":
+            ends = [i + 1 for i, turn in enumerate(turns) if turn["role"] == "assistant"][:-1]
+            for end in reversed(ends):
+                ids, roles = encode_conversation(self.tokenizer, self.chat_template, turns[:end], feedback, eod=self.eod)
+                if _longest_variant(roles) <= limit:
+                    stats.truncated += 1
+                    return ids, roles
+        stats.dropped += 1
+        return None
 
     def encode(self, batch: LineBatch) -> BatchResult:
         result = BatchResult(index=batch.index, lines=len(batch.lines), nbytes=batch.nbytes)
@@ -76,9 +90,8 @@ class ConversationEncoder(BatchEncoder):
         per_line = []  # sequences per line (a line may hold several conversations)
         for j, (line, conversation) in enumerate(parsed):
             try:
-                encoded = [self._limit(*encode_conversation(self.tokenizer, self.chat_template, turns, feedback[j],
-                                                            eod=self.eod), batch.path, line, stats)
-                           for turns in conversation.conversations]
+                encoded = [self._fit(turns, feedback[j], batch.path, line, stats) for turns in conversation.conversations]
+                encoded = [e for e in encoded if e is not None]
             except TokenizerError as error:  # a template that cannot render this conversation
                 if not self._skip(DocumentError(batch.path, line, "messages", "a conversation the chat template "
                                                 "renders", detail=str(error)), result):

@@ -299,7 +299,8 @@ def _write_metadata(summary, config, settings, tokenizer, template, paths, stage
                 "documents_per_level": {str(level): n for level, n in enumerate(summary.level_counts)},
                 "documents_with_delimiter_text": summary.documents_with_delimiter_text,
                 "skipped_lines": summary.skipped,
-                **({"loss_tokens": stats.loss_tokens, "truncated_conversations": stats.truncated} if chat else {}),
+                **({"loss_tokens": stats.loss_tokens, "truncated_conversations": stats.truncated,
+                    "dropped_overlong_conversations": stats.dropped} if chat else {}),
                 "input_bytes": summary.nbytes,
             },
             "skipped": summary.skipped_examples,
@@ -321,9 +322,10 @@ def report(summary: PreprocessSummary) -> str:
         stats = summary.stats.get(key, KeyStats())
         lines.append(f"  {prefix}.{{bin,idx}} (+{SIDE_FILE_SUFFIX}, {META_FILE_SUFFIX}): "
                      f"{stats.sequences} sequences, {stats.tokens} tokens, {stats.prefix_tokens} prefix tokens")
-        if stats.loss_tokens or stats.truncated:
+        if stats.loss_tokens or stats.truncated or stats.dropped:
             lines.append(f"  SFT: {stats.loss_tokens} tokens in the loss ({ROLES_FILE_SUFFIX}), "
-                         f"{stats.truncated} conversations truncated to --seq-length + 1")
+                         f"{stats.truncated} conversations truncated to their turns that fit in --seq-length + 1, "
+                         f"{stats.dropped} left out (longer than that even without their later turns, or --overlong drop)")
     lines.append("  documents per quality level (0 = not annotated): "
                  + ", ".join(f"{level}: {n}" for level, n in enumerate(summary.level_counts)))
     if summary.documents_with_delimiter_text:

@@ -66,6 +66,9 @@ def test_samples_pack_whole_conversations_without_attention_between_them(sft_cor
         pieces = [tokens[a:b] for a, b in zip(starts, starts[1:] + [len(tokens)])]
         padding = pieces[-1] if len(pieces) > 1 and tuple(pieces[-1]) not in variants else []
         conversations = pieces[:len(pieces) - bool(padding)]
+        last = conversations[-1]
+        if not padding and tuple(last) not in variants and last[-1] == eod and tuple(last[:-1]) in variants:
+            conversations[-1], padding = last[:-1], [eod]  # one padding token: the label past the positions
         assert set(padding) <= {eod}
         expected_loss = []
         for piece in conversations:
