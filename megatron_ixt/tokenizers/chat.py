@@ -187,9 +187,39 @@ def _template_of_folder(folder: Path) -> ChatTemplate:
 
 
 def _tokenizer_folder(tokenizer) -> Optional[Path]:
-    if getattr(tokenizer, "tokenizer_type", None) != "HuggingFaceTokenizer":
-        return None
-    return Path(tokenizer._files["tokenizer_model"]).parent
+    """The folder of the tokenizer's files, where its ``tokenizer_config.json`` (and chat
+    template) live: a tokenizer.json's, a SentencePiece model's, GPT-2's vocabulary's."""
+    files = getattr(tokenizer, "_files", None) or {}
+    path = files.get("tokenizer_model") or files.get("vocab_file")
+    return Path(path).parent if path else None
+
+
+def _special_ids(tokenizer, template: ChatTemplate) -> dict[str, int]:
+    """The template's special tokens (``bos_token``, ``eos_token`` ...) a rendering spells out
+    as text, with the ids they stand for. A tokenizer.json matches its special tokens in text
+    itself; a SentencePiece model never produces a control piece such as ``<s>`` from text, so
+    its rendering is split at them, as transformers splits on special tokens."""
+    if getattr(tokenizer, "tokenizer_type", None) == "HuggingFaceTokenizer":
+        return {}
+    vocab = tokenizer.vocab
+    return {text: vocab[text] for _, text in template.special_tokens if text in vocab}
+
+
+def _encode_text(tokenizer, text: str, specials: dict[str, int]) -> tuple[list[int], list[int]]:
+    """``tokenizer.encode_with_offsets``, with the ``specials`` strings as their ids."""
+    if not specials:
+        return tokenizer.encode_with_offsets(text)
+    ids, starts, position = [], [], 0
+    for part in re.split("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")", text):
+        if part in specials:
+            ids.append(specials[part])
+            starts.append(position)
+        elif part:
+            part_ids, part_starts = tokenizer.encode_with_offsets(part)
+            ids.extend(part_ids)
+            starts.extend(s + position for s in part_starts)
+        position += len(part)
+    return ids, starts
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -223,9 +253,10 @@ def _trained_spans(template: ChatTemplate, messages: Sequence[dict], text: str) 
     return spans
 
 
-def _encode_runs(tokenizer, text: str, spans, feedback_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _encode_runs(tokenizer, text: str, spans, feedback_ids: Sequence[int],
+                 specials: Optional[dict] = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and LOSS/FEEDBACK roles of a rendered text, the feedback mark replaced by
-    ``feedback_ids``."""
+    ``feedback_ids`` and the template's special tokens by theirs (:func:`_special_ids`)."""
     ids, roles, position = [], [], 0
     mark = _find_mark(text) if len(feedback_ids) else None
     for k, run in enumerate(text.split(mark) if mark else [text]):
@@ -234,7 +265,7 @@ def _encode_runs(tokenizer, text: str, spans, feedback_ids: Sequence[int]) -> tu
             roles.extend([FEEDBACK] * len(feedback_ids))
             position += len(mark)
         if run:
-            run_ids, starts = tokenizer.encode_with_offsets(run)
+            run_ids, starts = _encode_text(tokenizer, run, specials or {})
             ids.extend(run_ids)
             starts = np.asarray(starts, dtype=np.int64) + position
             trained = np.zeros(len(starts), dtype=bool)
@@ -254,14 +285,15 @@ def render_ids(tokenizer, template: ChatTemplate, messages: Sequence[dict],
         messages = with_feedback(messages)
     text = template.render(messages, add_generation_prompt=add_generation_prompt)
     spans = [] if add_generation_prompt else _trained_spans(template, messages, text)
-    return _encode_runs(tokenizer, text, spans, [] if feedback_ids is None else list(feedback_ids))
+    return _encode_runs(tokenizer, text, spans, [] if feedback_ids is None else list(feedback_ids),
+                        _special_ids(tokenizer, template))
 
 
 def encode_rendered(tokenizer, text: str, feedback_ids: Sequence[int]) -> np.ndarray:
     """The ids of a conversation already rendered from :func:`with_feedback`'s messages (the
     feedback's place marked in the text), with ``feedback_ids`` at the mark (the lm-eval
     backend renders through lm-eval and encodes here)."""
-    return _encode_runs(tokenizer, text, [], list(feedback_ids))[0]
+    return _encode_runs(tokenizer, text, [], list(feedback_ids), _special_ids(tokenizer, chat_template_for(tokenizer)))[0]
 
 
 def encode_conversation(tokenizer, template: ChatTemplate, messages: Sequence[dict],

@@ -221,3 +221,31 @@ def test_conversations_whose_text_the_feedback_retokenizes_are_stored_for_both(s
             differing += bool((((roles & LOSS) != 0) & ((roles & (FEEDBACK | PLAIN)) != 0)).any())
     print(f"{differing} of 600 conversations stored each variant's own assistant tokens")
     assert differing > 0  # the case this test is about occurs
+
+
+def test_a_sentencepiece_folder_keeps_its_chat_template(sp_model, tmp_path):
+    """A tokenizer folder with tokenizer.model and a chat template in tokenizer_config.json
+    (Llama 2's kind, with {{ bos_token }} and {{ eos_token }}): SFT uses that template, not the
+    default, and the special tokens it spells out become their ids, as transformers splits on
+    them (SentencePiece never makes <s> from text). Expected ids: SentencePiece's own
+    encoding of the text between them."""
+    import shutil
+
+    import sentencepiece
+
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    shutil.copy(sp_model, folder / "tokenizer.model")
+    source = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+              "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}")
+    (folder / "tokenizer_config.json").write_text(
+        '{"bos_token": "<s>", "eos_token": "</s>", "chat_template": %s}' % __import__("json").dumps(source))
+    tokenizer = build_tokenizer("SentencePieceTokenizer", str(folder / "tokenizer.model"))
+    template = chat_template_for(tokenizer)
+    assert template.origin == "tokenizer"
+    sp = sentencepiece.SentencePieceProcessor(model_file=sp_model)
+    bos, eos = sp.piece_to_id("<s>"), sp.piece_to_id("</s>")
+    ids, roles = render_ids(tokenizer, template, SINGLE)
+    assert ids.tolist() == [bos, *sp.encode("[INST] What is 12 * 7? [/INST] 12 * 7 = 84.\n#### 84 "), eos]
+    trained = ids[(roles & LOSS) != 0].tolist()
+    assert trained[-1] == eos and sp.decode(trained[:-1]).strip() == "12 * 7 = 84.\n#### 84"
