@@ -100,7 +100,8 @@ class ParallelConfig:
     tensor_model_parallel_size: int = arg(1, "Tensor-parallel degree (TP).")
     pipeline_model_parallel_size: int = arg(1, "Pipeline-parallel degree (PP).")
     num_layers_per_virtual_pipeline_stage: Optional[int] = arg(None, "Layers per virtual stage: turns on the interleaved 1F1B schedule.")
-    sequence_parallel: bool = arg(False, "Shard activations along the sequence inside TP regions (needs TP > 1).")
+    sequence_parallel: bool = arg(False, "Shard activations along the sequence inside TP regions (switched off, with a "
+                                         "warning, at TP=1, as Megatron-LM does).")
     distributed_backend: Optional[str] = arg(None, "Process-group backend (default: nccl on CUDA, gloo on CPU).", choices=("nccl", "gloo"))
     distributed_timeout_minutes: int = arg(10, "Timeout of collective operations.")
 

@@ -5,8 +5,12 @@ Every error names the flags involved, so the fix is obvious from one line.
 
 from __future__ import annotations
 
+import logging
+
 from megatron_ixt.config.cli import ConfigError, leaf_fields
 from megatron_ixt.config.schema import Config
+
+logger = logging.getLogger("megatron_ixt")
 
 TE_INSTALL_HINT = ("install Transformer Engine (pip install --no-build-isolation 'transformer_engine[pytorch]') "
                    "or use an NGC PyTorch container, which ships it")
@@ -110,7 +114,11 @@ def validate(cfg: Config, world_size: int, *, cuda: bool) -> None:
         raise ConfigError(f"--global-batch-size ({t.global_batch_size}) is not divisible by --micro-batch-size "
                           f"({t.micro_batch_size}) x data-parallel size ({dp})")
     if p.sequence_parallel and tp == 1:
-        raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+        # Megatron-LM's rule: sequence parallelism splits TP regions, of which TP=1 has none;
+        # a launch script shared across layouts keeps the flag.
+        logger.warning("--sequence-parallel with --tensor-model-parallel-size 1: switched off (it shards "
+                       "activations across tensor-parallel ranks, and there is one)")
+        p.sequence_parallel = False
 
     backend = p.distributed_backend or ("nccl" if cuda else "gloo")
     if backend == "nccl" and not cuda:

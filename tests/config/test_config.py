@@ -63,7 +63,6 @@ def _cfg(*flags) -> Config:
     (["--tensor-model-parallel-size", 4], 4, False, False, r"--num-query-groups \(2\) is not divisible by --tensor-model-parallel-size \(4\)"),
     (["--global-batch-size", 6], 2, False, False,
      r"--global-batch-size \(6\) is not divisible by --micro-batch-size \(2\) x data-parallel size \(2\)"),
-    (["--sequence-parallel"], 1, False, False, r"--sequence-parallel needs --tensor-model-parallel-size > 1"),
     (["--use-distributed-optimizer"], 2, False, False, r"--use-distributed-optimizer needs NCCL \(gloo has no reduce-scatter\)"),
     (["--lr-warmup-iters", 100], 1, False, False, r"warm-up \(100 iterations"),
     (["--sft"], 1, False, False, r"--sft trains on conversations: pass --data-path PREFIX"),
@@ -81,7 +80,6 @@ def test_valid_config_fills_derived_defaults():
 
 @pytest.mark.parametrize("args, env, message", [
     (["--tensor-model-parallel-size", "3"], {"WORLD_SIZE": "4", "RANK": "0"}, "is not divisible by --tensor-model-parallel-size (3)"),
-    (["--sequence-parallel"], {}, "--sequence-parallel needs --tensor-model-parallel-size > 1"),
     (["--no-such-flag", "1"], {}, "unrecognized arguments: --no-such-flag 1"),
     (["--use-distributed-optimizer"], {}, "--use-distributed-optimizer needs NCCL"),
     (["--fp8-format", "e4m3"], {}, "needs Transformer Engine: install Transformer Engine"),
@@ -207,3 +205,14 @@ def test_flags_that_do_nothing_under_sft_are_refused_when_given(tmp_path):
         check(yaml_text="ixt:\n  ixt_prefix_loss: include\n")
     proc = run_python("pretrain_ixt.py", ["--sft", "--data-path", tmp_path / "d", "--eod-mask-loss"], timeout=120)
     assert proc.returncode == 2 and "pretrain_ixt.py: error: --eod-mask-loss does nothing under --sft" in proc.stderr
+
+
+def test_sequence_parallel_at_tp1_is_switched_off_with_a_warning(caplog):
+    """Megatron-LM's rule: a launch script's --sequence-parallel at TP=1 is turned off, not refused."""
+    cfg = _cfg("--sequence-parallel")
+    validate(cfg, 1, cuda=False)
+    assert cfg.parallel.sequence_parallel is False
+    assert "--sequence-parallel with --tensor-model-parallel-size 1: switched off" in caplog.text
+    cfg = _cfg("--sequence-parallel", "--tensor-model-parallel-size", 2)
+    validate(cfg, 2, cuda=False)
+    assert cfg.parallel.sequence_parallel is True
