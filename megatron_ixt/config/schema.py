@@ -78,6 +78,15 @@ class ModelConfig:
         "project's packed pretraining data, where the previous document's EOD does), bos (the tokenizer's "
         "BOS, as its own encoding adds), none (an imported model whose tokenizer adds nothing). Recorded "
         "in checkpoints; default: the --load checkpoint's, else eod.", choices=DOCUMENT_STARTS)
+    recompute_granularity: Optional[str] = arg(
+        None, "Activation recomputation: full (each chosen layer's activations are recomputed in the backward "
+        "pass from its input) or selective (the core attention only).", choices=("full", "selective"))
+    recompute_method: Optional[str] = arg(
+        None, "With --recompute-granularity full: uniform (every group of --recompute-num-layers layers "
+        "recomputed from its input) or block (the first --recompute-num-layers layers of each stage).",
+        choices=("uniform", "block"))
+    recompute_num_layers: Optional[int] = arg(None, "Layers per recomputed group (uniform) or recomputed layers "
+                                                    "per pipeline stage (block).")
     hidden_dropout: float = arg(0.0, "Dropout after attention and MLP.")
     attention_dropout: float = arg(0.0, "Dropout on attention probabilities.")
     transformer_impl: Optional[str] = arg(None, "Layer implementation (default: transformer_engine when importable, else local).",

@@ -52,6 +52,7 @@ def check_layout(cfg: Config) -> None:
         raise ConfigError(f"--ffn-hidden-size ({ffn}) is not divisible by --tensor-model-parallel-size ({tp})")
     if m.hidden_size % m.num_attention_heads and m.kv_channels is None:
         raise ConfigError(f"--hidden-size ({m.hidden_size}) is not divisible by --num-attention-heads ({m.num_attention_heads}); set --kv-channels")
+    check_recompute(cfg)
     left = window_left(m.window_size)
     if left is not None and m.seq_length > left + 1:
         raise ConfigError(f"--seq-length {m.seq_length} is past the model's sliding window (--window-size {m.window_size}: "
@@ -76,6 +77,28 @@ def check_given(cfg: Config, given: frozenset) -> None:
             if name in given and getattr(getattr(cfg, leaf_fields()[name][0]), name) == value:
                 shown = f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
                 raise ConfigError(f"{shown} does nothing under --sft: {why}; drop it")
+
+
+def check_recompute(cfg: Config) -> None:
+    """Megatron-LM's rules for activation recomputation, in one line each, before megatron-core's
+    TransformerConfig would raise them."""
+    m, pp = cfg.model, cfg.parallel.pipeline_model_parallel_size
+    if m.recompute_granularity is None:
+        if m.recompute_method is not None or m.recompute_num_layers is not None:
+            raise ConfigError("--recompute-method and --recompute-num-layers need --recompute-granularity full")
+        return
+    if m.recompute_granularity == "selective":
+        if m.recompute_method is not None or m.recompute_num_layers is not None:
+            raise ConfigError("--recompute-granularity selective recomputes the core attention of every layer: "
+                              "drop --recompute-method and --recompute-num-layers")
+        return
+    if m.recompute_method is None or m.recompute_num_layers is None:
+        raise ConfigError("--recompute-granularity full needs --recompute-method uniform|block and "
+                          "--recompute-num-layers N")
+    per_stage = m.num_layers // pp
+    if not 1 <= m.recompute_num_layers <= per_stage:
+        raise ConfigError(f"--recompute-num-layers ({m.recompute_num_layers}) must be between 1 and the layers per "
+                          f"pipeline stage ({per_stage})")
 
 
 def window_left(window_size) -> "int | None":

@@ -286,6 +286,11 @@ def activate() -> None:
     LanguageModule.setup_embeddings_and_output_layer = _keeping_tensors_on_cpu(
         LanguageModule.setup_embeddings_and_output_layer)
 
+    # Activation recomputation (CheckpointFunction) saves the "CUDA" RNG state and replays it
+    # in the backward pass: on CPU that generator is torch's default one, which dropout draws
+    # from here (the tracker below swaps it for the model-parallel streams).
+    mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     # Install the CPU tracker as *the* tracker; initialize_rng_tracker() then returns early.
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
