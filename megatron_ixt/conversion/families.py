@@ -23,6 +23,7 @@ import json
 import os
 from typing import Optional
 
+from megatron_ixt.config.validate import window_left
 from megatron_ixt.conversion import ConversionError
 from megatron_ixt.conversion.llama import resolved_dims
 
@@ -174,8 +175,6 @@ def family_of(m, tokenizer_folder: Optional[str]) -> str:
 
 def hf_config(m, family: str, vocab_size: int, bos: int, eos: int, dtype: str, max_positions: int) -> dict:
     """The ``config.json`` of the exported model."""
-    from megatron_ixt.config.validate import window_left
-
     dims = resolved_dims(m)
     rope = {"rope_type": "default", "rope_theta": float(m.rotary_base)}
     if m.use_rope_scaling:

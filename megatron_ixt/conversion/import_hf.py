@@ -89,14 +89,14 @@ def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, 
     """The training configuration of the imported model, its layout checked against its
     shapes (``config.validate.check_layout``: raises ConfigError, exit 2)."""
     from megatron_ixt.config.schema import Config
-    from megatron_ixt.config.validate import check_layout
+    from megatron_ixt.config.validate import check_layout, window_left
 
     cfg = Config()
     for name, value in settings.items():
         setattr(cfg.model, name, value)
-    window = settings.get("window_size")
+    left = window_left(settings.get("window_size"))
     cfg.model.seq_length = seq_length or min(settings["max_position_embeddings"] or 4096, 4096,
-                                             int(window.split(",")[0]) + 1 if window else 4096)
+                                             4096 if left is None else left + 1)
     cfg.tokenizer.make_vocab_size_divisible_by = divisible_by
     cfg.model.bf16 = bf16
     cfg.parallel.tensor_model_parallel_size = tensor_parallel

@@ -98,10 +98,14 @@ class HFWeights:
         return torch.frombuffer(buffer, dtype=DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
+def _nbytes(shape, dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
 def _write_file(path: str, items: list[tuple[str, list, torch.dtype, Callable[[], torch.Tensor]]], progress) -> None:
     header, offset = {}, 0
     for name, shape, dtype, _ in items:
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        size = _nbytes(shape, dtype)
         header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
@@ -128,7 +132,7 @@ def write_sharded(folder: str, items: Iterable[tuple[str, list, torch.dtype, Cal
     size = 0
     total = 0
     for item in items:
-        nbytes = torch.Size(item[1]).numel() * torch.empty((), dtype=item[2]).element_size()
+        nbytes = _nbytes(item[1], item[2])
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
