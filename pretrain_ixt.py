@@ -12,12 +12,11 @@ setup_logging()
 
 import logging  # noqa: E402
 
-from megatron_ixt.config import ConfigError, config_to_yaml, parse_config  # noqa: E402
+from megatron_ixt.config import ConfigError, parse_config  # noqa: E402
 from megatron_ixt.config.validate import check_given  # noqa: E402
 from megatron_ixt.format.errors import DataError  # noqa: E402
-from megatron_ixt.runtime.distributed import (  # noqa: E402
-    ParallelLayout, destroy_distributed, initialize_distributed, resolve_launch_env)
-from megatron_ixt.runtime.kernels import validate_for_this_machine  # noqa: E402
+from megatron_ixt.runtime.distributed import destroy_distributed, initialize_distributed, resolve_launch_env  # noqa: E402
+from megatron_ixt.runtime.kernels import DeviceFacts, validate_for_this_machine  # noqa: E402
 from megatron_ixt.runtime.lifecycle import watch_launcher  # noqa: E402
 
 logger = logging.getLogger("megatron_ixt")
@@ -28,7 +27,15 @@ def main(argv=None) -> int:
     try:
         cfg, ns = parse_config(argv)
         world_size = resolve_launch_env()["world_size"]
-        plan = validate_for_this_machine(cfg, world_size)
+        facts = None  # this machine's
+        if ns.dry_run:  # check the job for the hardware it will run on, not for this machine
+            from megatron_ixt.training.dry_run import target_device
+
+            target = target_device(cfg, ns.dry_run_device, DeviceFacts.detect())
+            facts = target.facts
+        elif ns.dry_run_device:
+            raise ConfigError("--dry-run-device names the GPU a --dry-run checks the job for; add --dry-run")
+        plan = validate_for_this_machine(cfg, world_size, facts)
         check_given(cfg, ns.given_fields)
         source = "set by --document-start or --config"
         if cfg.model.document_start is None:
@@ -43,14 +50,13 @@ def main(argv=None) -> int:
             from megatron_ixt.data.datasets import check_document_start
 
             check_document_start(cfg, source)  # the data must start documents as the model does
+        if ns.dry_run:
+            from megatron_ixt.training.dry_run import report
+
+            return report(cfg, plan, target, world_size)
     except ConfigError as e:
         print(f"pretrain_ixt.py: error: {e}", file=sys.stderr)
         return ConfigError.exit_code
-    if ns.dry_run:
-        print(config_to_yaml(cfg), end="")
-        p = cfg.parallel
-        print(ParallelLayout(world_size, p.tensor_model_parallel_size, p.pipeline_model_parallel_size).table())
-        return 0
 
     from megatron_ixt.checkpoint.save import lock_save_folder
     from megatron_ixt.data.datasets import dataset_record
@@ -59,7 +65,7 @@ def main(argv=None) -> int:
     from megatron_ixt.training.context import RunContext
     from megatron_ixt.training.loop import NonFiniteLossError, pretrain
 
-    logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp32", plan.describe())
+    logger.info("megatron_ixt: %s, %s", "bf16" if cfg.model.bf16 else "fp16" if cfg.model.fp16 else "fp32", plan.describe())
     layout = initialize_distributed(cfg, plan)
     try:
         lock_save_folder(cfg)  # before anything writes to --save

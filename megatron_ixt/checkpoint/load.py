@@ -160,31 +160,56 @@ def load_sharded(opened: OpenedCheckpoint, model, extra=None) -> dict:
     return loaded
 
 
-# Scheduler state (megatron-core's OptimizerParamScheduler.state_dict) -> the flag that sets it.
-# Steps are counted in samples: iterations x --global-batch-size.
-SCHEDULE_FIELDS = {"max_lr": "--lr", "min_lr": "--min-lr", "lr_warmup_steps": "--lr-warmup-iters/--lr-warmup-fraction",
-                   "lr_decay_steps": "--lr-decay-iters (default --train-iters)", "lr_decay_style": "--lr-decay-style",
-                   "start_wd": "--weight-decay"}
+# Scheduler state (megatron-core's OptimizerParamScheduler.state_dict) -> the flag that sets
+# it, in a run counted in iterations and in one counted in samples (--train-samples). Steps
+# are samples either way: iterations x --global-batch-size, or the --*-samples flags as given.
+SCHEDULE_FIELDS = {"max_lr": ("--lr", "--lr"), "min_lr": ("--min-lr", "--min-lr"),
+                   "lr_warmup_steps": ("--lr-warmup-iters/--lr-warmup-fraction",
+                                       "--lr-warmup-samples/--lr-warmup-fraction"),
+                   "lr_decay_steps": ("--lr-decay-iters (default --train-iters)",
+                                      "--lr-decay-samples (default --train-samples)"),
+                   "lr_decay_style": ("--lr-decay-style", "--lr-decay-style"),
+                   "start_wd": ("--weight-decay", "--weight-decay")}
+
+
+def _wsd_decay_samples(config: dict) -> "int | None":
+    """The WSD decay phase of a configuration (``Config.to_dict``), in samples."""
+    o, t = config.get("optimizer", {}), config.get("training", {})
+    if t.get("train_samples") is not None:
+        return o.get("lr_wsd_decay_samples")
+    iters = o.get("lr_wsd_decay_iters")
+    return iters * (t.get("global_batch_size") or 1) if iters else None
 
 
 def schedule_differences(saved: dict, current: dict, saved_config: dict, cfg: Config) -> list[str]:
-    """Each schedule setting of this run that differs from the checkpoint's, with both values."""
-    saved_gbs = saved_config.get("training", {}).get("global_batch_size") or 1
-    gbs = cfg.training.global_batch_size
+    """Each schedule setting of this run that differs from the checkpoint's, with both values
+    (each side's steps shown as it counts them: iterations, or samples under --train-samples)."""
+    ours = cfg.to_dict()
 
-    def show(value, batch):
-        return f"{value // batch} iterations ({value} samples)" if isinstance(value, int) else repr(value)
+    def steps(value, config: dict) -> str:
+        t = config.get("training", {})
+        if t.get("train_samples") is not None:
+            return f"{value:g} samples"
+        return f"{value // (t.get('global_batch_size') or 1):g} iterations ({value:g} samples)"
 
+    by_samples = cfg.training.train_samples is not None
     diffs = []
-    for key, flag in SCHEDULE_FIELDS.items():
+    for key, flags in SCHEDULE_FIELDS.items():
         if key in saved and saved[key] != current[key]:
-            diffs.append(f"{flag}: checkpoint {show(saved[key], saved_gbs)}, configured {show(current[key], gbs)}")
+            if key.endswith("_steps"):
+                diffs.append(f"{flags[by_samples]}: checkpoint {steps(saved[key], saved_config)}, "
+                             f"configured {steps(current[key], ours)}")
+            else:
+                diffs.append(f"{flags[by_samples]}: checkpoint {saved[key]!r}, configured {current[key]!r}")
     if cfg.optimizer.lr_decay_style == "WSD":
-        theirs = saved_config.get("optimizer", {})
-        for name in ("lr_wsd_decay_iters", "lr_wsd_decay_style"):
-            if name in theirs and theirs[name] != getattr(cfg.optimizer, name):
-                diffs.append(f"--{name.replace('_', '-')}: checkpoint {theirs[name]!r}, "
-                             f"configured {getattr(cfg.optimizer, name)!r}")
+        theirs_o = saved_config.get("optimizer", {})
+        theirs, mine = _wsd_decay_samples(saved_config), _wsd_decay_samples(ours)
+        if theirs_o and theirs != mine:
+            flag = "--lr-wsd-decay-samples" if by_samples else "--lr-wsd-decay-iters"
+            diffs.append(f"{flag}: checkpoint {theirs} samples, configured {mine} samples")
+        if "lr_wsd_decay_style" in theirs_o and theirs_o["lr_wsd_decay_style"] != cfg.optimizer.lr_wsd_decay_style:
+            diffs.append(f"--lr-wsd-decay-style: checkpoint {theirs_o['lr_wsd_decay_style']!r}, "
+                         f"configured {cfg.optimizer.lr_wsd_decay_style!r}")
     return diffs
 
 

@@ -18,7 +18,21 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from megatron_ixt.config.flags import field_kwargs, flag_name
-from megatron_ixt.config.schema import SECTIONS, Config
+from megatron_ixt.config.megatron_lm import add_accepted_flags, unsupported_flags_error
+from megatron_ixt.config.schema import ITERATION_SCHEDULE_FIELDS, SAMPLE_SCHEDULE_FIELDS, SECTIONS, Config
+
+
+DRY_RUN_DEVICES = {
+    # name -> (device name as torch reports it, compute capability)
+    "h100": ("NVIDIA H100 80GB HBM3", (9, 0)),
+    "h200": ("NVIDIA H200", (9, 0)),
+    "gh200": ("NVIDIA GH200 480GB", (9, 0)),
+    "a100": ("NVIDIA A100-SXM4-80GB", (8, 0)),
+    "l40s": ("NVIDIA L40S", (8, 9)),
+    "a10g": ("NVIDIA A10G", (8, 6)),
+    "b200": ("NVIDIA B200", (10, 0)),
+}
+"""``--dry-run-device``'s choices: the GPUs whose facts the kernel plan and the FLOPs table know."""
 
 
 class ConfigError(Exception):
@@ -76,11 +90,21 @@ class _Switch(argparse.Action):
 
 
 def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = None) -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(prog=prog, description=description,
+    # No abbreviations, as Megatron-LM: a flag of its own that we lack must not be taken for a
+    # longer one of ours (--fp8 for --fp8-format).
+    parser = _OneLineErrorParser(prog=prog, description=description, allow_abbrev=False,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the fields below.")
     parser.add_argument("--dry-run", action="store_true",
-                        help="Print the resolved configuration and the parallel layout, then exit.")
+                        help="Check the job without running it: the resolved configuration, the parallel layout, "
+                             "the kernel plan and the theoretical memory per GPU, for the job's own hardware (a "
+                             "GPU job is checked as such on a CPU login node; what the hardware must provide is "
+                             "printed as warnings), then exit 0.")
+    parser.add_argument("--dry-run-device", choices=sorted(DRY_RUN_DEVICES), default=None,
+                        help="--dry-run: the GPU the job will run on (default: a CUDA GPU when the job's flags "
+                             "need one, else this machine), for what the kernel plan checks (FP8 recipes "
+                             "against the compute capability) and the peak throughput.")
+    add_accepted_flags(parser)
     groups = {name: parser.add_argument_group(name) for name in SECTIONS}
     for name, (section, field, tp) in leaf_fields().items():
         # The one per-field rule (config/flags.py), shared with tools/preprocess_data.py.
@@ -89,7 +113,7 @@ def build_parser(prog: str = "pretrain_ixt.py", description: Optional[str] = Non
     return parser
 
 
-def _coerce(name: str, value: Any, tp: Any, where: str, choices: Optional[tuple] = None) -> Any:
+def _coerce(name: str, value: Any, tp: Any, where: str, choices: Optional[tuple] = None, item: type = str) -> Any:
     if value is None:
         return None
     if choices and value not in choices:
@@ -99,9 +123,12 @@ def _coerce(name: str, value: Any, tp: Any, where: str, choices: Optional[tuple]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is list and isinstance(value, (str, int, float)):
-        return str(value).split()
+        value = str(value).split()
     if tp is list and isinstance(value, list):
-        return [str(v) for v in value]
+        try:
+            return [item(v) for v in value]
+        except ValueError:
+            raise ConfigError(f"{where}: '{name}' must be a list of {item.__name__}, got {value!r}") from None
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: '{name}' must be {tp.__name__}, got {value!r}")
     return value
@@ -127,7 +154,8 @@ def load_yaml(path: str) -> dict[str, Any]:
         if name not in leaves:
             raise ConfigError(f"--config {path}: unknown field '{key}'")
         _, field, tp = leaves[name]
-        values[name] = _coerce(name, value, tp, f"--config {path}", field.metadata.get("choices"))
+        values[name] = _coerce(name, value, tp, f"--config {path}", field.metadata.get("choices"),
+                               field.metadata.get("item", str))
 
     for key, value in raw.items():
         if key in SECTIONS and isinstance(value, dict):
@@ -142,9 +170,17 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse
     """Resolve the configuration from defaults, ``--config`` and flags. Returns the config
     and the parsed namespace (for entry-point options such as ``--dry-run``)."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extras = parser.parse_known_args(argv)
+    if extras:  # a Megatron-LM flag we lack is named with why, not as "unrecognized arguments"
+        raise ConfigError(unsupported_flags_error(extras))
     values = load_yaml(ns.config) if ns.config else {}
-    values.update({name: getattr(ns, name) for name in leaf_fields() if hasattr(ns, name)})
+    flags = {name: getattr(ns, name) for name in leaf_fields() if hasattr(ns, name)}
+    # A run length given by flag overrides the file's schedule of the other kind (a file's
+    # --train-iters and warm-up iterations under --train-samples), as any flag overrides the file.
+    for chosen, other in (("train_samples", ITERATION_SCHEDULE_FIELDS), ("train_iters", SAMPLE_SCHEDULE_FIELDS)):
+        if chosen in flags:
+            values = {name: value for name, value in values.items() if name not in other}
+    values.update(flags)
     ns.given_fields = frozenset(values)  # set by a flag or --config: what validate.check_given checks
     return apply_overrides(Config(), values), ns
 

@@ -37,6 +37,8 @@ def field_kwargs(field: dataclasses.Field, tp: Any, bool_action: Any = "store_tr
         kwargs["action"] = bool_action
     elif tp is list:
         kwargs["nargs"] = field.metadata.get("nargs") or "+"
+        if field.metadata.get("item", str) is not str:
+            kwargs["type"] = field.metadata["item"]
     else:
         kwargs["type"] = tp
         if field.metadata.get("choices"):

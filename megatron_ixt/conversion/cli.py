@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(imp, ModelConfig, fields=("seq_length",), defaults={"seq_length": None},
                             helps={"seq_length": "training sequence length (default: max positions, at most 4096)"})
     add_dataclass_arguments(imp, TokenizerConfig, fields=("make_vocab_size_divisible_by",))
-    add_dataclass_arguments(imp, ModelConfig, fields=("bf16",), helps={"bf16": "store BF16 weights (for --bf16 training)"})
+    add_dataclass_arguments(imp, ModelConfig, fields=("bf16", "fp16", "apply_layernorm_1p"),
+                            helps={"bf16": "store BF16 weights (for --bf16 training)",
+                                   "fp16": "store FP16 weights (for --fp16 training)",
+                                   "apply_layernorm_1p": "store norm weights as gamma - 1 (for --apply-layernorm-1p training)"})
     return parser
 
 
@@ -104,7 +107,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             summary = import_from_hf(args.input, args.save, args.tensor_model_parallel_size,
                                      args.pipeline_model_parallel_size, args.seq_length,
-                                     args.make_vocab_size_divisible_by, args.bf16)
+                                     args.make_vocab_size_divisible_by, args.bf16, args.fp16,
+                                     args.apply_layernorm_1p)
     except ConfigError as error:  # a layout the model cannot take: one line, exit 2, as every entry point
         print(f"convert_checkpoint.py: error: {error}", file=sys.stderr)
         return ConfigError.exit_code

@@ -9,6 +9,7 @@ tokens at the ids training used, appended ones included:
   model's normalizer spec, merges (BPE) or scores (unigram) and user-defined pieces; built-in
   delimiter pieces are first made unreachable from text, as in training.
 * GPT2BPETokenizer: OpenAI's byte-level BPE, as `tokenizers` builds it from the two files.
+* TikTokenizer: refused (see `_library_tokenizer`).
 
 Unlike training (where a delimiter string inside a document is ordinary text), the exported
 tokenizer matches the delimiter strings in text, as Hugging Face tokenizers do with special
@@ -80,6 +81,13 @@ def _library_tokenizer(tokenizer):
             # SentencePiece drops the space its dummy prefix added when it decodes.
             converted.decoder = decoders.Sequence([converted.decoder, decoders.Strip(" ", 1, 0)])
         return converted
+    if tokenizer.tokenizer_type == "TikTokenizer":
+        # Its ranks would make a byte-level BPE, but its special tokens (ids 0..N-1 under the
+        # ranks) may spell tokens of the vocabulary itself ("<s>"), which a tokenizer.json
+        # cannot hold at two ids: not converted.
+        raise ConversionError("Hugging Face export of a TikTokenizer model is not supported (its tiktoken "
+                              "vocabulary is not converted to a tokenizer.json); pass --tokenizer-type "
+                              "HuggingFaceTokenizer --tokenizer-model with a tokenizer.json of the same ids")
     raise ConversionError(f"a {tokenizer.tokenizer_type} has no text vocabulary to export")
 
 

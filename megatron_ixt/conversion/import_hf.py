@@ -85,10 +85,13 @@ def document_start_of(tokenizer, folder: str) -> str:
 
 
 def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, seq_length: int | None,
-                  divisible_by: int, bf16: bool):
+                  divisible_by: int, bf16: bool, fp16: bool = False, apply_layernorm_1p: bool = False):
     """The training configuration of the imported model, its layout checked against its
-    shapes (``config.validate.check_layout``: raises ConfigError, exit 2)."""
+    shapes (``config.validate.check_layout``: raises ConfigError, exit 2). ``bf16``/``fp16``:
+    the dtype the weights are stored in; ``apply_layernorm_1p``: norm weights stored as
+    gamma - 1, for training with --apply-layernorm-1p."""
     from megatron_ixt.config.schema import Config
+    from megatron_ixt.config.cli import ConfigError
     from megatron_ixt.config.validate import check_layout, window_left
 
     cfg = Config()
@@ -98,7 +101,10 @@ def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, 
     cfg.model.seq_length = seq_length or min(settings["max_position_embeddings"] or 4096, 4096,
                                              4096 if left is None else left + 1)
     cfg.tokenizer.make_vocab_size_divisible_by = divisible_by
-    cfg.model.bf16 = bf16
+    if bf16 and fp16:
+        raise ConfigError("--bf16 and --fp16 exclude each other: choose the dtype to store the weights in")
+    cfg.model.bf16, cfg.model.fp16 = bf16, fp16
+    cfg.model.apply_layernorm_1p = apply_layernorm_1p
     cfg.parallel.tensor_model_parallel_size = tensor_parallel
     cfg.parallel.pipeline_model_parallel_size = pipeline_parallel
     # The weights are written in megatron-core's local layer layout (below), and the checkpoint
@@ -109,7 +115,8 @@ def import_config(settings: dict, tensor_parallel: int, pipeline_parallel: int, 
 
 
 def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                   seq_length: int | None = None, divisible_by: int = 128, bf16: bool = False) -> dict:
+                   seq_length: int | None = None, divisible_by: int = 128, bf16: bool = False,
+                   fp16: bool = False, apply_layernorm_1p: bool = False) -> dict:
     """Convert (module docstring); returns a summary. Every refusal (a layout the model's
     shapes cannot take, an unsupported model, a non-empty ``save``) comes before anything is
     written; a failure later removes what this call created."""
@@ -119,7 +126,8 @@ def import_from_hf(input_dir: str, save: str, tensor_parallel: int = 1, pipeline
     with open(config_path) as f:
         hf_config = json.load(f)
     settings = model_settings_from_hf(hf_config, config_path, seq_length)
-    cfg = import_config(settings, tensor_parallel, pipeline_parallel, seq_length, divisible_by, bf16)
+    cfg = import_config(settings, tensor_parallel, pipeline_parallel, seq_length, divisible_by, bf16, fp16,
+                        apply_layernorm_1p)
     if os.path.exists(save) and os.listdir(save):
         raise ConversionError(f"--save {save}: exists and is not empty")
     created = not os.path.exists(save)
@@ -208,7 +216,7 @@ def _write_import(input_dir: str, save: str, cfg, settings: dict, hf_config: dic
     # written atomically.
     files.publish(save, 0, cfg.to_dict())
     user_config = {"model": {k: v for k, v in cfg.to_dict()["model"].items() if k in settings or k in (
-        "seq_length", "bf16", "document_start")},
+        "seq_length", "bf16", "fp16", "apply_layernorm_1p", "document_start")},
                    "tokenizer": {"tokenizer_type": tokenizer_type, "tokenizer_model": tokenizer_path,
                                  "make_vocab_size_divisible_by": cfg.tokenizer.make_vocab_size_divisible_by},
                    "parallel": {"tensor_model_parallel_size": tensor_parallel,

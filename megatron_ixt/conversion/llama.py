@@ -26,6 +26,10 @@ half goes through SiLU, megatron-core's `glu`). RoPE needs no permutation: megat
 rotates the two halves of each head (`rotary_interleaved=False`), as `rotate_half` does,
 with the same inverse frequencies `base ** (-2i/d)`.
 
+Norm weights stored zero-centred (``--apply-layernorm-1p``: gamma - 1, computed as weight + 1)
+are Hugging Face's gamma after adding 1 (in float32, so a BF16 checkpoint's small stored values
+keep their precision until the one rounding to the exported dtype); import subtracts it.
+
 Both directions go one tensor at a time (`conversion/safetensors_io.py`): import fills each
 parameter of the model it builds from the few source tensors it needs; export produces each
 Hugging Face tensor from a view of the loaded model when it is written.
@@ -52,6 +56,10 @@ def resolved_dims(m) -> dict:
         "head_dim": m.kv_channels or m.hidden_size // heads,
         "ffn": m.ffn_hidden_size or 4 * m.hidden_size,
     }
+
+
+def _is_norm(name: str) -> bool:
+    return "norm" in name.rsplit(".", 2)[-2]
 
 
 def _layer_names(m, i: int) -> list[tuple[str, str]]:
@@ -90,6 +98,10 @@ def export_plan(m, vocab_size: int) -> list[tuple[str, str, Callable[[torch.Tens
     def same(t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def gamma(t: torch.Tensor) -> torch.Tensor:
+        return t.float() + 1
+
+    norm = gamma if m.apply_layernorm_1p else same
     plan = [("model.embed_tokens.weight", "embedding.word_embeddings.weight", rows)]
     for i in range(m.num_layers):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
@@ -98,11 +110,11 @@ def export_plan(m, vocab_size: int) -> list[tuple[str, str, Callable[[torch.Tens
             for name, (lo, hi) in parts.items():
                 plan.append((f"{dst}self_attn.{name}_proj.{kind}", f"{src}self_attention.linear_qkv.{kind}",
                              qkv_part(lo, hi, kind == "bias")))
-        plan += [(theirs, ours, same) for ours, theirs in _layer_names(m, i)]
+        plan += [(theirs, ours, norm if _is_norm(ours) else same) for ours, theirs in _layer_names(m, i)]
         fc1 = src + "mlp.linear_fc1.weight"
         plan += [(dst + "mlp.gate_proj.weight", fc1, lambda t: t[:t.shape[0] // 2]),
                  (dst + "mlp.up_proj.weight", fc1, lambda t: t[t.shape[0] // 2:])]
-    plan.append(("model.norm.weight", "decoder.final_layernorm.weight", same))
+    plan.append(("model.norm.weight", "decoder.final_layernorm.weight", norm))
     if m.untie_embeddings_and_output_weights:
         plan.append(("lm_head.weight", "output_layer.weight", rows))
     return plan
@@ -138,13 +150,16 @@ def import_plan(m, vocab_size: int, new_rows: Optional[list[int]] = None) -> dic
             out[vocab_size:] = 0
         return fill
 
-    def copy(hf_name: str):
+    def copy(hf_name: str, offset: float = 0.0):
         def fill(out: torch.Tensor, get: Getter) -> None:
             tensor = get(hf_name)
             if tensor.shape != out.shape:
                 raise ConversionError(f"{hf_name}: shape {list(tensor.shape)}, the model expects {list(out.shape)}")
-            out.copy_(tensor)
+            out.copy_(tensor.float() + offset if offset else tensor)
         return fill
+
+    def norm(hf_name: str):  # zero-centred storage: gamma - 1
+        return copy(hf_name, -1.0 if m.apply_layernorm_1p else 0.0)
 
     def qkv(prefix: str, kind: str):
         def fill(out: torch.Tensor, get: Getter) -> None:
@@ -168,9 +183,9 @@ def import_plan(m, vocab_size: int, new_rows: Optional[list[int]] = None) -> dic
         plan[dst + "self_attention.linear_qkv.weight"] = qkv(src + "self_attn.", "weight")
         if m.add_qkv_bias:
             plan[dst + "self_attention.linear_qkv.bias"] = qkv(src + "self_attn.", "bias")
-        plan.update({ours: copy(theirs) for ours, theirs in _layer_names(m, i)})
+        plan.update({ours: (norm if _is_norm(ours) else copy)(theirs) for ours, theirs in _layer_names(m, i)})
         plan[dst + "mlp.linear_fc1.weight"] = gate_up(src + "mlp.")
-    plan["decoder.final_layernorm.weight"] = copy("model.norm.weight")
+    plan["decoder.final_layernorm.weight"] = norm("model.norm.weight")
     if m.untie_embeddings_and_output_weights:
         plan["output_layer.weight"] = rows("lm_head.weight")
     return plan

@@ -51,6 +51,14 @@ class Batch:
     def present(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclass_fields(self) if getattr(self, f.name) is not None)
 
+    def on_this_context_parallel_rank(self) -> "Batch":
+        """This CP rank's share of every sequence: megatron-core's load-balanced split into
+        2 x CP chunks, of which this rank keeps chunks ``r`` and ``2 CP - 1 - r`` (causal
+        attention costs more at the end of a sequence)."""
+        from megatron.core.utils import get_batch_on_this_cp_rank
+
+        return Batch(**get_batch_on_this_cp_rank({n: getattr(self, n) for n in self.present()}))
+
     def to(self, device: torch.device, non_blocking: bool = True) -> "Batch":
         return Batch(**{n: getattr(self, n).to(device, non_blocking=non_blocking) for n in self.present()})
 

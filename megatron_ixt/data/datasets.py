@@ -19,16 +19,21 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
+from megatron_ixt.config.batch_schedule import samples_for_iterations
 from megatron_ixt.config.schema import Config
 
 logger = logging.getLogger(__name__)
 
 
 def dataset_sizes(cfg: Config) -> list[int]:
-    """Samples each split must provide: all training iterations, and validation for every
-    evaluation plus one at the end."""
+    """Samples each split must provide: all training iterations (their global batches, which
+    may ramp up; at least --train-samples, as Megatron-LM builds), and validation for every
+    evaluation plus one at the end (validation takes full global batches)."""
     t = cfg.training
-    train = t.train_iters * t.global_batch_size
+    train = samples_for_iterations(t, t.train_iters)
+    if t.train_samples is not None:
+        # Megatron-LM's ramp-up count of iterations may end a batch past --train-samples.
+        train = max(train, t.train_samples)
     evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
     valid = evals * t.eval_iters * t.global_batch_size
     return [train, valid, t.eval_iters * t.global_batch_size]
@@ -49,6 +54,7 @@ def gpt_dataset_config(cfg: Config, tokenizer, config_cls=GPTDatasetConfig, **ex
         # Never an [s, s] mask in a batch: the training step derives document boundaries from
         # the EOD tokens and gives the attention kernel the form it needs (runtime/kernels.py).
         create_attention_mask=False,
+        mmap_bin_files=d.mmap_bin_files,
         **extra,
     )
 

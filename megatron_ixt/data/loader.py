@@ -257,7 +257,10 @@ def _stream(cfg: Config, layout: ParallelLayout, dataset, batch_sampler, documen
 def training_stream(cfg: Config, layout: ParallelLayout, dataset, consumed_samples: int,
                     document_masks: str) -> MicroBatchStream:
     """The training micro-batches from ``consumed_samples`` on (``token_level`` is only
-    reported by evaluation, so training does not move it)."""
+    reported by evaluation, so training does not move it). Each step pulls as many as its
+    global batch has, which may ramp up (``--rampup-batch-size``): every micro-batch takes the
+    next micro batch x DP samples, so after any step the stream stands at the consumed samples,
+    where a resumed run's stream starts."""
     sampler = PretrainingSampler(len(dataset), consumed_samples, cfg.training.micro_batch_size,
                                  layout.dp_rank, layout.dp)
     return _stream(cfg, layout, dataset, sampler, document_masks, exclude=("token_level",))

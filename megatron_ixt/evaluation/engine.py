@@ -29,7 +29,7 @@ from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_para
 from megatron_ixt.config.cli import ConfigError, apply_overrides
 from megatron_ixt.config.flags import add_dataclass_arguments, add_tokenizer_overrides
 from megatron_ixt.config.schema import TOKENIZER_FILE_FIELDS, Config, ParallelConfig, arg, required
-from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size
+from megatron_ixt.model.gpt import build_model_chunks, padded_vocab_size, params_dtype
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.tokenizers.base import document_context, document_start_ids
 from megatron_ixt.training.context import RunContext
@@ -251,7 +251,7 @@ class Decoder:
         cfg = model.cfg.model
         self.context = StaticInferenceContext(batch_size, max_length)
         config = InferenceWrapperConfig(
-            hidden_size=cfg.hidden_size, params_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
+            hidden_size=cfg.hidden_size, params_dtype=params_dtype(cfg),
             # Never split a step into pipeline micro-batches (Megatron-LM's default, -1).
             inference_batch_times_seqlen_threshold=-1, padded_vocab_size=padded_vocab_size(model.vocab_size, model.cfg),
             inference_max_requests=batch_size, inference_max_seq_length=max_length)

@@ -65,4 +65,4 @@ def device_peak_tflops(cfg: Config, device_name: Optional[str] = None) -> Option
     bf16, fp8 = PEAK_TFLOPS[device_name]
     if cfg.model.fp8_format and fp8:
         return fp8
-    return bf16 if cfg.model.bf16 else bf16 / 2  # TF32 tensor cores: half the BF16 peak
+    return bf16 if cfg.model.bf16 or cfg.model.fp16 else bf16 / 2  # FP16 = BF16 peak; TF32: half

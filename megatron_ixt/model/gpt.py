@@ -35,11 +35,16 @@ def padded_vocab_size(vocab_size: int, cfg: Config) -> int:
     return cfg.tokenizer.padded_vocab_size(vocab_size, cfg.parallel.tensor_model_parallel_size)
 
 
+def params_dtype(m) -> torch.dtype:
+    """The dtype of the model's weights and activations under ``--bf16`` / ``--fp16`` (``ModelConfig``)."""
+    return torch.bfloat16 if m.bf16 else torch.float16 if m.fp16 else torch.float32
+
+
 def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
     """megatron-core's TransformerConfig: the model shape from ``cfg``, every kernel choice
     (fusions, attention backend) from the run's kernel plan."""
     m, p = cfg.model, cfg.parallel
-    dtype = torch.bfloat16 if m.bf16 else torch.float32
+    dtype = params_dtype(m)
     vpp = virtual_pipeline_size(cfg)
     kwargs = dict(
         num_layers=m.num_layers,
@@ -56,6 +61,8 @@ def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
         init_method_std=m.init_method_std,
         normalization=m.normalization,
         layernorm_epsilon=m.norm_epsilon,
+        # --apply-layernorm-1p; the local spec's norms (model/norms.py) honour it too.
+        layernorm_zero_centered_gamma=m.apply_layernorm_1p,
         gated_linear_unit=m.swiglu,
         activation_func=F.silu if m.swiglu else F.gelu,
         add_bias_linear=not m.disable_bias_linear,
@@ -65,6 +72,7 @@ def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
         sequence_parallel=p.sequence_parallel,
+        context_parallel_size=p.context_parallel_size,
         # Megatron-LM's defaults: the interleaved schedule overlaps its point-to-point
         # transfers, which needs unbatched sends/receives. Batched ones would also be wrong
         # on gloo with PP=2: both directions of the virtual ring then share one peer and one
@@ -74,17 +82,22 @@ def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=m.bf16,
+        fp16=m.fp16,
         # megatron-core's initialisation also tags tensor-parallel parameters (partition_dim,
         # ...), which the grad norm and checkpoints need; megatron_ixt.model.init then
         # overwrites every weight with its layout-independent value.
         use_cpu_initialization=plan.device == "cpu",
-        # Per-token loss: the schedule sums (loss * mask) and token counts over micro-batches
-        # and data-parallel ranks, so every layout computes exactly the same mean.
-        calculate_per_token_loss=True,
+        # Per-token loss (the default here): the schedule sums (loss * mask) and token counts
+        # over micro-batches and data-parallel ranks, so every layout computes exactly the same
+        # mean. Off (Megatron-LM's default), each micro-batch's sum is divided by its own token
+        # count and by the number of micro-batches, and DDP averages over data-parallel ranks.
+        calculate_per_token_loss=cfg.training.calculate_per_token_loss,
         masked_softmax_fusion=plan.masked_softmax_fusion,
         bias_activation_fusion=plan.bias_activation_fusion,
         bias_dropout_fusion=plan.bias_dropout_fusion,
         apply_rope_fusion=plan.apply_rope_fusion,
+        cross_entropy_loss_fusion=plan.cross_entropy_loss_fusion,
+        cross_entropy_fusion_impl=m.cross_entropy_fusion_impl,
         gradient_accumulation_fusion=plan.gradient_accumulation_fusion,
         deallocate_pipeline_outputs=plan.deallocate_pipeline_outputs,
         # Selects Transformer Engine's kernel (megatron-core sets NVTE_*_ATTN from it); the
@@ -94,7 +107,9 @@ def transformer_config(cfg: Config, plan: KernelPlan) -> TransformerConfig:
     )
     if m.fp8_format is not None:
         kwargs.update(fp8=m.fp8_format, fp8_recipe=m.fp8_recipe, fp8_margin=m.fp8_margin,
-                      fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo=m.fp8_amax_compute_algo)
+                      fp8_amax_history_len=m.fp8_amax_history_len, fp8_amax_compute_algo=m.fp8_amax_compute_algo,
+                      # --fp8-param-gather: layers built under TE's fp8_model_init keep FP8 weights.
+                      fp8_param=m.fp8_param_gather)
     return TransformerConfig(**kwargs)
 
 
@@ -145,8 +160,8 @@ def build_model_chunks(cfg: Config, layout: ParallelLayout, plan: KernelPlan, vo
                        initialize: bool = True) -> list:
     """One ``GPTModel`` per virtual pipeline stage on this rank (``layout``), with the kernels
     of the run's ``plan``, on the current device, with layout-independent initial weights;
-    under BF16 wrapped in megatron-core's ``Float16Module``, as Megatron-LM's ``get_model``
-    does (every parameter, norms included, in BF16; the last stage's output back in fp32).
+    under BF16 or FP16 wrapped in megatron-core's ``Float16Module``, as Megatron-LM's ``get_model``
+    does (every parameter, norms included, in BF16/FP16; the last stage's output back in fp32).
 
     ``initialize=False`` (weights about to be loaded: inference, conversion): zeros instead,
     without megatron-core's initialisation either, whose full-size master weights made
@@ -183,7 +198,7 @@ def build_model_chunks(cfg: Config, layout: ParallelLayout, plan: KernelPlan, vo
             for chunk in chunks:
                 for param in chunk.parameters():
                     param.zero_()
-    if cfg.model.bf16:
+    if cfg.model.bf16 or cfg.model.fp16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     return chunks
 

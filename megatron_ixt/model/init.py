@@ -7,7 +7,8 @@ want one model per seed. Here every parameter is drawn from its own generator, s
 the run's seed and the parameter's *global* name (global layer number, unsharded shape),
 as a full tensor; each rank keeps its shard. The distributions are megatron-core's:
 N(0, init_method_std) for weights, N(0, init_method_std / sqrt(2 x num_layers)) for the
-output projections of attention and MLP, ones for norm weights, zeros for biases.
+output projections of attention and MLP, ones for norm weights (zeros, i.e. gamma = 1, when
+they are stored zero-centred: ``--apply-layernorm-1p``), zeros for biases.
 
 Megatron-LM does not do this; it costs one full-size draw per parameter (on the GPU on
 CUDA runs), a few seconds at 1B parameters.
@@ -93,7 +94,8 @@ def initialize_weights(chunks, seed: int, vocab_size: int, layout: ParallelLayou
             name = global_parameter_name(model, local_name)
             leaf = name.rsplit(".", 1)[-1]
             if "norm" in name and leaf in ("weight", "layer_norm_weight"):
-                value = torch.ones_like(param, dtype=torch.float32)
+                gamma_minus_one = config.layernorm_zero_centered_gamma
+                value = (torch.zeros_like if gamma_minus_one else torch.ones_like)(param, dtype=torch.float32)
             elif leaf.endswith("bias"):
                 value = torch.zeros_like(param, dtype=torch.float32)
             elif param.dim() >= 2:

@@ -5,11 +5,17 @@ weights see only this rank's slice of the sequence, and their gradients must be 
 over the tensor-parallel group. megatron-core's ``finalize_model_grads`` already does that
 for every parameter tagged ``sequence_parallel=True`` (Transformer Engine and apex norms
 tag themselves); these layers tag themselves the same way, which is all that is missing.
+
+Zero-centred gamma (``--apply-layernorm-1p``, megatron-core's ``layernorm_zero_centered_gamma``,
+which its ``WrappedTorchNorm`` refuses): the weight stores gamma - 1 and the norm computes with
+weight + 1, so weight decay pulls gamma towards 1 instead of 0, as Transformer Engine's and
+apex's norms do under that flag. Initialised to zeros (``model/init.py``); export adds the 1 back.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
 
@@ -19,9 +25,34 @@ def _tag_sequence_parallel(module: torch.nn.Module, config: TransformerConfig) -
     return module
 
 
+class ZeroCenteredLayerNorm(torch.nn.LayerNorm):
+    """``torch.nn.LayerNorm`` whose weight holds gamma - 1."""
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.elementwise_affine:
+            torch.nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+class ZeroCenteredRMSNorm(torch.nn.RMSNorm):
+    """``torch.nn.RMSNorm`` whose weight holds gamma - 1."""
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.elementwise_affine:
+            torch.nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight + 1, self.eps)
+
+
 class TorchNorm:
-    """Builds ``torch.nn.LayerNorm`` or ``torch.nn.RMSNorm`` (per ``config.normalization``)
-    with the signature megatron-core's layer specs use for norm modules."""
+    """Builds ``torch.nn.LayerNorm`` or ``torch.nn.RMSNorm`` (per ``config.normalization``),
+    or their zero-centred-gamma forms under ``config.layernorm_zero_centered_gamma``, with the
+    signature megatron-core's layer specs use for norm modules."""
 
     def __new__(
         cls,
@@ -32,12 +63,11 @@ class TorchNorm:
         zero_centered_gamma: bool = False,
         normalization: str = "LayerNorm",
     ):
-        if config.layernorm_zero_centered_gamma or zero_centered_gamma:
-            raise ValueError("zero-centered gamma needs Transformer Engine or apex norms")
+        zero_centered = config.layernorm_zero_centered_gamma or zero_centered_gamma
         if config.normalization == "LayerNorm":
-            norm = torch.nn.LayerNorm(hidden_size, eps=eps)
+            norm = (ZeroCenteredLayerNorm if zero_centered else torch.nn.LayerNorm)(hidden_size, eps=eps)
         elif config.normalization == "RMSNorm":
-            norm = torch.nn.RMSNorm(hidden_size, eps=eps)
+            norm = (ZeroCenteredRMSNorm if zero_centered else torch.nn.RMSNorm)(hidden_size, eps=eps)
         else:
             raise ValueError(f"unsupported normalization {config.normalization!r}")
         return _tag_sequence_parallel(norm, config)

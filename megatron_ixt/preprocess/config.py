@@ -20,7 +20,8 @@ from megatron_ixt.config.flags import add_dataclass_arguments, dataclass_values
 from megatron_ixt.config.schema import TOKENIZER_TYPES, TokenizerConfig, arg, required
 from megatron_ixt.format.prefixes import DEFAULT_PREFIX_TEMPLATE
 
-TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size",
+                   "tiktoken_pattern", "tiktoken_num_special_tokens", "tiktoken_special_tokens")
 """The `TokenizerConfig` fields preprocessing takes (`--tokenizer-type` required)."""
 
 

@@ -25,7 +25,7 @@ What it does, and nothing more:
    TP rank behave exactly as the CUDA tracker would.
 3. Gradient clipping by total norm: the same math as megatron-core's
    ``clip_grad_by_total_norm_fp32`` without its CUDA-tensor assertion.
-4. BF16 training: megatron-core's mixed-precision optimizer accepts only parameters whose
+4. BF16 and FP16 training: megatron-core's mixed-precision optimizer accepts only parameters whose
    ``type()`` names a CUDA tensor. While it wraps the parameters, each CPU parameter answers
    with the CUDA name of its dtype (an attribute on that parameter, removed right after);
    the optimizer's math (fp32 main params, copies back to BF16) is device-agnostic.
@@ -34,6 +34,10 @@ What it does, and nothing more:
    ``Tensor.cuda()`` and all-reduces it over the embedding group. While the model sets up
    those layers, ``Tensor.cuda()`` leaves a tensor where it is (restored right after); the
    all-reduce runs over gloo.
+6. FP16 loss scaling: megatron-core's grad scalers (``optimizer/grad_scaler.py``) keep the
+   scale, its floor and factors as ``device='cuda'`` tensors (item 1 puts them on the CPU),
+   and restoring a checkpoint moves the saved scale with ``Tensor.cuda()``, which, as in
+   item 5, leaves it where it is while ``DynamicGradScaler.load_state_dict`` runs.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ _CUDA_NAMING_MODULES = (
     "megatron.core.distributed.finalize_model_grads",
     "megatron.core.optimizer.optimizer",
     "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.pipeline_parallel.p2p_communication",
     "megatron.core.dist_checkpointing.strategies.torch",
@@ -285,6 +290,9 @@ def activate() -> None:
 
     LanguageModule.setup_embeddings_and_output_layer = _keeping_tensors_on_cpu(
         LanguageModule.setup_embeddings_and_output_layer)
+    from megatron.core.optimizer.grad_scaler import DynamicGradScaler
+
+    DynamicGradScaler.load_state_dict = _keeping_tensors_on_cpu(DynamicGradScaler.load_state_dict)
 
     # Activation recomputation (CheckpointFunction) saves the "CUDA" RNG state and replays it
     # in the backward pass: on CPU that generator is torch's default one, which dropout draws

@@ -76,7 +76,7 @@ class ParallelLayout:
     vpp: Optional[int] = None  # model chunks per pipeline rank (interleaved schedule), else None
     cp: int = 1
     # This rank's coordinates and the groups our own code uses (the TP group for the loader's
-    # broadcast, DP for the reported losses, PP for inference results).
+    # broadcast, DP (with its CP ranks) for the reported losses, PP for inference results).
     rank: int = 0
     tp_rank: int = 0
     pp_rank: int = 0
@@ -105,7 +105,9 @@ class ParallelLayout:
             dp_rank=ps.get_data_parallel_rank(),
             cp_rank=ps.get_context_parallel_rank(),
             tp_group=ps.get_tensor_model_parallel_group(),
-            dp_group=ps.get_data_parallel_group(),
+            # The losses of a global batch are summed over its data-parallel replicas and, under
+            # context parallelism, over the CP ranks that each hold part of every sequence.
+            dp_group=ps.get_data_parallel_group(with_context_parallel=True),
             pp_group=ps.get_pipeline_model_parallel_group(),
             tp_src_rank=ps.get_tensor_model_parallel_src_rank(),
             pp_last_rank=ps.get_pipeline_model_parallel_last_rank(),
@@ -154,9 +156,10 @@ class ParallelLayout:
 
     def coordinates(self, rank: int) -> dict:
         tp_rank = rank % self.tp
+        cp_rank = (rank // self.tp) % self.cp
         dp_rank = (rank // (self.tp * self.cp)) % self.dp
         pp_rank = rank // (self.tp * self.cp * self.dp)
-        return {"rank": rank, "tp": tp_rank, "pp": pp_rank, "dp": dp_rank}
+        return {"rank": rank, "tp": tp_rank, "cp": cp_rank, "pp": pp_rank, "dp": dp_rank}
 
     def table(self) -> str:
         lines = [f"parallel layout: world {self.world_size} = TP {self.tp} x PP {self.pp} x DP {self.dp}"
@@ -164,7 +167,7 @@ class ParallelLayout:
                  + (f" (virtual pipeline stages per rank: {self.vpp})" if self.vpp else "")]
         for r in range(self.world_size):
             c = self.coordinates(r)
-            lines.append(f"  rank {r:4d}: tp {c['tp']} pp {c['pp']} dp {c['dp']}")
+            lines.append(f"  rank {r:4d}: tp {c['tp']} pp {c['pp']} dp {c['dp']}" + (f" cp {c['cp']}" if self.cp > 1 else ""))
         return "\n".join(lines)
 
 
@@ -237,6 +240,7 @@ def initialize_distributed(cfg, plan: KernelPlan) -> ParallelLayout:
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
+        context_parallel_size=p.context_parallel_size,
         distributed_timeout_minutes=p.distributed_timeout_minutes,
     )
     layout = ParallelLayout.from_megatron()

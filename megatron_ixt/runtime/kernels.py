@@ -143,10 +143,12 @@ class KernelPlan:
     align_param_gather: bool
     fp8_recipe: Optional[str]
     env: dict                          # environment variables each process needs before CUDA starts
+    cross_entropy_loss_fusion: bool = False  # --cross-entropy-loss-fusion, where it runs
 
     def describe(self) -> str:
         fusions = [n for n in ("masked_softmax_fusion", "bias_activation_fusion", "bias_dropout_fusion",
-                               "apply_rope_fusion", "gradient_accumulation_fusion") if getattr(self, n)]
+                               "apply_rope_fusion", "gradient_accumulation_fusion", "cross_entropy_loss_fusion")
+                   if getattr(self, n)]
         return (f"{self.device}/{self.backend}, {self.transformer_impl} layers, attention {self.attention}"
                 f" (document masks: {self.document_masks}), fusions: {', '.join(fusions) or 'none'}"
                 + (f", fp8 {self.fp8_recipe}" if self.fp8_recipe else ""))
@@ -209,6 +211,18 @@ def plan_kernels(cfg, facts: DeviceFacts) -> KernelPlan:
         else:
             document_masks = "dense"
 
+    if p.context_parallel_size > 1 and attention != "te":
+        # megatron-core splits attention across CP ranks only inside TE's DotProductAttention
+        # (ring/all-gather exchange of keys and values); the local spec's attention has no CP.
+        raise ConfigError(f"--context-parallel-size {p.context_parallel_size} needs Transformer Engine's attention "
+                          "(megatron-core's context parallelism lives in it): "
+                          + (f"{TE_INSTALL_HINT}" if not te_installed else
+                             "use --transformer-impl transformer_engine and --attention-backend auto, flash or fused"))
+
+    if m.cross_entropy_loss_fusion and m.cross_entropy_fusion_impl == "te" and not te_installed:
+        raise ConfigError(f"--cross-entropy-fusion-impl te needs Transformer Engine: {TE_INSTALL_HINT}, or use "
+                          "--cross-entropy-fusion-impl native")
+
     fp8_recipe = None
     if m.fp8_format is not None:
         if not te_installed:
@@ -257,18 +271,23 @@ def plan_kernels(cfg, facts: DeviceFacts) -> KernelPlan:
         align_param_gather=cfg.optimizer.overlap_param_gather and vpp,
         fp8_recipe=fp8_recipe,
         env=env,
+        # megatron-core's fused cross entropy: jit-fused (torch.compile, with BF16 gradients)
+        # or Transformer Engine's, CUDA kernels both; on CPU the unfused vocab-parallel cross
+        # entropy computes the same loss.
+        cross_entropy_loss_fusion=cuda and m.cross_entropy_loss_fusion,
     )
 
 
-def validate_for_this_machine(cfg, world_size: int) -> KernelPlan:
+def validate_for_this_machine(cfg, world_size: int, facts: Optional[DeviceFacts] = None) -> KernelPlan:
     """The entry points' check, run once at the top of a run (``pretrain_ixt.py``,
     ``evaluation.engine.init_inference``): the configuration on ``world_size`` processes, then
     its kernel plan on this machine (both raise :class:`ConfigError`). The last edit of
     ``cfg``: it fills ``transformer_impl``, so the resolved choice is what checkpoints record.
-    The plan is then handed down (``training.context.RunContext``), never recomputed."""
+    The plan is then handed down (``training.context.RunContext``), never recomputed.
+    ``facts``: another machine's (a dry run checks the job's target, ``training.dry_run``)."""
     from megatron_ixt.config.validate import validate
 
-    facts = DeviceFacts.detect()
+    facts = facts or DeviceFacts.detect()
     validate(cfg, world_size, cuda=facts.cuda)
     plan = plan_kernels(cfg, facts)
     cfg.model.transformer_impl = plan.transformer_impl

@@ -9,6 +9,7 @@ merge_file=None, vocab_size=None)` returns one of:
 | `SentencePieceTokenizer` | `tokenizer_model` (`.model`)           | the model's `eos_id()`    |
 | `HuggingFaceTokenizer`   | `tokenizer_model` (`tokenizer.json` or its folder) | its end-of-text token |
 | `GPT2BPETokenizer`       | `vocab_file` (encoder.json) + `merge_file` (vocab.bpe) | `<|endoftext|>` |
+| `TikTokenizer`           | `tokenizer_model` (Megatron-LM's tiktoken `.json`), `tiktoken_pattern` | `</s>` |
 | `NullTokenizer`          | none; `vocab_size`                     | `vocab_size`              |
 
 Each subclasses megatron-core's legacy tokenizer interface (`MegatronLegacyTokenizer`, the
@@ -18,7 +19,8 @@ preprocessing never imports megatron-core) and adds `feedback_open_id` / `feedba
 
 The families live in their own modules: `ixt` (the common part: delimiter ids, batched
 tokenization, identity; and `NullTokenizer`), `sentencepiece_model`, `bpe` (tokenizer.json and
-GPT-2 BPE, both through the `tokenizers` library).
+GPT-2 BPE, both through the `tokenizers` library), `tiktoken_model` (Megatron-LM's tiktoken
+vocabularies; the optional `tiktoken` package, imported only for this type).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from megatron_ixt.format.errors import TokenizerError
 from megatron_ixt.tokenizers.bpe import GPT2BPETokenizer, HuggingFaceTokenizer
 from megatron_ixt.tokenizers.ixt import IXTTokenizer, NullTokenizer
 from megatron_ixt.tokenizers.sentencepiece_model import SentencePieceTokenizer
+from megatron_ixt.tokenizers.tiktoken_model import TikTokenizer
 
 
 def build_tokenizer(
@@ -40,6 +43,9 @@ def build_tokenizer(
     merge_file: Optional[str] = None,
     vocab_size: Optional[int] = None,
     *,
+    tiktoken_pattern: Optional[str] = None,
+    tiktoken_num_special_tokens: int = 1000,
+    tiktoken_special_tokens: Optional[list] = None,
     require_delimiters: bool = True,
 ) -> IXTTokenizer:
     """Build a tokenizer by Megatron-LM type name (see the module docstring).
@@ -62,6 +68,12 @@ def build_tokenizer(
         tokenizer = HuggingFaceTokenizer(need(tokenizer_model, "--tokenizer-model"))
     elif tokenizer_type == "GPT2BPETokenizer":
         tokenizer = GPT2BPETokenizer(need(vocab_file, "--vocab-file"), need(merge_file, "--merge-file"))
+    elif tokenizer_type == "TikTokenizer":
+        if tiktoken_pattern is None:
+            raise TokenizerError("TikTokenizer needs --tiktoken-pattern (v1 or v2)")
+        # --vocab-size cuts the vocabulary, as in Megatron-LM (tokenizers/tiktoken_model.py).
+        tokenizer = TikTokenizer(need(tokenizer_model, "--tokenizer-model"), tiktoken_pattern,
+                                 tiktoken_num_special_tokens, tiktoken_special_tokens, vocab_size)
     elif tokenizer_type == "NullTokenizer":
         tokenizer = NullTokenizer(need(vocab_size, "--vocab-size"))
     else:
@@ -77,4 +89,7 @@ def tokenizer_from_config(config: TokenizerConfig, *, require_delimiters: bool =
     """The tokenizer a `TokenizerConfig` names (training's `cfg.tokenizer`, preprocessing's
     `PreprocessConfig.tokenizer`, the one a checkpoint was trained with)."""
     return build_tokenizer(config.tokenizer_type, config.tokenizer_model, config.vocab_file, config.merge_file,
-                           config.vocab_size, require_delimiters=require_delimiters)
+                           config.vocab_size, tiktoken_pattern=config.tiktoken_pattern,
+                           tiktoken_num_special_tokens=config.tiktoken_num_special_tokens,
+                           tiktoken_special_tokens=config.tiktoken_special_tokens,
+                           require_delimiters=require_delimiters)

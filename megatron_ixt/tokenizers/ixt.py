@@ -11,6 +11,8 @@ byte-identical datasets. How each kind gets its delimiters:
   Megatron-LM appends its special tokens; `vocab_size` is then `base_vocab_size + 2`.
 * GPT-2 BPE: OpenAI's vocabulary has no such tokens and is fixed: extra ids 50257 and 50258,
   `vocab_size` 50259.
+* TikTokenizer: the last two of Megatron-LM's reserved special-token ids (`tiktoken_model`),
+  so `vocab_size` stays Megatron-LM's.
 * Null: ids `vocab_size + 1` and `vocab_size + 2` (the eod is `vocab_size`, as in
   Megatron-LM), so this `vocab_size` property is the argument + 3.
 
@@ -60,7 +62,8 @@ class IXTTokenizer(_MegatronBase):
         self._extra: dict[int, str] = {}
         """Ids appended after the model's own vocabulary -> their text (the delimiters)."""
         self.delimiter_source = "none"
-        """'builtin' (the model's own pieces), 'appended' (extra ids) or 'none'."""
+        """'builtin' (the model's own pieces), 'appended' (extra ids), 'reserved' (ids the
+        model reserves for special tokens, unused: TikTokenizer) or 'none'."""
 
     # -- delimiters ---------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from megatron.core.num_microbatches_calculator import (destroy_num_microbatches_calculator,
+                                                       get_current_global_batch_size, get_num_microbatches,
+                                                       init_num_microbatches_calculator, update_num_microbatches)
 
 from megatron_ixt.checkpoint.load import load
 from megatron_ixt.checkpoint.save import Saver
@@ -26,6 +29,7 @@ from megatron_ixt.model.gpt import count_parameters, padded_vocab_size
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime.kernels import current_device
 from megatron_ixt.training.context import RunContext
+from megatron_ixt.training.hooks import TrainingHooks
 from megatron_ixt.training.metrics import MetricsLogger
 from megatron_ixt.training.setup import build_ddp_model, build_optimizer
 from megatron_ixt.training.step import StepContext, evaluate, train_step
@@ -50,7 +54,18 @@ class TrainState:
 
 
 def num_microbatches(cfg: Config, layout: ParallelLayout) -> int:
+    """Micro-batches of a full global batch (validation's, which never ramps up)."""
     return layout.num_microbatches(cfg.training.global_batch_size, cfg.training.micro_batch_size)
+
+
+def start_batch_calculator(cfg: Config, layout: ParallelLayout) -> None:
+    """megatron-core's process-wide micro-batch calculator, as Megatron-LM sets it up: the
+    global batch of each step (constant, or ramping up with --rampup-batch-size) follows the
+    consumed samples (``config.batch_schedule``, which validation checked it with)."""
+    t = cfg.training
+    destroy_num_microbatches_calculator()  # a process that trains twice (tests) starts afresh
+    init_num_microbatches_calculator(torch.distributed.get_rank(), t.rampup_batch_size, t.global_batch_size,
+                                     t.micro_batch_size, layout.dp)
 
 
 def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
@@ -58,6 +73,7 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
     point resolved once (layout, kernel plan, tokenizer, dataset record). Returns the final state.
     ``datasets_fn(cfg, tokenizer) -> (train, valid, test)`` selects the data (IXT or GPT)."""
     cfg, layout, tokenizer = run.cfg, run.layout, run.tokenizer
+    start_batch_calculator(cfg, layout)
     model = build_ddp_model(cfg, layout, run.plan, tokenizer.vocab_size)
     optimizer, scheduler = build_optimizer(cfg, model)
     logger.info("model: %s parameters on this rank (TP x PP shard), padded vocabulary %d",
@@ -77,9 +93,10 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
         world_size=layout.world_size,
         peak_tflops=device_peak_tflops(cfg),
     )
-    n_micro = num_microbatches(cfg, layout)
+    metrics.consumed = state.consumed_train_samples  # so the first step's batch is exact after a resume
     # The entry point read the datasets' record once.
     saver = Saver(cfg, layout, prefix=run.dataset, vocab_size=tokenizer.vocab_size)
+    hooks = TrainingHooks(cfg, state.iteration)  # --manual-gc, --empty-unused-memory-level, --profile
     start_time = time.time()
     exit_reason = None
 
@@ -88,19 +105,26 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
     # included), not when the host has queued them: step_ms feeds the benchmarks' MFU.
     sync = torch.cuda.synchronize if run.plan.device == "cuda" else (lambda: None)
     while state.iteration < cfg.training.train_iters:
+        # The step's global batch follows the samples consumed so far: after a resume the
+        # checkpoint's count re-synchronises the ramp-up here, before the first step.
+        update_num_microbatches(state.consumed_train_samples, consistency_check=True)
+        hooks.before_step(state.iteration)
         step_start = time.perf_counter()
-        result = train_step(cfg, ctx, train_data, n_micro, model, optimizer, scheduler, iteration=state.iteration + 1)
+        result = train_step(cfg, ctx, train_data, get_num_microbatches(), model, optimizer, scheduler,
+                            iteration=state.iteration + 1)
         sync()
         result.step_ms = 1000 * (time.perf_counter() - step_start)
         state.iteration += 1
-        state.consumed_train_samples += cfg.training.global_batch_size
+        state.consumed_train_samples += get_current_global_batch_size()
         _track_nonfinite(cfg, state, result)
         saver.maybe_finalize_async()  # publishes a finished --async-save without waiting
         metrics.on_step(state.iteration, state.consumed_train_samples, result, scheduler.get_lr(optimizer.param_groups[0]))
+        hooks.after_step(state.iteration)
 
         with metrics.paused():  # throughput counts training only, as Megatron-LM's timers
             if _due(state.iteration, cfg.training.eval_interval):
-                validation.run(model, state, metrics)
+                with hooks.evaluation():
+                    validation.run(model, state, metrics)
             exit_reason = _exit_reason(cfg, state, start_time, saver)
             if exit_reason is not None or _due(state.iteration, cfg.checkpoint.save_interval):
                 save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
@@ -109,13 +133,16 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
 
     if exit_reason is None:
         if cfg.training.eval_interval and not _due(state.iteration, cfg.training.eval_interval):
-            validation.run(model, state, metrics)
+            with hooks.evaluation():
+                validation.run(model, state, metrics)
         if cfg.checkpoint.save and not _due(state.iteration, cfg.checkpoint.save_interval):
             save_checkpoint(cfg, saver, model, optimizer, scheduler, state)
     saver.finalize()
     train_data.close()
     validation.close()
     metrics.close()
+    hooks.close()
+    destroy_num_microbatches_calculator()
     state.history["exit_reason"] = exit_reason or "done"
     return state
 
@@ -165,6 +192,10 @@ def _track_nonfinite(cfg: Config, state: TrainState, result) -> None:
         state.consecutive_nonfinite = 0
         return
     state.skipped_iterations += 1
+    if result.overflow:  # --fp16: the loss scale backs off, as Megatron-LM's skipped iterations
+        logger.warning("iteration %d skipped: FP16 gradient overflow, loss scale now %g", state.iteration,
+                       result.loss_scale)
+        return
     state.consecutive_nonfinite += 1
     logger.warning("iteration %d skipped: non-finite loss or gradient (%d in a row)",
                    state.iteration, state.consecutive_nonfinite)

@@ -4,7 +4,10 @@ The forward step returns per-token losses; the loss function reduces them under 
 mask to ``(sum, token count)``. megatron-core then sums both over micro-batches and
 data-parallel ranks (``calculate_per_token_loss``), so the gradient is that of the mean
 loss per trained token for *every* parallel layout: this is what makes TP/PP/DP runs
-match a single-process run.
+match a single-process run. With ``--no-calculate-per-token-loss`` megatron-core's schedule
+divides each micro-batch's sum by its own token count and by the number of micro-batches
+instead (Megatron-LM's default). The reported ``lm loss`` is the mean over the global batch's
+tokens either way, as Megatron-LM's ``train_step`` reduces its ``[sum, count]`` reports.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from megatron_ixt.model.attention import attention_inputs
 from megatron_ixt.runtime.distributed import ParallelLayout
 from megatron_ixt.runtime import faults
 from megatron_ixt.training.context import RunContext
+from megatron_ixt.training.hooks import empty_unused_memory
 
 # Masks a batch may carry besides the loss mask; each becomes its own reported loss
 # (IXT's prefix tokens vs. text tokens, and text trained without its prefix in view).
@@ -86,6 +90,8 @@ def forward_step(ctx: StepContext, data_iterator: Iterator[Optional[Batch]], mod
     Document boundaries come from the EOD tokens, in the form the kernel needs.
     ``poison`` (fault injection) turns this rank's output into NaN before the backward pass."""
     batch = next(data_iterator) or Batch()
+    if ctx.layout.cp > 1:  # every CP rank of a data-parallel replica read the same micro-batch
+        batch = batch.on_this_context_parallel_rank()
     tokens, labels, position_ids = batch.tokens, batch.labels, batch.position_ids
     attention_mask, packed_seq_params = attention_inputs(
         tokens, ctx.eod, ctx.document_masks, position_ids if ctx.boundaries == "position_ids" else None)
@@ -130,19 +136,25 @@ class StepResult:
     grad_norm: Optional[float]
     skipped: bool
     step_ms: float = 0.0  # wall time of the step including data loading (set by the loop)
+    loss_scale: Optional[float] = None  # --fp16: the loss scale after this step
+    overflow: bool = False
+    """Skipped by FP16 dynamic loss scaling (gradients overflowed, the scale backs off): the
+    scaler's normal signal, not a diverging run, unless the scale is already at its floor."""
 
 
-def optimizer_step(optimizer) -> tuple[bool, float]:
+def optimizer_step(optimizer) -> tuple[bool, float, bool]:
     """megatron-core's ``ChainedOptimizer.step`` with one addition: a non-finite global
     gradient norm skips the update. The norm is the one the optimizer computes for clipping
     anyway (reduced over the model-parallel group; gradients are already reduced over data
     parallelism), so every rank takes the same decision with no extra scan of the gradients.
-    A NaN/Inf loss gives non-finite gradients, so it is caught here too."""
+    A NaN/Inf loss gives non-finite gradients, so it is caught here too.
+    Returns ``(stepped, grad norm, found_inf)``: ``found_inf`` when the FP16 loss scaler's own
+    check (which also updates its scale) skipped the step."""
     if optimizer.prepare_grads():  # an fp16 loss scaler found inf: megatron-core's own skip
-        return False, float("nan")
+        return False, float("nan"), True
     grad_norm = float(optimizer.get_grad_norm())
     if not math.isfinite(grad_norm):
-        return False, grad_norm
+        return False, grad_norm, False
     for opt in optimizer.chained_optimizers:
         if getattr(opt, "is_stub_optimizer", False) or opt.config.clip_grad <= 0.0 or not opt.get_parameters():
             continue
@@ -150,7 +162,7 @@ def optimizer_step(optimizer) -> tuple[bool, float]:
         mcore_optimizer.clip_grad_by_total_norm_fp32(
             opt.get_parameters(), max_norm=opt.config.clip_grad, total_norm=grad_norm,
             use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
-    return optimizer.step_with_ready_grads(), grad_norm
+    return optimizer.step_with_ready_grads(), grad_norm, False
 
 
 def train_step(cfg: Config, ctx: StepContext, data: MicroBatchStream, num_microbatches: int, model, optimizer,
@@ -174,11 +186,17 @@ def train_step(cfg: Config, ctx: StepContext, data: MicroBatchStream, num_microb
         **ctx.schedule_shape(cfg),
     )
     totals = sum_reports(reports, ctx.layout)
-    ok, grad_norm = optimizer_step(optimizer)
+    empty_unused_memory(cfg, level=1)  # the activations are freed; the optimizer allocates next
+    scale_before = optimizer.get_loss_scale().item() if cfg.model.fp16 else None
+    ok, grad_norm, found_inf = optimizer_step(optimizer)
+    scale = optimizer.get_loss_scale().item() if cfg.model.fp16 else None
     if not ok:
-        return StepResult(totals, None, skipped=True)
-    scheduler.step(increment=cfg.training.global_batch_size)
-    return StepResult(totals, grad_norm, skipped=False)
+        o = cfg.optimizer
+        backed_off = found_inf and o.loss_scale is None and scale_before > o.min_loss_scale
+        return StepResult(totals, None, skipped=True, loss_scale=scale, overflow=backed_off)
+    # This step's samples (the global batch may ramp up), as Megatron-LM's train_step counts them.
+    scheduler.step(increment=num_microbatches * cfg.training.micro_batch_size * ctx.layout.dp)
+    return StepResult(totals, grad_norm, skipped=False, loss_scale=scale)
 
 
 @torch.no_grad()
@@ -200,6 +218,7 @@ def evaluate(cfg: Config, ctx: StepContext, data: MicroBatchStream, model, num_m
         )
         for name, value in sum_reports(reports, ctx.layout).items():
             totals[name] = totals.get(name, 0) + value
+        empty_unused_memory(cfg, level=1)
     for chunk in model:
         chunk.train()
     return totals
