@@ -35,8 +35,8 @@ def main(argv=None) -> int:
             facts = target.facts
         elif ns.dry_run_device:
             raise ConfigError("--dry-run-device names the GPU a --dry-run checks the job for; add --dry-run")
+        check_given(cfg, ns.given_fields)  # first: it reads what the given flags imply (the tokenizer type)
         plan = validate_for_this_machine(cfg, world_size, facts)
-        check_given(cfg, ns.given_fields)
         source = "set by --document-start or --config"
         if cfg.model.document_start is None:
             # A model keeps its document start through continued training (an imported model's

@@ -12,6 +12,8 @@ own (the process-wide one is the training loop's) and need no process group.
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterator
 
 from megatron_ixt.config.cli import ConfigError
@@ -33,8 +35,8 @@ def calculator(t: TrainingConfig, data_parallel_size: int = 1):
         return ConstantNumMicroBatchesCalculator(gbs, t.micro_batch_size, data_parallel_size, False, rank=-1)
     start, increment, samples = (int(v) for v in t.rampup_batch_size)
     shown = f"--rampup-batch-size {start} {increment} {samples}"
-    if start < 1 or increment < 1 or samples < 0:
-        raise ConfigError(f"{shown}: START and INCREMENT must be >= 1 and SAMPLES >= 0")
+    if start < 1 or increment < 1 or samples < 1:
+        raise ConfigError(f"{shown}: START, INCREMENT and SAMPLES must be >= 1")
     if start >= gbs:
         raise ConfigError(f"{shown}: START ({start}) must be below --global-batch-size ({gbs}), which the ramp-up "
                           "grows to")
@@ -64,11 +66,26 @@ def global_batch_sizes(t: TrainingConfig, consumed_samples: int = 0) -> Iterator
 
 
 def samples_for_iterations(t: TrainingConfig, iterations: int) -> int:
-    """The samples ``iterations`` steps consume from the start."""
+    """The samples ``iterations`` steps consume from the start. Steps of one ramp-up phase
+    (one batch size) are counted in one stride: a 175B ramp-up has ~20,000 steps, each a
+    calculator update."""
     if t.rampup_batch_size is None:
         return iterations * t.global_batch_size
-    sizes = global_batch_sizes(t)
-    return sum(next(sizes) for _ in range(iterations))
+    calc = calculator(t)
+    consumed = done = 0
+    while done < iterations:
+        calc.update(consumed, consistency_check=False)
+        size = calc.get_current_global_batch_size()
+        if size == t.global_batch_size:  # the ramp-up is over: the rest of the steps are full
+            return consumed + (iterations - done) * size
+        # The batch changes once the consumed samples reach the next increment (or pass the
+        # ramp-up); stop one step short of it and let the calculator take the boundary itself.
+        boundary = min((int(consumed / calc.rampup_samples_per_increment) + 1) * calc.rampup_samples_per_increment,
+                       calc.ramup_samples + 1)
+        steps = min(max(1, math.ceil((boundary - consumed) / size) - 1), iterations - done)
+        consumed += steps * size
+        done += steps
+    return consumed
 
 
 def iterations_for_samples(t: TrainingConfig) -> int:

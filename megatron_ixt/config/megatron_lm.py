@@ -115,21 +115,18 @@ def unsupported_flags_error(extras: Sequence[str]) -> str:
     if theirs:
         reasons = [f"{flag} ({why_unsupported(flag)})" for flag in dict.fromkeys(theirs)]
         parts.append(f"Megatron-LM {MEGATRON_LM_VERSION} flags not supported by megatron_ixt: " + "; ".join(reasons))
-    others = [a for a in extras if a.split("=", 1)[0] not in known and not _is_value_of_refused(a, extras, known)]
+    others, refused_values = [], False
+    for arg in extras:  # a refused flag's values are not arguments of their own
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            refused_values = flag in known and known[flag]["nargs"] != 0 and "=" not in arg
+            if flag not in known:
+                others.append(arg)
+        elif not refused_values:
+            others.append(arg)
     if others:
         parts.append("unrecognized arguments: " + " ".join(others) + " (flags of neither megatron_ixt nor Megatron-LM)")
     return ". ".join(parts)
-
-
-def _is_value_of_refused(arg: str, extras: Sequence[str], known: dict) -> bool:
-    """A non-flag argument that follows a refused Megatron-LM flag taking values is its value."""
-    if arg.startswith("--"):
-        return False
-    i = list(extras).index(arg)
-    for j in range(i - 1, -1, -1):
-        if extras[j].startswith("--"):
-            return extras[j] in known and known[extras[j]]["nargs"] != 0
-    return False
 
 
 def generate_flag_table(upstream: str) -> dict:

@@ -67,9 +67,8 @@ class ModelConfig:
         "project's attention has no window: a model with one is accepted while --seq-length <= LEFT + 1, where "
         "the window never excludes a key and full causal attention is exactly the windowed one.")
     normalization: str = arg("LayerNorm", "Normalization layer.", choices=("RMSNorm", "LayerNorm"))
-    apply_layernorm_1p: bool = arg(False, "Zero-centred gamma: norms store gamma - 1 and compute with gamma + 1, so "
-                                          "weight decay pulls them towards 1 (megatron-core's "
-                                          "layernorm_zero_centered_gamma).")
+    apply_layernorm_1p: bool = arg(False, "Zero-centred gamma: norms store gamma - 1 and compute with gamma + 1, "
+                                          "for precision in 16 bits (megatron-core's layernorm_zero_centered_gamma).")
     norm_epsilon: float = arg(1e-5, "Epsilon of the normalization layers.")
     swiglu: bool = arg(False, "SwiGLU MLP (gated SiLU) instead of GeLU.")
     disable_bias_linear: bool = arg(False, "No biases in linear layers.")
@@ -229,7 +228,8 @@ class OptimizerConfig:
     initial_loss_scale: float = arg(2.0 ** 32, "--fp16: the dynamic loss scale's initial value.")
     min_loss_scale: float = arg(1.0, "--fp16: the dynamic loss scale's floor.")
     loss_scale_window: float = arg(1000, "--fp16: steps without overflow before the loss scale doubles.")
-    hysteresis: int = arg(2, "--fp16: overflows tolerated before the loss scale halves.")
+    hysteresis: int = arg(2, "--fp16: overflows tolerated before the loss scale halves (the tolerance is restored "
+                             "after --loss-scale-window clean steps).")
     grad_reduce_in_bf16: bool = arg(False, "Accumulate and reduce gradients over data-parallel ranks in BF16 "
                                            "(with --bf16; default fp32).")
     use_distributed_optimizer: bool = arg(False, "Shard optimizer state over data-parallel ranks (ZeRO-1; NCCL only).")
@@ -240,10 +240,9 @@ class OptimizerConfig:
 DEFAULT_TRAIN_ITERS = 100
 """``--train-iters`` when neither it nor ``--train-samples`` is given (``config.validate``)."""
 ITERATION_SCHEDULE_FIELDS = ("train_iters", "lr_decay_iters", "lr_warmup_iters", "lr_wsd_decay_iters")
-SAMPLE_SCHEDULE_FIELDS = ("train_samples", "lr_decay_samples", "lr_warmup_samples", "lr_wsd_decay_samples",
-                          "rampup_batch_size")
+SAMPLE_SCHEDULE_FIELDS = ("train_samples", "lr_decay_samples", "lr_warmup_samples", "lr_wsd_decay_samples")
 """The two kinds of schedule, of which a run uses one (Megatron-LM's rule): counted in
-iterations, or in samples (``--train-samples``, which batch-size ramp-up needs)."""
+iterations, or in samples (``--train-samples``). Batch-size ramp-up goes with either."""
 
 
 @dataclass

@@ -76,9 +76,6 @@ SFT_INERT = {
 def check_given(cfg: Config, given: frozenset) -> None:
     """Refuse flags given (on the command line or in --config) that this run would ignore, and
     read what given flags imply."""
-    if {"train_iters", "train_samples"} <= given:  # validate cannot tell a given one from its own
-        raise ConfigError("--train-iters and --train-samples exclude each other: a run's length is counted in "
-                          "iterations or in samples (Megatron-LM's rule)")
     tok = cfg.tokenizer
     if "tokenizer_type" not in given and tok.vocab_file and tok.merge_file:
         # Megatron-LM's GPT-3 scripts name the GPT-2 files and no --tokenizer-type (its older
@@ -118,8 +115,8 @@ def check_schedule(cfg: Config, dp: int) -> None:
         if t.rampup_batch_size:
             # Megatron-LM asserts ramp-up only with --train-samples, yet its own GPT-3 175B example
             # passes it with --train-iters. Its meaning is plain: --train-iters steps, the first
-            # ones smaller; the iteration-based schedule is counted in samples (iterations x
-            # --global-batch-size), as Megatron-LM counts it, so the decay ends on samples.
+            # ones smaller; the --lr-*-iters flags count steps too (training/setup.py converts
+            # them to the samples those steps consume).
             calculator(t, dp)
             _check_interleaved_rampup(cfg, dp)
         if o.lr_decay_iters is None:

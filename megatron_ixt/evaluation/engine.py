@@ -40,9 +40,17 @@ from megatron_ixt.checkpoint.load import load_sharded, open_checkpoint, read_com
 logger = logging.getLogger("megatron_ixt")
 
 
+# What a training run's configuration holds that inference does not do: its context
+# parallelism and FP8 weights (this run's layout and kernels are its own), its logging,
+# profiling and garbage-collection options (W&B would need its package here too).
+TRAINING_ONLY = {"context_parallel_size": 1, "fp8_param_gather": False, "wandb_project": None, "profile": False,
+                 "use_pytorch_profiler": False, "manual_gc": False, "log_throughput": False}
+
+
 def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Config:
-    """The configuration a checkpoint was trained with, with ``overrides`` (``{leaf: value}``,
-    e.g. the parallel layout of this run) applied."""
+    """The configuration a checkpoint was trained with, without its :data:`TRAINING_ONLY`
+    options and with ``overrides`` (``{leaf: value}``, e.g. the parallel layout of this run)
+    applied."""
     iteration = read_tracker(load)
     if iteration is None:
         raise ConfigError(f"--load {load}: no checkpoint (missing latest_checkpointed_iteration.txt)")
@@ -51,7 +59,7 @@ def config_from_checkpoint(load: str, overrides: Optional[dict] = None) -> Confi
     if checkpoint_source(common, path) != "megatron_ixt":
         raise ConfigError(f"--load {load}: a Megatron-LM checkpoint (its common.pt has 'args', not this project's "
                           "'config'): load it with pretrain_ixt.py --finetune and the same model flags, then save")
-    cfg = apply_overrides(Config.from_dict(common["config"]), overrides or {})
+    cfg = apply_overrides(Config.from_dict(common["config"]), {**TRAINING_ONLY, **(overrides or {})})
     cfg.checkpoint.load = load
     return cfg
 

@@ -105,3 +105,9 @@ def initialize_weights(chunks, seed: int, vocab_size: int, layout: ParallelLayou
                 raise ValueError(f"no layout-independent initialisation rule for parameter {local_name} "
                                  f"{tuple(param.shape)}; add one in megatron_ixt/model/init.py")
             param.copy_(value)
+            # --fp8-param-gather: a Transformer Engine FP8 weight keeps the value it was created
+            # with in high precision, and the distributed optimizer builds its fp32 master copy
+            # from that (megatron-core's distrib_optimizer), not from the FP8 data: set both.
+            high_precision = getattr(param, "get_high_precision_init_val", lambda: None)()
+            if high_precision is not None:
+                high_precision.copy_(value)

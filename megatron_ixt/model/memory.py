@@ -89,19 +89,18 @@ def bytes_per_parameter(cfg, data_parallel_size: int) -> float:
 
 
 def _layer_bytes(cfg, s: int, b: int, recompute: str, scores_stored: bool) -> float:
-    """One layer's activations on one rank (Table 2 of Korthikanti et al.), as Megatron-LM
-    writes them: with sequence parallelism ``s b h (18 + 4 ffn/h) / t``, without it
-    ``s b h (10 + 24 / t)``; no recomputation adds the attention scores."""
+    """One layer's activations (Table 2 of Korthikanti et al.), as Megatron-LM writes them:
+    with sequence parallelism ``s b h (18 + 4 ffn/h)`` for the whole TP group (the caller
+    divides the total by TP once, as Megatron-LM does), without it ``s b h (10 + 24 / t)`` on
+    one rank; no recomputation adds the attention scores, ``5 a s^2 b`` (split by TP)."""
     m, p = cfg.model, cfg.parallel
     h, t = m.hidden_size, p.tensor_model_parallel_size
     ffn = m.ffn_hidden_size or 4 * h
-    if p.sequence_parallel:
-        selective = s * b * h * (18 + 4 * ffn / h) / t
-    else:
-        selective = s * b * h * (10 + 24 / t)
+    sp = p.sequence_parallel
+    selective = s * b * h * (18 + 4 * ffn / h) if sp else s * b * h * (10 + 24 / t)
     if recompute == "selective" or not scores_stored:
         return selective
-    return selective + 5 * m.num_attention_heads * s * s * b / t
+    return selective + 5 * m.num_attention_heads * s * s * b / (1 if sp else t)
 
 
 def activation_bytes(cfg, recompute: str, num_microbatches: Optional[int], padded_vocab: int,
@@ -119,7 +118,7 @@ def activation_bytes(cfg, recompute: str, num_microbatches: Optional[int], padde
     working_set = 0.0
     if recompute == "full":
         full_layer = _layer_bytes(cfg, s, b, "none", scores_stored)
-        checkpoint = 2 * s * b * h / (t if sp else 1)  # a checkpointed group's input
+        checkpoint = 2 * s * b * h  # a checkpointed group's input (split by TP under sequence parallelism)
         n = m.recompute_num_layers or 1
         if (m.recompute_method or "uniform") == "uniform":
             layers = math.ceil(L / n) * checkpoint
@@ -141,7 +140,7 @@ def activation_bytes(cfg, recompute: str, num_microbatches: Optional[int], padde
         total = layers
         if pp == 1:
             total += s * b * h * 4 * (1 + vocab / h)
-        return total / t + working_set
+        return (total + working_set) / t
     total = layers
     if pp == 1:
         total += (s * b * vocab / t + s * b * h) * 2

@@ -8,8 +8,8 @@ tag themselves); these layers tag themselves the same way, which is all that is 
 
 Zero-centred gamma (``--apply-layernorm-1p``, megatron-core's ``layernorm_zero_centered_gamma``,
 which its ``WrappedTorchNorm`` refuses): the weight stores gamma - 1 and the norm computes with
-weight + 1, so weight decay pulls gamma towards 1 instead of 0, as Transformer Engine's and
-apex's norms do under that flag. Initialised to zeros (``model/init.py``); export adds the 1 back.
+weight + 1, as Transformer Engine's and apex's norms do under that flag: a weight near 0 keeps
+more precision in 16 bits than one near 1 (Megatron-LM: "improves numerical stability"). Initialised to zeros (``model/init.py``); export adds the 1 back.
 """
 
 from __future__ import annotations

@@ -93,7 +93,6 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
         world_size=layout.world_size,
         peak_tflops=device_peak_tflops(cfg),
     )
-    metrics.consumed = state.consumed_train_samples  # so the first step's batch is exact after a resume
     # The entry point read the datasets' record once.
     saver = Saver(cfg, layout, prefix=run.dataset, vocab_size=tokenizer.vocab_size)
     hooks = TrainingHooks(cfg, state.iteration)  # --manual-gc, --empty-unused-memory-level, --profile
@@ -114,8 +113,9 @@ def pretrain(run: RunContext, datasets_fn=build_datasets) -> TrainState:
                             iteration=state.iteration + 1)
         sync()
         result.step_ms = 1000 * (time.perf_counter() - step_start)
+        result.global_batch_size = get_current_global_batch_size()
         state.iteration += 1
-        state.consumed_train_samples += get_current_global_batch_size()
+        state.consumed_train_samples += result.global_batch_size
         _track_nonfinite(cfg, state, result)
         saver.maybe_finalize_async()  # publishes a finished --async-save without waiting
         metrics.on_step(state.iteration, state.consumed_train_samples, result, scheduler.get_lr(optimizer.param_groups[0]))

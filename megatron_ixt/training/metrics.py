@@ -64,7 +64,6 @@ class MetricsLogger:
         # FLOPs scale with the samples of each step, which the loop counts (the global batch
         # may ramp up), not with a fixed --global-batch-size.
         self.flops_per_sample = flops_per_iteration / cfg.training.global_batch_size
-        self.consumed: Optional[int] = None  # consumed samples after the previous step
         self._reset()
 
     def _reset(self) -> None:
@@ -93,20 +92,11 @@ class MetricsLogger:
         """Model TFLOP/s per device (Megatron-LM's "throughput per GPU")."""
         return self.flops_per_sample * samples / seconds / self.world_size / 1e12
 
-    def _step_samples(self, iteration: int, consumed_samples: int) -> int:
-        """This step's samples; the first step after a resume, whose start count the loop does
-        not pass, is taken as --global-batch-size."""
-        previous = self.consumed
-        if previous is None:
-            previous = 0 if iteration == 1 else consumed_samples - self.cfg.training.global_batch_size
-        self.consumed = consumed_samples
-        return consumed_samples - previous
-
     def on_step(self, iteration: int, consumed_samples: int, result, lr: float) -> None:
         if not self.active:
             return
         self.steps += 1
-        step_samples = self._step_samples(iteration, consumed_samples)
+        step_samples = result.global_batch_size
         self.samples += step_samples
         self.skipped += int(result.skipped)
         for name, value in result.reports.items():

@@ -136,6 +136,7 @@ class StepResult:
     grad_norm: Optional[float]
     skipped: bool
     step_ms: float = 0.0  # wall time of the step including data loading (set by the loop)
+    global_batch_size: int = 0  # the step's samples, ramping up with --rampup-batch-size (set by the loop)
     loss_scale: Optional[float] = None  # --fp16: the loss scale after this step
     overflow: bool = False
     """Skipped by FP16 dynamic loss scaling (gradients overflowed, the scale backs off): the

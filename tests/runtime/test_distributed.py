@@ -57,7 +57,7 @@ def test_layout_stage_predicates_and_checkpoint_record():
     """Rank 5 of TP 2 x PP 2 x DP 2 with two virtual stages per rank: the last pipeline
     stage (pp rank 1), whose second chunk only is the last of the whole pipeline."""
     layout = ParallelLayout(world_size=8, tp=2, pp=2, vpp=2, rank=5, tp_rank=1, pp_rank=1, dp_rank=0)
-    assert layout.coordinates(5) == {"rank": 5, "tp": 1, "pp": 1, "dp": 0}
+    assert layout.coordinates(5) == {"rank": 5, "tp": 1, "cp": 0, "pp": 1, "dp": 0}
     assert layout.num_chunks == 2 and layout.dp == 2
     assert not layout.is_first_stage() and layout.is_last_stage()
     assert [layout.is_last_stage(k) for k in range(2)] == [False, True]
@@ -84,7 +84,7 @@ parallel_state.initialize_model_parallel(1, 1)
 layout = ParallelLayout.from_megatron()
 assert layout == ParallelLayout(world_size=1, tp=1, pp=1), layout
 assert layout.tp_group is parallel_state.get_tensor_model_parallel_group()
-assert layout.dp_group is parallel_state.get_data_parallel_group()
+assert layout.dp_group is parallel_state.get_data_parallel_group(with_context_parallel=True)
 assert layout.is_first_stage() and layout.is_last_stage() and layout.num_chunks == 1
 print("ok")
 """

@@ -68,7 +68,8 @@ def layout_mismatches(layout: ParallelLayout) -> list[str]:
             "dp_rank": ps.get_data_parallel_rank(), "tp_src_rank": ps.get_tensor_model_parallel_src_rank(),
             "pp_last_rank": ps.get_pipeline_model_parallel_last_rank()}
     diffs = [f"{k}: {getattr(layout, k)} != {v}" for k, v in want.items() if getattr(layout, k) != v]
-    for name, group in (("tp_group", ps.get_tensor_model_parallel_group()), ("dp_group", ps.get_data_parallel_group()),
+    for name, group in (("tp_group", ps.get_tensor_model_parallel_group()),
+                        ("dp_group", ps.get_data_parallel_group(with_context_parallel=True)),
                         ("pp_group", ps.get_pipeline_model_parallel_group())):
         if getattr(layout, name) is not group:
             diffs.append(f"{name} is not megatron-core's")
@@ -78,7 +79,8 @@ def layout_mismatches(layout: ParallelLayout) -> list[str]:
                              (layout.is_last_stage, ps.is_pipeline_last_stage)):
             if mine(stage) != theirs(ignore_virtual=stage is None, vp_stage=stage):
                 diffs.append(f"{mine.__name__}({stage})")
-    expected = {"rank": layout.rank, "tp": layout.tp_rank, "pp": layout.pp_rank, "dp": layout.dp_rank}
+    expected = {"rank": layout.rank, "tp": layout.tp_rank, "cp": ps.get_context_parallel_rank(), "pp": layout.pp_rank,
+                "dp": layout.dp_rank}
     if layout.coordinates(layout.rank) != expected:
         diffs.append(f"coordinates({layout.rank}) = {layout.coordinates(layout.rank)}, megatron-core {expected}")
     return diffs

@@ -87,8 +87,7 @@ def test_rampup_batches_and_exact_resume_mid_ramp(tmp_path):
 
 REFUSED = [
     (["--train-samples", 24, "--lr-warmup-iters", 2], "--lr-warmup-iters with --train-samples"),
-    (["--train-samples", 24, "--train-iters", 6, "--global-batch-size", 4],
-     "--train-iters and --train-samples exclude each other"),
+    (["--train-samples", 24, "--train-iters", 5, "--global-batch-size", 4], "--train-iters with --train-samples"),
     (["--train-iters", 6, "--lr-decay-samples", 24], "--lr-decay-samples counts samples"),
     (["--train-samples", 32, "--global-batch-size", 8, "--rampup-batch-size", 3, 1, 8],
      "START (3) is not divisible by --micro-batch-size (2) x data-parallel size (1)"),
