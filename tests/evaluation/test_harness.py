@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -106,18 +107,23 @@ def test_metrics_and_generations_equal_lm_evals_hf_backend(smollm2_checkpoint, o
     from lm_eval.tasks import TaskManager
 
     hf = tmp_path / "hf"
-    proc = run_python("tools/convert_checkpoint.py", ["--to", "hf", "--load", smollm2_checkpoint, "--output", hf])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     tasks, out = local_tasks(tmp_path / "tasks"), tmp_path / "out"
-    run_python("tools/evaluate_benchmarks.py", [
-        "--load", smollm2_checkpoint, "--tasks", "local_choice,local_until", "--include_path", tasks,
-        "--batch_size", 8, "--log_samples", "--output_path", out], env={"MEGATRON_IXT_CACHE": str(offline_tasks.parents[1])})
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # Our run (one process) does not read the export: it runs beside the export and lm-eval's
+    # own evaluation of it, which need the other core.
+    with ThreadPoolExecutor(1) as pool:
+        our_run = pool.submit(run_python, "tools/evaluate_benchmarks.py", [
+            "--load", smollm2_checkpoint, "--tasks", "local_choice,local_until", "--include_path", tasks,
+            "--batch_size", 8, "--log_samples", "--output_path", out],
+            env={"MEGATRON_IXT_CACHE": str(offline_tasks.parents[1])})
+        proc = run_python("tools/convert_checkpoint.py", ["--to", "hf", "--load", smollm2_checkpoint, "--output", hf])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=str(hf), dtype="float32", device="cpu", batch_size=1),
+                                         tasks=["local_choice", "local_until"],
+                                         task_manager=TaskManager(include_path=tasks), log_samples=True)
+        our_run.result()
     ours, our_samples = read_output(out)
 
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=str(hf), dtype="float32", device="cpu", batch_size=1),
-                                     tasks=["local_choice", "local_until"], task_manager=TaskManager(include_path=tasks),
-                                     log_samples=True)
     for task in ("local_choice", "local_until"):
         metrics = {k: v for k, v in ours["results"][task].items() if "," in k}
         assert metrics == {k: theirs["results"][task][k] for k in metrics}, task
