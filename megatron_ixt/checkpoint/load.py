@@ -22,6 +22,7 @@ from megatron_ixt.checkpoint.compat import check_megatron_lm_compatible, checkpo
 from megatron_ixt.checkpoint.contents import (model_keys, model_sharded_state_dict, padded_vocab, restore_rng,
                                                rng_state, unwrap)
 from megatron_ixt.checkpoint.files import TRACKER_FILE, checkpoint_path, clean_partial_checkpoints, read_tracker
+from megatron_ixt.config.batch_schedule import schedule_steps
 from megatron_ixt.config.cli import ConfigError
 from megatron_ixt.config.schema import Config
 from megatron_ixt.runtime.distributed import ParallelLayout
@@ -172,15 +173,6 @@ SCHEDULE_FIELDS = {"max_lr": ("--lr", "--lr"), "min_lr": ("--min-lr", "--min-lr"
                    "start_wd": ("--weight-decay", "--weight-decay")}
 
 
-def _wsd_decay_samples(config: dict) -> "int | None":
-    """The WSD decay phase of a configuration (``Config.to_dict``), in samples."""
-    o, t = config.get("optimizer", {}), config.get("training", {})
-    if t.get("train_samples") is not None:
-        return o.get("lr_wsd_decay_samples")
-    iters = o.get("lr_wsd_decay_iters")
-    return iters * (t.get("global_batch_size") or 1) if iters else None
-
-
 def schedule_differences(saved: dict, current: dict, saved_config: dict, cfg: Config) -> list[str]:
     """Each schedule setting of this run that differs from the checkpoint's, with both values
     (each side's steps shown as it counts them: iterations, or samples under --train-samples)."""
@@ -203,7 +195,8 @@ def schedule_differences(saved: dict, current: dict, saved_config: dict, cfg: Co
                 diffs.append(f"{flags[by_samples]}: checkpoint {saved[key]!r}, configured {current[key]!r}")
     if cfg.optimizer.lr_decay_style == "WSD":
         theirs_o = saved_config.get("optimizer", {})
-        theirs, mine = _wsd_decay_samples(saved_config), _wsd_decay_samples(ours)
+        # Both lengths in samples, as each run's scheduler counts them.
+        theirs, mine = (schedule_steps(c)["wsd_decay_steps"] for c in (Config.from_dict(saved_config), cfg))
         if theirs_o and theirs != mine:
             flag = "--lr-wsd-decay-samples" if by_samples else "--lr-wsd-decay-iters"
             diffs.append(f"{flag}: checkpoint {theirs} samples, configured {mine} samples")

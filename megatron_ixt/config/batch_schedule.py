@@ -8,16 +8,19 @@ The batch of a step depends only on the samples consumed before it: with
 than ``SAMPLES`` samples are consumed. So a resumed run, given its consumed samples, takes
 exactly the batches an uninterrupted one takes. The functions here use a calculator of their
 own (the process-wide one is the training loop's) and need no process group.
+``schedule_steps`` gives the learning-rate scheduler its lengths in samples, for training
+and for the resume check that compares a checkpoint's schedule with this run's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 from typing import Iterator
 
 from megatron_ixt.config.cli import ConfigError
-from megatron_ixt.config.schema import TrainingConfig
+from megatron_ixt.config.schema import Config, TrainingConfig
 
 
 def calculator(t: TrainingConfig, data_parallel_size: int = 1):
@@ -104,3 +107,23 @@ def iterations_for_samples(t: TrainingConfig) -> int:
     if t.train_samples > consumed:
         iterations += (t.train_samples - consumed) // t.global_batch_size
     return iterations
+
+
+def schedule_steps(cfg: Config) -> dict:
+    """The scheduler's lengths in samples, its step unit (the loop steps it by each step's
+    global batch), as Megatron-LM's ``get_optimizer_param_scheduler`` sets them: iteration
+    flags times --global-batch-size, or the --train-samples flags as they are. Under
+    --rampup-batch-size with --train-iters (which Megatron-LM refuses), an iteration flag
+    counts the samples its steps consume, so that the decay ends at --lr-decay-iters."""
+    o, t = cfg.optimizer, cfg.training
+    if t.train_samples is None:
+        samples = functools.partial(samples_for_iterations, t)
+        decay = samples(o.lr_decay_iters)
+        warmup = o.lr_warmup_fraction * decay if o.lr_warmup_fraction is not None else samples(o.lr_warmup_iters)
+        return {"lr_warmup_steps": warmup, "lr_decay_steps": decay, "wd_incr_steps": samples(t.train_iters),
+                "wsd_decay_steps": samples(o.lr_wsd_decay_iters) if o.lr_wsd_decay_iters else None}
+    warmup = o.lr_warmup_samples
+    if o.lr_warmup_fraction is not None:
+        warmup = o.lr_warmup_fraction * o.lr_decay_samples
+    return {"lr_warmup_steps": warmup, "lr_decay_steps": o.lr_decay_samples, "wd_incr_steps": t.train_samples,
+            "wsd_decay_steps": o.lr_wsd_decay_samples}

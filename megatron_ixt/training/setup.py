@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_ixt.config.batch_schedule import samples_for_iterations
+from megatron_ixt.config.batch_schedule import schedule_steps
 from megatron_ixt.config.schema import Config
 from megatron_ixt.model.gpt import build_model_chunks, params_dtype
 from megatron_ixt.runtime.distributed import ParallelLayout
@@ -109,22 +107,3 @@ def build_optimizer(cfg: Config, model) -> tuple:
     )
     return optimizer, scheduler
 
-
-def schedule_steps(cfg: Config) -> dict:
-    """The scheduler's lengths in samples, its step unit (the loop steps it by each step's
-    global batch), as Megatron-LM's ``get_optimizer_param_scheduler`` sets them: iteration
-    flags times --global-batch-size, or the --train-samples flags as they are. Under
-    --rampup-batch-size with --train-iters (which Megatron-LM refuses), an iteration flag
-    counts the samples its steps consume, so that the decay ends at --lr-decay-iters."""
-    o, t = cfg.optimizer, cfg.training
-    if t.train_samples is None:
-        samples = functools.partial(samples_for_iterations, t)
-        decay = samples(o.lr_decay_iters)
-        warmup = o.lr_warmup_fraction * decay if o.lr_warmup_fraction is not None else samples(o.lr_warmup_iters)
-        return {"lr_warmup_steps": warmup, "lr_decay_steps": decay, "wd_incr_steps": samples(t.train_iters),
-                "wsd_decay_steps": samples(o.lr_wsd_decay_iters) if o.lr_wsd_decay_iters else None}
-    warmup = o.lr_warmup_samples
-    if o.lr_warmup_fraction is not None:
-        warmup = o.lr_warmup_fraction * o.lr_decay_samples
-    return {"lr_warmup_steps": warmup, "lr_decay_steps": o.lr_decay_samples, "wd_incr_steps": t.train_samples,
-            "wsd_decay_steps": o.lr_wsd_decay_samples}
