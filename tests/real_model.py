@@ -32,17 +32,27 @@ def _gguf_folder() -> Path:
 
 
 def _write_atomically(dest: Path, write) -> Path:
-    """``write(folder)`` into a temporary sibling of ``dest``, renamed when complete."""
+    """``write(folder)`` into a temporary sibling of ``dest``, renamed when complete.
+
+    The folders live in pytest's cache folder, which every pytest process of the checkout
+    shares (``pytest -n 2``'s workers, a second session): a lock file next to ``dest``
+    makes one process write it while the others wait, then find it written."""
+    from filelock import FileLock
+
     if dest.is_dir():
         return dest
-    work = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        write(work)
-        os.replace(work, dest)
-    finally:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.with_name(f".{dest.name}.lock"))):
+        if dest.is_dir():  # written by another process while this one waited
+            return dest
+        work = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            write(work)
+            os.replace(work, dest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return dest
 
 

@@ -12,17 +12,24 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO / "examples" / "slurm"
 SETUP = SLURM_DIR / "local_cluster" / "setup.sh"
 TINY = REPO / "examples" / "configs" / "tiny.yaml"
 OUR_CONF_MARKER = "# Written by megatron_ixt examples/slurm/local_cluster/setup.sh"
+
+# The local cluster is the machine's (2 CPUs): one SLURM test, or setup.sh, at a time, whichever
+# pytest process runs it (pytest -n 2's workers, a second session). One object per process:
+# it counts its own nested acquisitions; the kernel drops the lock of a process that dies.
+CLUSTER_LOCK = FileLock(str(Path(tempfile.gettempdir()) / f"megatron_ixt-slurm-tests-{os.getuid()}.lock"))
 
 # Job states after which a job does nothing more (until someone requeues it).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -45,7 +52,8 @@ def start_local_cluster() -> None:
                     "(examples/slurm/local_cluster/setup.sh), or that cluster already running")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         pytest.skip("SLURM is not installed and there is no apt-get to install it")
-    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
+    with CLUSTER_LOCK:
+        proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"{SETUP} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
 
