@@ -14,7 +14,7 @@ LAYERS = [
     {"runtime", "tokenizers"},
     {"preprocess", "data", "model", "feedback", "checkpoint"},
     {"training", "evaluation"},
-    {"conversion"},
+    {"conversion", "online"},
 ]
 FLOOR = {package: floor for floor, packages in enumerate(LAYERS) for package in packages}
 

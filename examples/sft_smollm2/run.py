@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--conversations", type=int, default=480)
     parser.add_argument("--heldout", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64, help="questions decoded together")
+    parser.add_argument("--only-plain", action="store_true",
+                        help="stop once the SFT without feedback is trained (what examples/online_smollm2 starts from)")
     args = parser.parse_args()
     out = args.output_dir.resolve()
     data, logs, ckpts, measured = out / "data", out / "logs", out / "checkpoints", out / "measurements"
@@ -117,7 +119,7 @@ def main() -> int:
                 "--output-prefix", data / name, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
                 tokenizer, "--seq-length", 256, "--prefix-template", template], logs)
 
-    for name in ("ixt", "plain"):
+    for name in ("plain",) if args.only_plain else ("ixt", "plain"):
         ckpt = ckpts / name
         if not (ckpt / "latest_checkpointed_iteration.txt").exists():
             timings[f"train_{name}"] = run(f"train_{name}", [
@@ -128,6 +130,8 @@ def main() -> int:
                 "--split", "100,0,0", "--ixt-feedback-dropout", 0.1, "--log-interval", 5, "--num-workers", 0,
                 "--data-cache-path", out / "cache", "--log-file", logs / f"train_{name}.jsonl"], logs)
 
+    if args.only_plain:
+        return 0
     from measure import judge
 
     rows = []

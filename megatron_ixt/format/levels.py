@@ -9,6 +9,9 @@ Two ways to draw the level boundaries (`--quality-thresholds`):
   Judges rarely use their whole scale, and with fixed fifths most documents can land in
   one or two levels; quantiles spread them. The cut points are stored in the `.meta.json`
   so that the same levels can be recomputed later.
+* `given`: four cut points on the normalized score, written out (`0.3,0.5,0.7,0.9`): levels
+  that must not move with the corpus, e.g. the online stage's later rounds, cut where its
+  first round was (`tools/online_ixt.py`).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def quality_level(score: float, scale: Sequence[float] = (0, 10)) -> int:
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """How scores become levels: `fixed` fifths or corpus `quantile` cut points.
+    """How scores become levels: `fixed` fifths, corpus `quantile` cut points, or `given` ones.
 
     `cut_points` are 4 increasing boundaries on the normalized score; a score at or above
     the k-th boundary gets at least level k + 1.
@@ -67,14 +70,29 @@ class QualityThresholds:
     cut_points: tuple[float, ...] = FIXED_CUT_POINTS
 
     def __post_init__(self):
-        if self.mode not in ("fixed", "quantile"):
-            raise ValueError(f"quality thresholds must be 'fixed' or 'quantile', got {self.mode!r}")
+        if self.mode not in ("fixed", "quantile", "given"):
+            raise ValueError(f"quality thresholds must be 'fixed', 'quantile' or 'given', got {self.mode!r}")
         if len(self.cut_points) != NUM_LEVELS - 1 or list(self.cut_points) != sorted(self.cut_points):
             raise ValueError(f"expected {NUM_LEVELS - 1} increasing cut points, got {self.cut_points}")
 
     @classmethod
     def fixed(cls) -> "QualityThresholds":
         return cls("fixed", FIXED_CUT_POINTS)
+
+    @classmethod
+    def parse(cls, text: str) -> "QualityThresholds":
+        """`fixed`, or four increasing comma-separated cut points (`given`); `quantile` is
+        computed from a corpus (`from_scores`), not parsed. Raises ValueError."""
+        if text == "fixed":
+            return cls.fixed()
+        try:
+            cuts = tuple(float(c) for c in text.split(","))
+        except ValueError:
+            cuts = ()
+        if len(cuts) != NUM_LEVELS - 1 or list(cuts) != sorted(cuts) or not all(0 <= c <= 1 for c in cuts):
+            raise ValueError(f"expected fixed, quantile or {NUM_LEVELS - 1} increasing cut points in [0, 1] "
+                             f"(normalized scores) such as 0.3,0.5,0.7,0.9, got {text!r}")
+        return cls("given", cuts)
 
     @classmethod
     def from_scores(cls, normalized_scores: Iterable[float] | np.ndarray) -> "QualityThresholds":

@@ -18,6 +18,7 @@ from typing import Optional
 
 from megatron_ixt.config.flags import add_dataclass_arguments, dataclass_values
 from megatron_ixt.config.schema import TOKENIZER_TYPES, TokenizerConfig, arg, required
+from megatron_ixt.format.levels import QualityThresholds
 from megatron_ixt.format.prefixes import DEFAULT_PREFIX_TEMPLATE
 
 TOKENIZER_FLAGS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size",
@@ -43,8 +44,9 @@ class PreprocessConfig:
     feedback_key: str = arg("feedback", "Key of the feedback object in each line.")
     prefix_template: str = arg(DEFAULT_PREFIX_TEMPLATE, "critique, quality, none, or the path of a template YAML file.")
     score_scale: str = arg("0,10", "MIN,MAX of feedback scores that do not declare their own 'scale'.")
-    quality_thresholds: str = arg("fixed", "fixed (fifths of the scale) or quantile (corpus quintiles, computed "
-                                           "in a first pass).", choices=("fixed", "quantile"))
+    quality_thresholds: str = arg("fixed", "fixed (fifths of the scale), quantile (corpus quintiles, computed "
+                                           "in a first pass), or four increasing cut points on the normalized "
+                                           "score, such as 0.3,0.5,0.7,0.9 (levels kept from another corpus).")
     skip_invalid: bool = arg(False, "Skip bad lines (counted and listed in the .meta.json) instead of stopping "
                                     "at the first.")
     batch_size: int = arg(1024, "Lines per work unit (shard). Larger batches amortize overhead; smaller ones "
@@ -78,8 +80,11 @@ class PreprocessConfig:
         if self.tokenizer.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"--tokenizer-type: expected one of {', '.join(TOKENIZER_TYPES)}, "
                              f"got {self.tokenizer.tokenizer_type!r}")
-        if self.quality_thresholds not in ("fixed", "quantile"):
-            raise ValueError(f"--quality-thresholds: expected fixed or quantile, got {self.quality_thresholds!r}")
+        if self.quality_thresholds != "quantile":
+            try:
+                QualityThresholds.parse(self.quality_thresholds)
+            except ValueError as error:
+                raise ValueError(f"--quality-thresholds: {error}") from None
         for name in ("workers", "partitions", "log_interval", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")

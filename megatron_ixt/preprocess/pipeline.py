@@ -86,7 +86,9 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessSummary:
         settings = EncodeSettings(
             tokenizer=config.tokenizer,
             spec=DocumentSpec(tuple(config.json_keys), config.feedback_key, config.parsed_score_scale()),
-            template=config.prefix_template, thresholds=QualityThresholds.fixed(),
+            template=config.prefix_template,
+            thresholds=QualityThresholds.fixed() if config.quality_thresholds == "quantile"
+            else QualityThresholds.parse(config.quality_thresholds),
             append_eod=config.append_eod, skip_invalid=config.skip_invalid,
             shard_dir=staged.folder, dtype=np.dtype(dataset_dtype(tokenizer)).name,
             prepend_bos=config.prepend_bos, sft=config.sft, seq_length=config.seq_length,
