@@ -11,7 +11,8 @@ and summary.json (accepted share under the target feedback, score distribution, 
 time per stage); a killed run continues, at the next start, at the stage where it stopped.
 --mode filter (rejection-sampling fine-tuning: the accepted samples only, without feedback)
 and --mode plain (self-training on every sample, without feedback) are the baselines, with
-the same samples and training steps. Flags the driver does not know go to pretrain_ixt.py.
+the same samples and training steps. Flags the driver does not know go to pretrain_ixt.py (--seed included:
+the sampling's is --sample-seed).
 
 Exit codes: 0 done; 1 a bad prompt (named file:line: field, before any sampling) or a stage
 that failed (rerun the same command to resume); 2 bad flags or a restart with other settings.

@@ -35,7 +35,6 @@ sys.path[:0] = [str(REPO), str(REPO / "examples" / "sft_smollm2")]
 
 from megatron_ixt.evaluation.stats import wilson  # noqa: E402
 from megatron_ixt.feedback.math_critic import MathCritic  # noqa: E402
-from megatron_ixt.format.levels import QualityThresholds  # noqa: E402
 from megatron_ixt.online.tasks import is_accepted  # noqa: E402
 
 ARMS = ("ixt", "filter", "plain")
@@ -70,13 +69,13 @@ def new_questions(n: int, exclude: set, seed: int) -> list[dict]:
 
 def judge(answers: Path) -> dict:
     """Accepted answers (the math verifier's level 4-5) of a generate.py output file."""
-    critic, thresholds = MathCritic(), QualityThresholds.fixed()
+    critic = MathCritic()
     rows = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
     accepted = 0
     for row in rows:
         verdict = critic.critique({"text": row["output"], "reference_answer": row["reference_answer"],
                                    "domain": "math"})
-        accepted += is_accepted({"feedback": verdict.to_record()}, thresholds)
+        accepted += is_accepted({"feedback": verdict.to_record()})
     low, high = wilson(accepted, len(rows))
     return {"accepted": accepted, "n": len(rows), "share": accepted / len(rows), "wilson95": [low, high]}
 
@@ -136,7 +135,7 @@ def main() -> int:
                     python, "tools/online_ixt.py", "--load", start, "--chat", "--prompts", prompts,
                     "--output-dir", folder, "--rounds", r, "--samples-per-prompt", args.samples_per_prompt,
                     "--mode", arm, "--critic", "math", "--temperature", args.temperature, "--max-new-tokens", 20,
-                    "--seed", 0, "--train-iters", args.train_iters, "--micro-batch-size", 8,
+                    "--sample-seed", 0, "--train-iters", args.train_iters, "--micro-batch-size", 8,
                     "--global-batch-size", 8, "--lr", args.lr, "--min-lr", args.lr / 10, "--lr-warmup-iters", 2,
                     "--seq-length", args.seq_length, "--log-interval", 4, "--num-workers", 0,
                     "--ixt-feedback-dropout", 0.1 if arm == "ixt" else 0.0], logs)

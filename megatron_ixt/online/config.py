@@ -15,9 +15,16 @@ from megatron_ixt.feedback.base import CRITIC_NAMES
 from megatron_ixt.feedback.cli import LLMCriticConfig
 from megatron_ixt.online.tasks import MODES
 
-DRIVER_TRAINING_FLAGS = ("--config", "--load", "--save", "--finetune", "--sft", "--data-path", "--split",
-                         "--train-data-path", "--data-cache-path", "--log-file", "--mock-data")
-"""Training flags the driver sets itself each round (refused when passed through)."""
+DRIVER_TRAINING_FLAGS = ("--config", "--load", "--save", "--finetune", "--sft", "--no-sft", "--data-path", "--split",
+                         "--train-data-path", "--valid-data-path", "--test-data-path", "--data-cache-path",
+                         "--log-file", "--mock-data", "--tokenizer-type", "--tokenizer-model", "--vocab-file",
+                         "--merge-file", "--vocab-size")
+"""Training flags the driver sets itself each round, or that would train on other data or
+another tokenizer than the round's dataset (refused when passed through)."""
+
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "greedy")
+"""The generator's sampling flags; its seed is --sample-seed (--seed goes to training, as in
+Megatron-LM)."""
 
 JUDGE_FIELDS = ("endpoint", "model", "api_key_env", "prompt", "max_tokens", "timeout", "max_retries", "concurrency",
                 "extra_params")
@@ -48,6 +55,8 @@ class OnlineConfig:
                                           "--prefix-template) and of the target.")
     quality_thresholds: str = arg("fixed", "How scores become levels: fixed fifths, or quantile: round 1's "
                                            "quintiles, kept for every later round.", choices=("fixed", "quantile"))
+    sample_seed: int = arg(0, "Seed of the sampling (tools/generate.py --seed, plus the round's number - 1); "
+                              "--seed is the training's.")
     batch_size: int = arg(64, "Prompts decoded together (tools/generate.py --batch-size).")
     stop: list = arg([], "Strings that end a sample (tools/generate.py --stop).", nargs="+")
     nproc_per_node: int = arg(1, "Training processes (torchrun --nproc-per-node; 1: plain python).")
@@ -86,7 +95,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         epilog="Every other flag goes to pretrain_ixt.py (each round's training), e.g. --train-iters 20 "
                "--micro-batch-size 8 --global-batch-size 8 --lr 1e-4.")
     add_dataclass_arguments(parser, OnlineConfig)
-    add_dataclass_arguments(parser.add_argument_group("sampling (tools/generate.py)"), SamplingConfig)
+    add_dataclass_arguments(parser.add_argument_group("sampling (tools/generate.py)"), SamplingConfig,
+                            fields=SAMPLING_FIELDS)
     add_dataclass_arguments(parser.add_argument_group("llm critic (tools/annotate_feedback.py)"), LLMCriticConfig,
                             fields=JUDGE_FIELDS)
     return parser
@@ -116,5 +126,5 @@ def parse_args(argv: Optional[Sequence[str]], description: str) -> OnlineArgs:
     if config.target_critique is not None and config.mode != "ixt":
         parser.error(f"--target-critique: --mode {config.mode} samples without feedback")
     judge = LLMCriticConfig(**{name: getattr(args, name) for name in JUDGE_FIELDS})
-    return OnlineArgs(config, dataclass_values(args, SamplingConfig), judge,
+    return OnlineArgs(config, dataclass_values(args, SamplingConfig, seed=config.sample_seed), judge,
                       [str(t) for t in training])

@@ -80,9 +80,10 @@ def run_tool(command: list, log: Path) -> None:
         sink.write(f"$ {' '.join(command)}\n")
         sink.flush()
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 bufsize=1)
+                                 errors="replace", bufsize=1)
+        # SIGUSR1 is the trainer's preemption warning (save, then exit 75): passed on too.
         previous = {s: signal.signal(s, lambda signum, _: child.send_signal(signum))
-                    for s in (signal.SIGTERM, signal.SIGINT)}
+                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
         try:
             for line in child.stdout:
                 sys.stdout.write(line)
@@ -110,12 +111,12 @@ class OnlineRun:
         self.prompts = tasks.read_tasks(self.cfg.prompts, self.cfg.critic)
         checkpoint_config(self.cfg.load)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._check_settings()
         start, summaries = self.cfg.load, []
         for number in range(1, self.cfg.rounds + 1):
             round_ = Round(self, number, start)
             if number == 1:
                 self.seq_length(round_)  # the training flags, checked before anything is sampled
+                self._check_settings()
             if self.cfg.shard is not None and not round_.path("summary.json").exists():
                 round_.run_shard(*parse_shard(self.cfg.shard))
                 return summaries
@@ -146,12 +147,12 @@ class OnlineRun:
 
     # -- the commands of a round ----------------------------------------------------------
 
-    def generate_command(self, round_: "Round", requests: Path, output: Path) -> list:
+    def generate_command(self, round_: "Round", requests: Path, output: Path, seed_offset: int = 0) -> list:
         c, s = self.cfg, self.args.sampling
         command = [sys.executable, REPO / "tools/generate.py", "--load", round_.start, "--prompts-file",
                    requests, "--output", output, "--batch-size",
                    c.batch_size, "--max-new-tokens", s.max_new_tokens, "--temperature", s.temperature,
-                   "--top-k", s.top_k, "--top-p", s.top_p, "--seed", s.seed + round_.number - 1]
+                   "--top-k", s.top_k, "--top-p", s.top_p, "--seed", s.seed + round_.number - 1 + seed_offset]
         command += ["--greedy"] * s.greedy + ["--chat"] * c.chat + (["--stop", *c.stop] if c.stop else [])
         if c.mode != "ixt":
             return command + ["--no-feedback"]
@@ -240,7 +241,9 @@ class Round:
         self.dir.mkdir(parents=True, exist_ok=True)
         state = self.dir / "state.json"
         self.state = json.loads(state.read_text()) if state.exists() else {"start": self.start, "stages": {}}
-        self.model = self._write_model_config()
+        # A finished round is read back and needs nothing of its start checkpoint (which may
+        # be pruned by then).
+        self.model = None if self.path("summary.json").exists() else self._write_model_config()
 
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
@@ -312,27 +315,35 @@ class Round:
         """``--shard I/N``: sample and annotate the I-th of N consecutive parts of the round's
         requests into ``shards/``, then stop; the next start without ``--shard`` merges the
         parts in order (once all N are there) and goes on with the dataset and training. Each
-        part seeds its samples by their place in the part, so N parts sample otherwise than one."""
+        part seeds its samples from the seed, the part and their place in it, so N parts sample
+        otherwise than one process."""
         requests = self._write_requests()
         name = f"{index}-of-{count}"
         done = self.path("shards", f"{name}.done.json")
         if done.exists():
             logger.info("round %d: shard %s: done before, kept", self.number, name)
             return
-        per = -(-len(requests) // count)
+        mine = requests[index * len(requests) // count:(index + 1) * len(requests) // count]
         part = self.path("shards", f"{name}.requests.jsonl")
         part.parent.mkdir(exist_ok=True)
-        write_atomic(str(part), "".join(json.dumps(r) + "\n" for r in requests[index * per:(index + 1) * per]))
+        write_atomic(str(part), "".join(json.dumps(r) + "\n" for r in mine))
         samples, documents = part.with_name(f"{name}.samples.jsonl"), part.with_name(f"{name}.documents.jsonl")
+        annotations = part.with_name(f"{name}.annotations.jsonl")
         started = time.perf_counter()
-        if not samples.exists():
-            run_tool(self.run_.generate_command(self, part, samples), self.path("logs", f"sample.{name}.log"))
+        if not mine:  # more parts than requests
+            for empty in (samples, annotations):
+                write_atomic(str(empty), "")
+        elif not samples.exists():
+            run_tool(self.run_.generate_command(self, part, samples, seed_offset=1000 * (index + 1)),
+                     self.path("logs", f"sample.{name}.log"))
         sampled = time.perf_counter()
         records = [r for r in (tasks.sample_record(s, self.run_.cfg.chat) for s in tasks.read_jsonl(samples))
                    if r is not None]
-        write_atomic(str(documents), "".join(json.dumps(r) + "\n" for r in records))
-        run_tool(self.run_.annotate_command(documents, part.with_name(f"{name}.annotations.jsonl")),
-                 self.path("logs", f"annotate.{name}.log"))
+        if records:
+            write_atomic(str(documents), "".join(json.dumps(r) + "\n" for r in records))
+            run_tool(self.run_.annotate_command(documents, annotations), self.path("logs", f"annotate.{name}.log"))
+        elif not annotations.exists():
+            write_atomic(str(annotations), "")
         write_atomic(str(done), json.dumps({"sample_s": round(sampled - started, 2),
                                             "annotate_s": round(time.perf_counter() - sampled, 2)}) + "\n")
         logger.info("round %d: shard %s sampled and annotated", self.number, name)
@@ -360,7 +371,7 @@ class Round:
 
     def dataset(self) -> dict:
         annotated = tasks.read_jsonl(self.path("annotations.jsonl"))
-        train = tasks.training_records(annotated, self.run_.cfg.mode, self.run_.thresholds())
+        train = tasks.training_records(annotated, self.run_.cfg.mode)
         write_atomic(str(self.path("train.jsonl")), "".join(json.dumps(r) + "\n" for r in train))
         if train:
             run_tool(self.run_.preprocess_command(self, self.model), self.path("logs", "dataset.log"))
@@ -380,18 +391,17 @@ class Round:
         cfg, thresholds = self.run_.cfg, self.run_.thresholds()
         samples = tasks.read_jsonl(self.path("samples.jsonl"))
         annotated = tasks.read_jsonl(self.path("annotations.jsonl"))
-        verdicts = {r["id"]: tasks.earned(r, thresholds) for r in annotated}
-        judged = [v for v in verdicts.values() if v is not None]
-        accepted = sum(v[1] in tasks.ACCEPTED_LEVELS for v in judged)
+        judged = [v for v in (tasks.earned(r, thresholds) for r in annotated) if v is not None]
+        accepted_ids = {r["id"] for r in annotated if tasks.is_accepted(r)}
+        accepted = len(accepted_ids)
         by_prompt: dict = {}
         for sample in samples:  # an empty chat answer was not judged: not accepted
-            verdict = verdicts.get(sample["id"])
-            by_prompt.setdefault(sample["prompt_id"], []).append(verdict is not None and
-                                                                 verdict[1] in tasks.ACCEPTED_LEVELS)
+            by_prompt.setdefault(sample["prompt_id"], []).append(sample["id"] in accepted_ids)
         scores = sorted(r["feedback"]["score"] for r in annotated if r.get("feedback"))
         trained = self.state["stages"]["train"].get("skipped") is None
         meta = self.path("dataset", f"train_{'messages' if cfg.chat else 'text'}_document.meta.json")
-        log = [json.loads(line) for line in self.path("train_log.jsonl").read_text().splitlines()] \
+        log = [row for row in map(json.loads, self.path("train_log.jsonl").read_text().splitlines())
+               if "consumed_samples" in row and "split" not in row] \
             if trained and self.path("train_log.jsonl").exists() else []
         low, high = wilson(accepted, len(samples))
         return {
@@ -427,7 +437,8 @@ def summary_table(summaries: list[dict]) -> str:
     for s in summaries:
         low, high = s["accepted_share_wilson95"]
         t = s["training"]
-        loss = f"{t['lm_loss_first']:.3f} -> {t['lm_loss_last']:.3f}" if t["lm_loss_last"] is not None else "-"
+        loss = (f"{t['lm_loss_first']:.3f} -> {t['lm_loss_last']:.3f}"
+                if None not in (t["lm_loss_first"], t["lm_loss_last"]) else "-")
         lines.append(f"| {s['round']} | {s['samples']} | {s['accepted']} ({s['accepted_share']:.3f}, "
                      f"[{low:.3f}, {high:.3f}]) | {' '.join(str(n) for n in s['levels'].values())} | "
                      f"{t['records']} records, {t['iterations']} steps | {loss} | {sum(s['wall_s'].values()):.0f} |")

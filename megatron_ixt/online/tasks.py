@@ -37,8 +37,8 @@ fine-tuning): the accepted samples only, without feedback; ``plain`` (self-train
 sample, without feedback."""
 
 ACCEPTED_LEVELS = (4, 5)
-"""A sample is accepted when its verdict is at one of these quality levels (for math: the
-right final answer)."""
+"""A sample is accepted when its verdict is at one of these quality levels of the critic's
+own scale (for math: the right final answer)."""
 
 CRITIC_NEEDS = {"math": ("reference_answer",), "python": ("tests", "entry_point"), "text": (), "llm": ()}
 """The keys a prompt must carry for each critic."""
@@ -125,17 +125,20 @@ def earned(record: dict, thresholds: QualityThresholds) -> Optional[tuple[float,
     return (feedback.score - scale[0]) / (scale[1] - scale[0]), thresholds.level(feedback.score, scale)
 
 
-def is_accepted(record: dict, thresholds: QualityThresholds) -> bool:
-    verdict = earned(record, thresholds)
+def is_accepted(record: dict) -> bool:
+    """The critic's verdict is at level 4-5 of its own scale (the fixed fifths, whatever cut
+    points the run's levels use: quantile cuts of a pass/fail verifier's scores tie, and
+    would accept wrong answers)."""
+    verdict = earned(record, QualityThresholds.fixed())
     return verdict is not None and verdict[1] in ACCEPTED_LEVELS
 
 
-def training_records(records: Iterable[dict], mode: str, thresholds: QualityThresholds) -> list[dict]:
+def training_records(records: Iterable[dict], mode: str) -> list[dict]:
     """What ``mode`` trains on: ``ixt`` every record with its feedback; ``filter`` the
     accepted ones, without feedback; ``plain`` every record, without feedback."""
     if mode == "ixt":
         return list(records)
-    keep = (r for r in records if mode == "plain" or is_accepted(r, thresholds))
+    keep = (r for r in records if mode == "plain" or is_accepted(r))
     return [{k: v for k, v in r.items() if k != "feedback"} for r in keep]
 
 

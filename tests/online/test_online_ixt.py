@@ -195,20 +195,24 @@ def test_bad_prompt_is_named_before_sampling(tmp_path, ixt_checkpoint):
 
 
 def test_tasks_what_each_mode_trains_on():
-    thresholds = QualityThresholds.fixed()
     good = {"id": "a", "text": "1 + 1 = 2", "feedback": {"score": 9.2}}
     bad = {"id": "b", "text": "1 + 1 = 3", "feedback": {"score": 2.0}}
     unjudged = {"id": "c", "text": "?"}
     records = [good, bad, unjudged]
-    assert tasks.training_records(records, "ixt", thresholds) == records
-    assert tasks.training_records(records, "filter", thresholds) == [{"id": "a", "text": "1 + 1 = 2"}]
-    assert tasks.training_records(records, "plain", thresholds) == [{"id": "a", "text": "1 + 1 = 2"},
+    assert tasks.training_records(records, "ixt") == records
+    assert tasks.training_records(records, "filter") == [{"id": "a", "text": "1 + 1 = 2"}]
+    assert tasks.training_records(records, "plain") == [{"id": "a", "text": "1 + 1 = 2"},
                                                                    {"id": "b", "text": "1 + 1 = 3"},
                                                                    {"id": "c", "text": "?"}]
     # Quantile cut points come from round 1's scores and are kept as given ones.
     cuts = tasks.round_thresholds([{"feedback": {"score": s}} for s in range(11)], "quantile")
     assert cuts.mode == "given" and cuts.cut_points == (0.2, 0.4, 0.6, 0.8)
     assert QualityThresholds.parse("0.1,0.3,0.5,0.95").level(9.6) == 5
+    # A pass/fail verifier's quantile cuts tie (70 wrong answers at 2.6, 30 right at 9.8):
+    # the levels put wrong answers at 4, but acceptance is the critic's own level 4-5.
+    tied = tasks.round_thresholds([{"feedback": {"score": s}} for s in [2.6] * 70 + [9.8] * 30], "quantile")
+    assert tasks.earned(bad | {"feedback": {"score": 2.6}}, tied)[1] == 4
+    assert not tasks.is_accepted(bad | {"feedback": {"score": 2.6}}) and tasks.is_accepted(good)
     # ... and reach preprocessing as its --quality-thresholds.
     from megatron_ixt.online.driver import thresholds_flag
     from megatron_ixt.preprocess.config import parse_config
