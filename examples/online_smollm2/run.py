@@ -25,32 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "examples" / "sft_smollm2")]
+sys.path[:0] = [str(REPO), str(REPO / "examples" / "demo"), str(REPO / "examples" / "sft_smollm2")]
 
+from pipeline import run_stage as run  # noqa: E402
 from megatron_ixt.evaluation.stats import wilson  # noqa: E402
 from megatron_ixt.feedback.math_critic import MathCritic  # noqa: E402
 from megatron_ixt.online.tasks import is_accepted  # noqa: E402
 
 ARMS = ("ixt", "filter", "plain")
-
-
-def run(name: str, command: list, logs: Path) -> float:
-    """Run one stage, its output in logs/NAME.log; returns its wall time."""
-    started = time.perf_counter()
-    print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-    with open(logs / f"{name}.log", "a") as log:
-        code = subprocess.call([str(c) for c in command], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    elapsed = time.perf_counter() - started
-    if code != 0:
-        sys.exit(f"{name} failed ({code}); see {logs / f'{name}.log'}")
-    print(f"[{time.strftime('%H:%M:%S')}] {name} done in {elapsed:.0f} s", flush=True)
-    return elapsed
 
 
 def new_questions(n: int, exclude: set, seed: int) -> list[dict]:

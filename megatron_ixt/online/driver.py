@@ -51,6 +51,7 @@ import yaml
 
 from megatron_ixt.checkpoint.files import checkpoint_path, read_tracker, write_atomic
 from megatron_ixt.config.schema import Config, TokenizerConfig
+from megatron_ixt.evaluation.prompts import write_jsonl
 from megatron_ixt.evaluation.stats import wilson
 from megatron_ixt.feedback.cli import LLMCriticConfig
 from megatron_ixt.format.levels import NUM_LEVELS, QualityThresholds
@@ -72,8 +73,8 @@ class StageFailed(RuntimeError):
 
 
 def run_tool(command: list, log: Path) -> None:
-    """Run one stage's tool, its output shown and appended to ``log``. A SIGTERM or SIGINT
-    to the driver is passed on to the tool before the driver stops."""
+    """Run one stage's tool, its output shown and appended to ``log``. A SIGTERM, SIGINT or
+    SIGUSR1 to the driver is passed on to the tool."""
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [str(c) for c in command]
     with open(log, "a", encoding="utf-8") as sink:
@@ -294,7 +295,7 @@ class Round:
         samples = tasks.read_jsonl(self.path("samples.jsonl"))
         records = [r for r in (tasks.sample_record(s, self.run_.cfg.chat) for s in samples) if r is not None]
         if not self.state["stages"]["sample"].get("shards"):  # merged with the samples otherwise
-            write_atomic(str(self.path("documents.jsonl")), "".join(json.dumps(r) + "\n" for r in records))
+            write_jsonl(self.path("documents.jsonl"), records)
             run_tool(self.run_.annotate_command(self.path("documents.jsonl"), self.path("annotations.jsonl")),
                      self.path("logs", "annotate.log"))
         thresholds = self.run_.dir / "thresholds.json"
@@ -308,7 +309,7 @@ class Round:
 
     def _write_requests(self) -> list[dict]:
         requests = tasks.sample_requests(self.run_.prompts, self.run_.cfg.samples_per_prompt, self.number)
-        write_atomic(str(self.path("requests.jsonl")), "".join(json.dumps(r) + "\n" for r in requests))
+        write_jsonl(self.path("requests.jsonl"), requests)
         return requests
 
     def run_shard(self, index: int, count: int) -> None:
@@ -326,13 +327,12 @@ class Round:
         mine = requests[index * len(requests) // count:(index + 1) * len(requests) // count]
         part = self.path("shards", f"{name}.requests.jsonl")
         part.parent.mkdir(exist_ok=True)
-        write_atomic(str(part), "".join(json.dumps(r) + "\n" for r in mine))
+        write_jsonl(part, mine)
         samples, documents = part.with_name(f"{name}.samples.jsonl"), part.with_name(f"{name}.documents.jsonl")
         annotations = part.with_name(f"{name}.annotations.jsonl")
         started = time.perf_counter()
         if not mine:  # more parts than requests
-            for empty in (samples, annotations):
-                write_atomic(str(empty), "")
+            write_jsonl(samples, [])
         elif not samples.exists():
             run_tool(self.run_.generate_command(self, part, samples, seed_offset=1000 * (index + 1)),
                      self.path("logs", f"sample.{name}.log"))
@@ -340,10 +340,10 @@ class Round:
         records = [r for r in (tasks.sample_record(s, self.run_.cfg.chat) for s in tasks.read_jsonl(samples))
                    if r is not None]
         if records:
-            write_atomic(str(documents), "".join(json.dumps(r) + "\n" for r in records))
+            write_jsonl(documents, records)
             run_tool(self.run_.annotate_command(documents, annotations), self.path("logs", f"annotate.{name}.log"))
-        elif not annotations.exists():
-            write_atomic(str(annotations), "")
+        else:  # nothing to judge (an empty part, or only empty answers)
+            write_jsonl(annotations, [])
         write_atomic(str(done), json.dumps({"sample_s": round(sampled - started, 2),
                                             "annotate_s": round(time.perf_counter() - sampled, 2)}) + "\n")
         logger.info("round %d: shard %s sampled and annotated", self.number, name)
@@ -364,15 +364,15 @@ class Round:
         if len(samples) != expected:
             raise ValueError(f"{self.path('shards')}: the parts hold {len(samples)} samples, the round asks {expected}")
         annotated = [line for n in names for line in tasks.read_jsonl(self.path("shards", f"{n}.annotations.jsonl"))]
-        write_atomic(str(self.path("samples.jsonl")), "".join(json.dumps(r) + "\n" for r in samples))
-        write_atomic(str(self.path("annotations.jsonl")), "".join(json.dumps(r) + "\n" for r in annotated))
+        write_jsonl(self.path("samples.jsonl"), samples)
+        write_jsonl(self.path("annotations.jsonl"), annotated)
         logger.info("round %d: merged the samples and annotations of %d parts", self.number, count)
         return [json.loads(self.path("shards", f"{n}.done.json").read_text()) for n in names]
 
     def dataset(self) -> dict:
         annotated = tasks.read_jsonl(self.path("annotations.jsonl"))
         train = tasks.training_records(annotated, self.run_.cfg.mode)
-        write_atomic(str(self.path("train.jsonl")), "".join(json.dumps(r) + "\n" for r in train))
+        write_jsonl(self.path("train.jsonl"), train)
         if train:
             run_tool(self.run_.preprocess_command(self, self.model), self.path("logs", "dataset.log"))
         return {"records": len(train)}
@@ -420,7 +420,8 @@ class Round:
             "thresholds": thresholds.to_dict(),
             "tokens": {"generated": sum(s.get("tokens", 0) for s in samples),
                        "dataset": json.loads(meta.read_text())["counts"]["tokens"] if meta.exists() else 0,
-                       "trained_on": sum_consumed_tokens(log, self.run_.seq_length(self)) if log else 0},
+                       # the consumed samples x the sequence length (SFT padding included)
+                       "trained_on": int(log[-1]["consumed_samples"]) * self.run_.seq_length(self) if log else 0},
             "training": {"records": self.state["stages"]["dataset"]["records"], "trained": trained,
                          "iterations": log[-1]["iteration"] if log else 0,
                          "lm_loss_first": log[0].get("lm loss") if log else None,
@@ -452,8 +453,3 @@ def score_distribution(scores: list) -> dict:
         return scores[min(len(scores) - 1, int(q * len(scores)))]
     return {"min": scores[0], "p25": at(0.25), "median": at(0.5), "p75": at(0.75), "max": scores[-1],
             "mean": sum(scores) / len(scores)}
-
-
-def sum_consumed_tokens(log: list, seq_length: int) -> int:
-    """Tokens the round's training read: its consumed samples x the sequence length."""
-    return int(log[-1]["consumed_samples"]) * seq_length
